@@ -1,0 +1,36 @@
+"""fmpipe: every stage's feature maps of a vision network, for a whole image collection.
+
+    from pipeline import extract, open_store
+    extract("data/images", "out.h5")
+    with open_store("out.h5") as store:
+        maps = store.stage(2).data[0]   # (C, H, W) float16, read lazily
+
+Heavy modules (torch) load only when `extract` is used, so reading and rendering
+start fast.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("fmpipe")
+except _metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+src"
+
+__all__ = ["__version__", "extract", "open_store"]
+
+
+def extract(images: str, out: str, **options):
+    """Extract feature maps of every image below `images` into `out` (see ExtractConfig)."""
+    from .config import ExtractConfig
+    from .runner import extract as run
+
+    return run(ExtractConfig(images=str(images), out=str(out), **options))
+
+
+def open_store(path, require_complete: bool = False):
+    """Open an fmpipe file lazily; see `pipeline.store.Store`."""
+    from .store import open_store as _open
+
+    return _open(path, require_complete=require_complete)

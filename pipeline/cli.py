@@ -1,0 +1,184 @@
+"""`fmpipe` command line: parses, validates, calls one library function, maps errors to exit codes.
+
+Exit codes: 0 done; 1 runtime failure; 2 bad usage or bad input. Tracebacks only with --debug.
+torch is imported only by the commands that run a model (extract, stages).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from .config import DEFAULT_MODEL, ExtractConfig, parse_size, parse_stages
+from .errors import FmpipeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Extract every stage's feature maps of a vision network into one HDF5 file, and render them.",
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s" if not sys.stderr.isatty() else "%(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def extract(
+    images: Annotated[str, typer.Argument(help="Folder of images (searched recursively).")],
+    out: Annotated[str, typer.Argument(help="Output HDF5 file.")],
+    model: Annotated[str, typer.Option(help="timm name, tv:NAME (torchvision) or module:factory.")] = DEFAULT_MODEL,
+    weights: Annotated[str | None, typer.Option(help="State dict file to load into the model.")] = None,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Random weights (seeded); no download.")] = False,
+    stages: Annotated[str | None, typer.Option(help="Stages to keep, e.g. 0,2,-1 (default: all).")] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            help="Resize every image to exactly HxW; one number S means SxS. Default: the model's input size."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+    compression: Annotated[str, typer.Option(help="zstd, gzip or none.")] = "zstd",
+    workers: Annotated[int, typer.Option(help="Decoding processes (0: decode in the main process).")] = 2,
+    shard_index: Annotated[int, typer.Option(help="This task's shard (job arrays).")] = 0,
+    num_shards: Annotated[int, typer.Option(help="Number of shards (job arrays).")] = 1,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output (and its partial file).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan and size estimate; compute nothing.")
+    ] = False,
+    unsafe_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-pickle",
+            help="DANGEROUS: let --weights unpickle arbitrary objects (can run code). Only for files you trust.",
+        ),
+    ] = False,
+) -> None:
+    """Stream images through a model in batches and store every stage's activations."""
+    config = ExtractConfig(
+        images=images,
+        out=out,
+        model=model,
+        weights=weights,
+        random_init=random_init,
+        stages=parse_stages(stages),
+        size=parse_size(size),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        compression=compression,
+        workers=workers,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        overwrite=overwrite,
+        dry_run=dry_run,
+        unsafe_pickle=unsafe_pickle,
+    )
+    from .runner import estimate_bytes
+    from .runner import extract as run
+
+    summary = run(config)
+    per_image = estimate_bytes(summary.stages, dtype)
+    if summary.dry_run:
+        from .info import describe_stages
+
+        typer.echo(
+            describe_stages(
+                model,
+                (
+                    summary.stages[0].height * summary.stages[0].stride,
+                    summary.stages[0].width * summary.stages[0].stride,
+                ),
+                summary.stages,
+                2 if dtype == "float16" else 4,
+            )
+        )
+        typer.echo(
+            f"dry run: {summary.images} images → {summary.out}, about "
+            f"{per_image * summary.images / 1e6:.1f} MB before compression; nothing computed."
+        )
+        return
+    typer.echo(
+        f"{summary.out}: {summary.stored} images stored, {summary.failed} failed"
+        f"{f', {summary.done_before} already done' if summary.done_before else ''}; "
+        f"{summary.mb_written:.1f} MB written in {summary.seconds:.1f} s "
+        f"({summary.images_per_s:.1f} images/s) on {summary.device}"
+    )
+    if summary.failed:
+        typer.echo(f"{summary.failed} images could not be used; `fmpipe info {summary.out}` lists them.")
+
+
+@app.command()
+def stages(
+    model: Annotated[str, typer.Argument(help="timm name, tv:NAME or module:factory.")] = DEFAULT_MODEL,
+    size: Annotated[str | None, typer.Option(help="Input size HxW (default: the model's own).")] = None,
+    dtype: Annotated[str, typer.Option(help="Storage dtype for the MB/image column.")] = "float16",
+) -> None:
+    """List a model's stages: index, module, channels, stride, shape and MB per image."""
+    import torch
+
+    from .info import describe_stages
+    from .models import resolve
+    from .taps import build
+
+    resolved = resolve(model, random_init=True)  # shapes do not depend on the weights
+    size_hw = parse_size(size) or resolved.input_hw
+    _, found = build(resolved, size_hw, None, torch.device("cpu"))
+    typer.echo(describe_stages(model, size_hw, found, 2 if dtype == "float16" else 4))
+
+
+@app.command()
+def info(path: Annotated[str, typer.Argument(help="An fmpipe HDF5 file.")]) -> None:
+    """Describe an fmpipe file: model, completeness, stages, sizes, failures."""
+    from .info import describe_store
+    from .store import open_store
+
+    with open_store(path) as store:
+        typer.echo(describe_store(store))
+
+
+def main() -> None:
+    """Console entry point: run the app, turning FmpipeError into a message and exit code."""
+    try:
+        app(standalone_mode=False)
+    except FmpipeError as err:
+        if _state["debug"]:
+            raise
+        typer.echo(f"fmpipe: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("fmpipe: interrupted; rerun the same command to resume.", err=True)
+        sys.exit(130)
+    except Exception as err:  # click's usage errors and the like
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(2)
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

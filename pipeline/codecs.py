@@ -1,0 +1,49 @@
+"""Chunk compression done by fmpipe itself (in a thread pool), declared as HDF5 filters.
+
+Bytes written with `write_direct_chunk` must be exactly what the declared filter
+decodes: zstd frames *with* content size for filter 32015, zlib streams for gzip (1).
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass
+
+import hdf5plugin
+import zstandard
+
+ZSTD_LEVEL = 1
+GZIP_LEVEL = 1
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+
+    def dataset_options(self) -> dict:
+        """Keyword arguments for h5py `create_dataset` that declare this codec's filter."""
+        if self.name == "zstd":
+            return dict(hdf5plugin.Zstd(clevel=ZSTD_LEVEL))
+        if self.name == "gzip":
+            return {"compression": "gzip", "compression_opts": GZIP_LEVEL}
+        return {}
+
+    def compress(self, raw: bytes | memoryview) -> bytes:
+        """Encode one chunk; safe to call from many threads (one compressor per thread)."""
+        if self.name == "zstd":
+            return _zstd_compressor().compress(raw)
+        if self.name == "gzip":
+            return zlib.compress(raw, GZIP_LEVEL)
+        return bytes(raw)
+
+
+_local = threading.local()
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    # A compressor shared between threads crashed the process (notes/hdf5.md).
+    comp = getattr(_local, "zstd", None)
+    if comp is None:
+        comp = _local.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    return comp

@@ -1,0 +1,134 @@
+"""Frozen configuration of each command, option parsing helpers, and the run fingerprint."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DTYPES = ("float16", "float32")
+COMPRESSIONS = ("zstd", "gzip", "none")
+RESIZE_POLICY = "exact-HxW-pil-bicubic-no-crop"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `fmpipe extract` needs; built by the CLI or by `pipeline.extract`."""
+
+    images: str
+    out: str
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    random_init: bool = False
+    stages: tuple[int, ...] | None = None  # None: all of the model's stages
+    size: tuple[int, int] | None = None  # None: the model's own input size
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "float16"
+    compression: str = "zstd"
+    workers: int = 2
+    shard_index: int = 0
+    num_shards: int = 1
+    overwrite: bool = False
+    dry_run: bool = False
+    unsafe_pickle: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, got {self.workers}.")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+        if self.compression not in COMPRESSIONS:
+            raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}.")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise UsageError(
+                f"--shard-index must be in 0..{self.num_shards - 1} for --num-shards "
+                f"{self.num_shards}, got {self.shard_index}."
+            )
+        if self.weights and self.random_init:
+            raise UsageError("--weights and --random-init exclude each other; pick one.")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExtractConfig:
+        raw = json.loads(text)
+        for name in ("stages", "size"):
+            if raw.get(name) is not None:
+                raw[name] = tuple(raw[name])
+        return cls(**raw)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """`"800x1200"` → (800, 1200); `"224"` → (224, 224) (a square); None → None."""
+    if text is None or text == "":
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise UsageError(f"--size must be H or HxW with positive integers (e.g. 800x1200), got {text!r}.")
+    return values[0], values[1]
+
+
+def parse_stages(text: str | None) -> tuple[int, ...] | None:
+    """`"0,2,-1"` → (0, 2, -1); `"all"`/None → None. Ranges `1:3` are accepted too."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if ":" in part:
+                lo, hi = part.split(":")
+                out.extend(range(int(lo), int(hi)))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise UsageError(f"--stages must be a comma list of indices like 0,2,-1, got {text!r}.") from None
+    return tuple(out)
+
+
+def resolve_stage_indices(requested: Sequence[int] | None, count: int) -> list[int]:
+    """Map requested stage indices (negative allowed) onto 0..count-1, sorted, unique.
+
+    Raises UsageError listing the valid stages for an out-of-range index.
+    """
+    if requested is None:
+        return list(range(count))
+    resolved = set()
+    for index in requested:
+        if not -count <= index < count:
+            raise UsageError(
+                f"stage {index} does not exist: this model has {count} stages, "
+                f"valid indices are 0..{count - 1} (or -{count}..-1). "
+                "Run `fmpipe stages MODEL` to list them."
+            )
+        resolved.add(index % count)
+    return sorted(resolved)
+
+
+def fingerprint(parts: dict) -> str:
+    """Stable sha256 of everything that changes the stored values (canonical JSON)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def describe_difference(old: dict, new: dict) -> str:
+    """Human-readable list of the fingerprint parts that differ between two runs."""
+    names = sorted(set(old) | set(new))
+    diffs = [f"{n}: {old.get(n)!r} → {new.get(n)!r}" for n in names if old.get(n) != new.get(n)]
+    return "; ".join(diffs) if diffs else "(no visible difference)"

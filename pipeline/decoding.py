@@ -1,0 +1,92 @@
+"""Decodes one image file into an RGB uint8 array of the target size (no torch).
+
+Every mode Pillow opens is converted to 8-bit RGB the same way: EXIF orientation
+applied, 16-bit scaled (not truncated), alpha composited onto white, CMYK/YCCK via
+Pillow's converter, palette expanded, GIFs and other multi-frame files use frame 0.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own bomb check warns at MAX_IMAGE_PIXELS; we refuse explicitly instead.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+_RESAMPLE = Image.Resampling.BICUBIC
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class DecodeError(Exception):
+    """One image that cannot be used; its message becomes the failure reason."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray  # (H, W, 3) uint8 at the target size
+    orig_hw: tuple[int, int]  # height, width after EXIF rotation, before resizing
+
+
+def decode(path: str, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode `path` and resize it to exactly `size_hw` (H, W); raise DecodeError on failure."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_pixels(img, max_pixels)
+                rgb = _to_rgb(img)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not an image Pillow can identify (wrong content or extension)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DecodeError(f"refused as a decompression bomb: {err}") from None
+    except PermissionError:
+        raise DecodeError("permission denied reading the file") from None
+    except FileNotFoundError:
+        raise DecodeError("file not found (moved, deleted, or a broken symlink)") from None
+    except OSError as err:
+        raise DecodeError(f"cannot decode: {err}") from None
+    except (ValueError, SyntaxError, EOFError) as err:  # Pillow raises these on corrupt data
+        raise DecodeError(f"corrupt image data: {err}") from None
+    orig_hw = (rgb.height, rgb.width)
+    if orig_hw != tuple(size_hw):
+        rgb = rgb.resize((size_hw[1], size_hw[0]), _RESAMPLE)
+    return Decoded(np.asarray(rgb, dtype=np.uint8), orig_hw)
+
+
+def _check_pixels(img: Image.Image, max_pixels: int) -> None:
+    pixels = img.width * img.height
+    if pixels > max_pixels:
+        raise DecodeError(
+            f"refused as a decompression bomb: {img.width}x{img.height} = {pixels} pixels "
+            f"exceeds the limit of {max_pixels}"
+        )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB copy of frame 0, upright, with alpha composited onto white."""
+    img.seek(0)
+    img.load()
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "I" or wide.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.rint(wide * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if img.mode == "F":
+        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")

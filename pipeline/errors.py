@@ -1,0 +1,39 @@
+"""Errors that reach the user. Each message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class FmpipeError(Exception):
+    """Base class: a problem the user can fix. The CLI prints it and exits with `exit_code`."""
+
+    exit_code = 2
+
+
+class UsageError(FmpipeError):
+    """A bad option value or combination."""
+
+
+class InputError(FmpipeError):
+    """An input (folder, model file, HDF5 file) that cannot be used."""
+
+
+class ModelError(FmpipeError):
+    """A model that cannot be built, loaded or tapped."""
+
+
+class OutputExistsError(FmpipeError):
+    """The output exists and `--overwrite` was not given."""
+
+
+class FingerprintMismatch(FmpipeError):
+    """A partial output was written with a different configuration."""
+
+
+class IncompleteFileError(FmpipeError):
+    """A file that is not (yet) complete was opened for a use that needs it complete."""
+
+
+class RunFailure(FmpipeError):
+    """A fault during a run (disk full, overflow, ...). The partial file stays resumable."""
+
+    exit_code = 1

@@ -1,0 +1,79 @@
+"""Text descriptions for `fmpipe info` (a file) and `fmpipe stages` (a model). No torch."""
+
+from __future__ import annotations
+
+import json
+
+from .store import Store
+
+MB = 1e6
+
+
+def describe_store(store: Store, failures_shown: int = 10) -> str:
+    """Multi-line description of an fmpipe file: run, completeness, stages, failures."""
+    a = store.attrs
+    n, done = len(store), store.done_count
+    failures = store.failures
+    state = "complete" if store.complete else f"INCOMPLETE ({done} of {n} images done)"
+    lines = [
+        f"{store.path}: fmpipe format v{a.get('format_version')}, {state}",
+        f"  model      {a.get('model')}  (weights: {a.get('weights')})",
+        f"  input      {_hw(a.get('input_size'))}, {a.get('resize_policy')}, "
+        f"mean {_floats(a.get('mean'))}, std {_floats(a.get('std'))}",
+        f"  storage    {a.get('dtype')}, {a.get('compression')}",
+        f"  images     {n - len(failures)} stored, {len(failures)} failed, {n} in all",
+    ]
+    if int(a.get("num_shards", 1)) > 1:
+        lines.append(f"  shard      {a.get('shard_index')} of {a.get('num_shards')}")
+    lines.append("  stage  module               channels  stride  shape (C, H, W)      MB/image  stored MB  ratio")
+    for s in store.stages:
+        raw = s.data.size * s.data.dtype.itemsize
+        stored = s.data.id.get_storage_size() if not s.data.is_virtual else 0
+        ratio = f"{raw / stored:5.2f}" if stored else "    -"
+        per_image = s.channels * s.height * s.width * s.data.dtype.itemsize / MB
+        lines.append(
+            f"  {s.index:>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
+            f"{(s.channels, s.height, s.width)!s:<20} {per_image:8.3f}  "
+            f"{stored / MB:9.2f}  {ratio}"
+        )
+    for key, reason in failures[:failures_shown]:
+        lines.append(f"  failed     {key}: {reason}")
+    if len(failures) > failures_shown:
+        lines.append(
+            f"  ... and {len(failures) - failures_shown} more failures "
+            "(pipeline.open_store(path).failures lists them all)"
+        )
+    timings = a.get("timings_json")
+    if timings:
+        t = json.loads(timings)
+        phases = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in t.items() if k.endswith("_s"))
+        lines.append(f"  timings    {phases}")
+    return "\n".join(lines)
+
+
+def describe_stages(model: str, size_hw, stages, itemsize: int = 2) -> str:
+    """Table of a model's stages at one input size, with MB per image at `itemsize`."""
+    lines = [
+        f"{model} at {size_hw[0]}x{size_hw[1]}:",
+        "  stage  module               channels  stride  shape (C, H, W)      MB/image",
+    ]
+    total = 0
+    for s in stages:
+        mb = s.nbytes(itemsize) / MB
+        total += mb
+        lines.append(
+            f"  {s.index:>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
+            f"{(s.channels, s.height, s.width)!s:<20} {mb:8.3f}"
+        )
+    lines.append(
+        f"  all stages: {total:.3f} MB per image before compression ({'float16' if itemsize == 2 else 'float32'})"
+    )
+    return "\n".join(lines)
+
+
+def _hw(value) -> str:
+    return "x".join(str(int(v)) for v in value) if value is not None else "?"
+
+
+def _floats(value) -> str:
+    return "(" + ", ".join(f"{float(v):.3f}" for v in value) + ")" if value is not None else "?"

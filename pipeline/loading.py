@@ -1,0 +1,110 @@
+"""Decodes images in parallel worker processes and yields batches of uint8 pixels.
+
+Normalisation (mean/std) happens on the device, so only uint8 crosses to the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .decoding import DEFAULT_MAX_PIXELS, DecodeError, decode
+
+
+@dataclass
+class Batch:
+    """One batch of consecutive pending rows.
+
+    rows: (B,) int64 row of each image in the shard; pixels: (B_ok, H, W, 3) uint8 for the
+    rows in `ok_rows` (same order); failures: (row, reason) for images that failed.
+    """
+
+    rows: np.ndarray
+    ok_rows: np.ndarray
+    pixels: torch.Tensor
+    orig_hw: np.ndarray  # (B, 2) int32, -1 for failures
+    failures: list[tuple[int, str]]
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True) so the host→device copy can be async."""
+        self.pixels = self.pixels.pin_memory()
+        return self
+
+
+class _ImageDataset(Dataset):
+    def __init__(self, root: str, keys: Sequence[str], rows: Sequence[int], size_hw, max_pixels):
+        self.root, self.keys, self.rows = root, keys, rows
+        self.size_hw, self.max_pixels = tuple(size_hw), max_pixels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        path = os.path.join(self.root, self.keys[row])
+        try:
+            decoded = decode(path, self.size_hw, self.max_pixels)
+        except DecodeError as err:
+            return row, None, (-1, -1), str(err)
+        except Exception as err:  # one bad image must never stop the run
+            return row, None, (-1, -1), f"unexpected decoder error: {type(err).__name__}: {err}"
+        return row, decoded.pixels, decoded.orig_hw, None
+
+
+def _collate(items) -> Batch:
+    rows = np.array([it[0] for it in items], dtype=np.int64)
+    ok = [it for it in items if it[1] is not None]
+    if ok:
+        pixels = torch.from_numpy(np.stack([it[1] for it in ok]))
+    else:
+        pixels = torch.empty((0, 0, 0, 3), dtype=torch.uint8)
+    return Batch(
+        rows=rows,
+        ok_rows=np.array([it[0] for it in ok], dtype=np.int64),
+        pixels=pixels,
+        orig_hw=np.array([it[2] for it in items], dtype=np.int32).reshape(-1, 2),
+        failures=[(it[0], it[3]) for it in items if it[1] is None],
+    )
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def iter_batches(
+    root: str,
+    keys: Sequence[str],
+    rows: Sequence[int],
+    size_hw: tuple[int, int],
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[Batch]:
+    """Batches of the given rows, in order, decoded by `workers` processes (0: in-process)."""
+    dataset = _ImageDataset(root, keys, list(rows), size_hw, max_pixels)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(B, H, W, 3) uint8 → (B, 3, H, W) float32, (x/255 - mean) / std, on pixels' device."""
+    x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s)

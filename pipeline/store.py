@@ -1,0 +1,219 @@
+"""Lazy read-only view of an fmpipe file: a single shard, a merged (virtual) or a copied file.
+
+Nothing is read until asked: `store.stage(2).data[i]` reads only image i's chunks.
+A virtual file's sources are checked before any read, because HDF5 silently returns
+fill values for a missing source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the zstd filter for reading)
+import numpy as np
+
+from . import schema
+from .errors import IncompleteFileError, InputError
+
+# One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
+# is decoded again on every partial read).
+CHUNK_CACHE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StageView:
+    """One stage: lazy h5py datasets plus its metadata."""
+
+    index: int
+    module: str
+    channels: int
+    stride: int
+    height: int
+    width: int
+    data: h5py.Dataset  # (N, C, H, W) float16/float32
+    min: h5py.Dataset  # (N, C) float32
+    max: h5py.Dataset  # (N, C) float32
+    mean: h5py.Dataset  # (N, C) float32
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Per-image (C, H, W)."""
+        return self.channels, self.height, self.width
+
+
+class Store:
+    """An open fmpipe file. Use as a context manager or call `close()`."""
+
+    def __init__(self, path: str | os.PathLike, require_complete: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"{self.path} does not exist.")
+        try:
+            self.file = h5py.File(
+                self.path, "r", locking="best-effort", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007
+            )
+        except OSError as err:
+            raise InputError(f"{self.path} is not a readable HDF5 file ({err}).") from None
+        try:
+            self._validate(require_complete)
+        except Exception:
+            self.file.close()
+            raise
+
+    def _validate(self, require_complete: bool) -> None:
+        attrs = self.file.attrs
+        if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
+            raise InputError(f"{self.path} is an HDF5 file but not an fmpipe file (no format='fmpipe').")
+        version = attrs.get(schema.ATTR_FORMAT_VERSION)
+        if version != schema.FORMAT_VERSION:
+            raise InputError(
+                f"{self.path} has fmpipe format version {version}; this fmpipe reads version "
+                f"{schema.FORMAT_VERSION}. Upgrade fmpipe (python -m pip install -U fmpipe)."
+            )
+        for name in (schema.KEY, schema.DONE, schema.ORIG_HW, schema.STAGES):
+            if name not in self.file:
+                raise InputError(f"{self.path} claims to be an fmpipe file but lacks /{name}.")
+        n = self.file[schema.KEY].shape[0]
+        for index in self.stage_indices:
+            group = self.file[schema.stage_group(index)]
+            for name in (schema.DATA, *schema.STAT_NAMES):
+                if name not in group:
+                    raise InputError(f"{self.path}: stage {index} lacks its {name!r} dataset.")
+            data = group[schema.DATA]
+            if data.ndim != 4 or data.shape[0] != n:
+                raise InputError(f"{self.path}: stage {index} data has shape {data.shape}, expected ({n}, C, H, W).")
+        self.check_sources()
+        if require_complete and not self.complete:
+            raise IncompleteFileError(
+                f"{self.path} is not complete ({self.done_count} of {len(self)} images done). "
+                "Finish it by rerunning the same extract command, or pass --allow-partial."
+            )
+
+    def check_sources(self) -> None:
+        """Raise if a virtual dataset's source file is missing or lies outside its folder."""
+        base = self.path.resolve().parent
+        for index in self.stage_indices:
+            dset = self.file[f"{schema.stage_group(index)}/{schema.DATA}"]
+            if not dset.is_virtual:
+                continue
+            for source in {vs.file_name for vs in dset.virtual_sources()}:
+                if source == ".":
+                    continue
+                target = (base / source).resolve()
+                if base not in target.parents and target.parent != base:
+                    raise InputError(
+                        f"{self.path}: virtual source {source!r} points outside {base}; refusing to read it."
+                    )
+                if not target.exists():
+                    raise InputError(
+                        f"{self.path}: its shard {source!r} is missing (looked in {base}). "
+                        "Restore the shard or re-run the merge with --copy from complete shards."
+                    )
+
+    # -- metadata -----------------------------------------------------------------------
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.file.attrs)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.file.attrs.get(schema.ATTR_COMPLETE, False))
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.file.attrs.get(schema.ATTR_CONFIG, "{}"))
+
+    @property
+    def keys(self) -> list[str]:
+        """Image keys, row order (sorted relative POSIX paths)."""
+        return [k.decode() if isinstance(k, bytes) else k for k in self.file[schema.KEY][:]]
+
+    def __len__(self) -> int:
+        return self.file[schema.KEY].shape[0]
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.file[schema.DONE][:].astype(bool)
+
+    @property
+    def done_count(self) -> int:
+        return int(self.done.sum())
+
+    @property
+    def orig_hw(self) -> np.ndarray:
+        """(N, 2) int32 height, width of each source image before resizing (-1: failed)."""
+        return self.file[schema.ORIG_HW][:]
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """(key, reason) of every image that could not be used."""
+        keys = self.file[schema.FAILURE_KEY][:]
+        reasons = self.file[schema.FAILURE_REASON][:]
+        return [(_text(k), _text(r)) for k, r in zip(keys, reasons, strict=True)]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """(N,) bool: rows that are done and hold data (not failures)."""
+        mask = self.done
+        mask[self.file[schema.FAILURE_INDEX][:]] = False
+        return mask
+
+    @property
+    def stage_indices(self) -> list[int]:
+        return sorted(int(name) for name in self.file[schema.STAGES])
+
+    def stage(self, index: int) -> StageView:
+        """The stage with this index (negative counts from the last stored stage)."""
+        indices = self.stage_indices
+        if index < 0 and -len(indices) <= index:
+            index = indices[index]
+        if index not in indices:
+            raise InputError(f"stage {index} is not in {self.path}; stored stages: {', '.join(map(str, indices))}.")
+        group = self.file[schema.stage_group(index)]
+        a = group.attrs
+        return StageView(
+            int(a["index"]),
+            str(a["module"]),
+            int(a["channels"]),
+            int(a["stride"]),
+            int(a["height"]),
+            int(a["width"]),
+            group[schema.DATA],
+            group[schema.STAT_MIN],
+            group[schema.STAT_MAX],
+            group[schema.STAT_MEAN],
+        )
+
+    @property
+    def stages(self) -> list[StageView]:
+        return [self.stage(i) for i in self.stage_indices]
+
+    def row(self, key: str) -> int:
+        """Row of an image key."""
+        try:
+            return self.keys.index(key)
+        except ValueError:
+            raise InputError(f"no image with key {key!r} in {self.path}.") from None
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(path: str | os.PathLike, require_complete: bool = False) -> Store:
+    """Open an fmpipe HDF5 file lazily (see `Store`)."""
+    return Store(path, require_complete=require_complete)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

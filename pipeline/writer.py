@@ -1,0 +1,372 @@
+"""Shard writer: pre-sized datasets, pooled compression, direct chunk writes, done markers.
+
+Only this module creates output files. A shard is written as `OUT.partial`; after each
+batch the data is written and flushed, then the rows' `done` markers are set and
+flushed, so a killed run resumes from `done`. `finalize` marks the file complete,
+fsyncs it and renames it to OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import schema
+from .codecs import Codec
+from .config import describe_difference
+from .errors import FingerprintMismatch, InputError, OutputExistsError, RunFailure
+from .taps import StageInfo
+
+log = logging.getLogger(__name__)
+
+_STR = h5py.string_dtype("utf-8")
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """What a shard file holds: its keys, stages, storage and identifying metadata."""
+
+    keys: list[str]
+    stages: list[StageInfo]
+    dtype: str
+    compression: str
+    fingerprint: str
+    fingerprint_parts: dict
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchResult:
+    """One batch's output, on the host. Arrays are aligned with `ok_rows`."""
+
+    rows: np.ndarray  # (B,) int64 rows of the batch, failures included
+    ok_rows: np.ndarray  # (B_ok,) int64
+    orig_hw: np.ndarray  # (B, 2) int32
+    failures: list[tuple[int, str]]
+    data: dict[int, np.ndarray]  # stage → (B_ok, C, H, W) storage dtype, C-contiguous
+    stats: dict[int, np.ndarray]  # stage → (3, B_ok, C) float32: min, max, mean
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(out)}.partial")
+
+
+def to_utf8(text: str) -> str:
+    """Keys from non-UTF-8 file names (surrogate escapes) stored readably, never crashing."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class ShardWriter:
+    """Writes batches into one shard file from a background thread.
+
+    `submit` blocks when `max_pending` batches are queued, so memory stays bounded and
+    the slowest step sets the pace. Errors in the writer thread surface on the next call.
+    """
+
+    def __init__(self, out: Path, file: h5py.File, plan: WritePlan, threads: int = 2, max_pending: int = 2):
+        self.out, self.file, self.plan = out, file, plan
+        self.codec = Codec(plan.compression)
+        self.timings = {"compress_s": 0.0, "write_s": 0.0, "writer_busy_s": 0.0}
+        self._lock = threading.Lock()
+        self.bytes_written = 0
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="compress")
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="writer", daemon=True)
+        self._thread.start()
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, out: str | os.PathLike, plan: WritePlan, overwrite: bool = False, threads: int = 2
+    ) -> ShardWriter | None:
+        """Create or resume the shard at `out`; None when `out` is already complete."""
+        out = Path(out)
+        partial = partial_path(out)
+        if overwrite:
+            for path in (out, partial):
+                path.unlink(missing_ok=True)
+        if out.exists():
+            _check_finished(out, plan)
+            return None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            file = h5py.File(partial, "r+", locking="best-effort")
+            _check_resumable(file, partial, plan)
+            log.info(
+                "resuming %s: %d of %d images already done", partial, int(file[schema.DONE][:].sum()), len(plan.keys)
+            )
+        else:
+            file = h5py.File(partial, "w", libver=schema.LIBVER, locking="best-effort")
+            _create_layout(file, plan)
+            file.flush()
+        return cls(out, file, plan, threads=threads)
+
+    def pending_rows(self) -> np.ndarray:
+        """Rows not yet done, ascending."""
+        return np.flatnonzero(~self.file[schema.DONE][:])
+
+    # -- writing --------------------------------------------------------------------------
+
+    def submit(self, batch: BatchResult) -> None:
+        """Queue one batch for writing (blocks while the queue is full)."""
+        self._raise_if_failed()
+        while True:
+            try:
+                self._queue.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                self._raise_if_failed()
+
+    def _drain(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                if self._error is None:
+                    self._write(batch)
+            except BaseException as err:  # handed to the submitting thread
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, OSError):
+                raise RunFailure(
+                    f"writing {partial_path(self.out)} failed: {err}. The file keeps every "
+                    "batch written so far; free space or fix the cause, then rerun the same "
+                    "command to resume."
+                ) from err
+            raise err
+
+    def _write(self, batch: BatchResult) -> None:
+        t0 = time.perf_counter()
+        jobs = []
+        for info in self.plan.stages:
+            array = batch.data.get(info.index)
+            if array is None or not len(batch.ok_rows):
+                continue
+            dset = self.file[f"{schema.stage_group(info.index)}/{schema.DATA}"]
+            k = dset.chunks[1]
+            for b, row in enumerate(batch.ok_rows):
+                for c0 in range(0, info.channels, k):
+                    block = _padded(array[b, c0 : c0 + k], k)
+                    future = self._pool.submit(self._compress, block)
+                    jobs.append((dset, (int(row), c0, 0, 0), future))
+        for dset, offset, future in jobs:
+            payload = future.result()
+            t1 = time.perf_counter()
+            dset.id.write_direct_chunk(offset, payload, 0)
+            self.timings["write_s"] += time.perf_counter() - t1
+            self.bytes_written += len(payload)
+        t2 = time.perf_counter()
+        self._write_rows(batch)
+        self.file.flush()
+        done = self.file[schema.DONE]
+        for lo, hi in _runs(batch.rows):
+            done[lo:hi] = True
+        self.file.flush()
+        self.timings["write_s"] += time.perf_counter() - t2
+        self.timings["writer_busy_s"] += time.perf_counter() - t0
+
+    def _compress(self, block: np.ndarray) -> bytes:
+        t0 = time.perf_counter()
+        payload = self.codec.compress(memoryview(block).cast("B"))
+        self._add_compress_s(time.perf_counter() - t0)
+        return payload
+
+    def _add_compress_s(self, seconds: float) -> None:
+        with self._lock:
+            self.timings["compress_s"] += seconds
+
+    def _write_rows(self, batch: BatchResult) -> None:
+        rows = batch.rows
+        hw = self.file[schema.ORIG_HW]
+        for lo, hi in _runs(rows):
+            sel = (rows >= lo) & (rows < hi)
+            hw[lo:hi] = batch.orig_hw[sel]
+        for info in self.plan.stages:
+            stats = batch.stats.get(info.index)
+            if stats is None or not len(batch.ok_rows):
+                continue
+            group = self.file[schema.stage_group(info.index)]
+            for lo, hi in _runs(batch.ok_rows):
+                sel = (batch.ok_rows >= lo) & (batch.ok_rows < hi)
+                for s, name in enumerate(schema.STAT_NAMES):
+                    group[name][lo:hi] = stats[s][sel]
+        if batch.failures:
+            _append_failures(self.file, self.plan.keys, batch.failures)
+
+    # -- finishing ------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Wait until every submitted batch is written (and raise its error, if any)."""
+        self._queue.join()
+        self._raise_if_failed()
+
+    def finalize(self, timings: dict | None = None) -> Path:
+        """Mark complete (only if every row is done), fsync, rename OUT.partial → OUT."""
+        self.drain()
+        pending = self.pending_rows()
+        if len(pending):
+            raise RunFailure(f"{len(pending)} images are not done; the file stays partial.")
+        attrs = self.file.attrs
+        attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
+        attrs[schema.ATTR_COMPLETE] = True
+        self.close()
+        partial = partial_path(self.out)
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, self.out)
+        _fsync_dir(self.out.parent)
+        return self.out
+
+    def close(self) -> None:
+        """Stop the writer thread and close the file (data already flushed stays valid)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._pool.shutdown(wait=True)
+        if self.file.id.valid:
+            self.file.close()
+
+
+def _padded(block: np.ndarray, k: int) -> np.ndarray:
+    """Edge chunks must be padded to the full chunk shape (notes/hdf5.md)."""
+    if block.shape[0] == k:
+        return np.ascontiguousarray(block)
+    out = np.zeros((k, *block.shape[1:]), dtype=block.dtype)
+    out[: block.shape[0]] = block
+    return out
+
+
+def _runs(rows: np.ndarray):
+    """Contiguous [lo, hi) runs of ascending rows."""
+    if not len(rows):
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for part in np.split(rows, breaks):
+        yield int(part[0]), int(part[-1]) + 1
+
+
+def _create_layout(file: h5py.File, plan: WritePlan) -> None:
+    n = len(plan.keys)
+    attrs = file.attrs
+    attrs[schema.ATTR_FORMAT] = schema.FORMAT
+    attrs[schema.ATTR_FORMAT_VERSION] = schema.FORMAT_VERSION
+    attrs[schema.ATTR_COMPLETE] = False
+    attrs[schema.ATTR_FINGERPRINT] = plan.fingerprint
+    attrs["fingerprint_json"] = json.dumps(plan.fingerprint_parts, sort_keys=True)
+    for name, value in plan.attrs.items():
+        attrs[name] = value
+    file.create_dataset(schema.KEY, data=[to_utf8(k) for k in plan.keys], dtype=_STR)
+    file.create_dataset(schema.ORIG_HW, shape=(n, 2), dtype="int32", fillvalue=-1)
+    file.create_dataset(schema.DONE, shape=(n,), dtype="bool", fillvalue=False)
+    for name in (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REASON):
+        dtype = "int64" if name == schema.FAILURE_INDEX else _STR
+        file.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dtype)
+    codec = Codec(plan.compression)
+    for info in plan.stages:
+        _create_stage(file, info, n, plan.dtype, codec)
+
+
+def _create_stage(file: h5py.File, info: StageInfo, n: int, dtype: str, codec: Codec) -> None:
+    group = file.create_group(schema.stage_group(info.index))
+    for name, value in (
+        ("index", info.index),
+        ("module", info.module),
+        ("channels", info.channels),
+        ("stride", info.stride),
+        ("height", info.height),
+        ("width", info.width),
+        ("capture", info.capture),
+        ("layout", "NCHW"),
+    ):
+        group.attrs[name] = value
+    itemsize = np.dtype(dtype).itemsize
+    k = schema.chunk_channels(info.channels, info.height, info.width, itemsize)
+    group.create_dataset(
+        schema.DATA,
+        shape=(n, info.channels, info.height, info.width),
+        dtype=dtype,
+        chunks=(1, k, info.height, info.width),
+        fillvalue=np.nan,
+        **codec.dataset_options(),
+    )
+    for name in schema.STAT_NAMES:
+        group.create_dataset(name, shape=(n, info.channels), dtype="float32", fillvalue=np.nan)
+
+
+def _append_failures(file: h5py.File, keys: list[str], failures: list[tuple[int, str]]) -> None:
+    rows = [row for row, _ in failures]
+    new = {
+        schema.FAILURE_INDEX: np.asarray(rows, dtype=np.int64),
+        schema.FAILURE_KEY: [to_utf8(keys[r]) for r in rows],
+        schema.FAILURE_REASON: [to_utf8(reason) for _, reason in failures],
+    }
+    for name, values in new.items():
+        dset = file[name]
+        start = dset.shape[0]
+        dset.resize((start + len(rows),))
+        dset[start:] = values
+
+
+def _stored_parts(file: h5py.File) -> dict:
+    try:
+        return json.loads(file.attrs.get("fingerprint_json", "{}"))
+    except (TypeError, ValueError):
+        return {}
+
+
+def _check_resumable(file: h5py.File, path: Path, plan: WritePlan) -> None:
+    if file.attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
+        file.close()
+        raise InputError(f"{path} exists but is not an fmpipe file; move it away or pass --overwrite.")
+    if file.attrs.get(schema.ATTR_FINGERPRINT) != plan.fingerprint:
+        diff = describe_difference(_stored_parts(file), plan.fingerprint_parts)
+        file.close()
+        raise FingerprintMismatch(
+            f"{path} was started with a different configuration ({diff}). Rerun with the "
+            "original options to resume it, or pass --overwrite to start over."
+        )
+
+
+def _check_finished(out: Path, plan: WritePlan) -> None:
+    try:
+        with h5py.File(out, "r", locking="best-effort") as file:
+            same = file.attrs.get(schema.ATTR_FINGERPRINT) == plan.fingerprint and bool(
+                file.attrs.get(schema.ATTR_COMPLETE)
+            )
+            diff = describe_difference(_stored_parts(file), plan.fingerprint_parts)
+    except OSError:
+        same, diff = False, "it is not a readable HDF5 file"
+    if not same:
+        raise OutputExistsError(
+            f"{out} already exists ({diff}); pass --overwrite to replace it, or choose another output path."
+        )
+    log.info("%s is already complete with this configuration; nothing to do", out)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
