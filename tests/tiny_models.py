@@ -1,0 +1,54 @@
+"""Tiny models for `--model tiny_models:FACTORY` in tests (tests/ is put on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class InplaceNet(nn.Module):
+    """conv1 → ReLU(inplace) → conv2 (stride 2) → ReLU(inplace) → pool → fc.
+
+    Stage 0 is conv1's output, which the in-place ReLU overwrites right after: a tap
+    that keeps a reference instead of the values would store the post-ReLU map.
+    """
+
+    feature_info = [{"module": "conv1", "num_chs": 6}, {"module": "conv2", "num_chs": 8}]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.conv1(x))
+        x = self.relu2(self.conv2(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+class PlainNet(nn.Module):
+    """Three strided convs without declared stages: fmpipe discovers them by probing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.head(self.body(self.stem(x)))).flatten(1)
+
+
+def inplace_net() -> nn.Module:
+    torch.manual_seed(1)
+    return InplaceNet()
+
+
+def plain_net() -> nn.Module:
+    torch.manual_seed(2)
+    return PlainNet()
