@@ -103,10 +103,7 @@ def extract(
         typer.echo(
             describe_stages(
                 model,
-                (
-                    summary.stages[0].height * summary.stages[0].stride,
-                    summary.stages[0].width * summary.stages[0].stride,
-                ),
+                summary.input_hw,
                 summary.stages,
                 2 if dtype == "float16" else 4,
             )
@@ -158,26 +155,12 @@ def info(path: Annotated[str, typer.Argument(help="An fmpipe HDF5 file.")]) -> N
 def main() -> None:
     """Console entry point: run the app, turning FmpipeError into a message and exit code."""
     try:
-        app(standalone_mode=False)
+        app()  # standalone: click reports usage errors itself, with exit code 2
     except FmpipeError as err:
         if _state["debug"]:
             raise
         typer.echo(f"fmpipe: error: {err}", err=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("fmpipe: interrupted; rerun the same command to resume.", err=True)
-        sys.exit(130)
-    except Exception as err:  # click's usage errors and the like
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(2)
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def decode(path: str, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PI
     orig_hw = (rgb.height, rgb.width)
     if orig_hw != tuple(size_hw):
         rgb = rgb.resize((size_hw[1], size_hw[0]), _RESAMPLE)
-    return Decoded(np.asarray(rgb, dtype=np.uint8), orig_hw)
+    return Decoded(np.array(rgb, dtype=np.uint8), orig_hw)
 
 
 def _check_pixels(img: Image.Image, max_pixels: int) -> None:

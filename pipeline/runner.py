@@ -45,6 +45,7 @@ class ExtractSummary:
     mb_written: float
     seconds: float
     stages: list[taps.StageInfo]
+    input_hw: tuple[int, int]
     dry_run: bool = False
     timings: dict = field(default_factory=dict)
     nan_stages: list[int] = field(default_factory=list)
@@ -94,7 +95,7 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     tap, all_stages = taps.build(model, size_hw, config.stages, device)
     stages = [all_stages[i] for i in tap.wanted]
     plan = _plan(config, model, size_hw, stages, all_keys, keys, start)
-    summary = ExtractSummary(out, str(device), len(keys), 0, 0, 0, 0.0, 0.0, stages, dry_run=config.dry_run)
+    summary = ExtractSummary(out, str(device), len(keys), 0, 0, 0, 0.0, 0.0, stages, size_hw, dry_run=config.dry_run)
     if config.dry_run:
         return summary
     writer = ShardWriter.open(out, plan, overwrite=config.overwrite, threads=max(1, os.cpu_count() or 1))

@@ -30,6 +30,8 @@ ATTR_CONFIG = "config_json"
 ATTR_SHARD_INDEX = "shard_index"
 ATTR_NUM_SHARDS = "num_shards"
 ATTR_TIMINGS = "timings_json"
+ATTR_MERGED_FROM = "merged_from"  # merged files only: the shards folder, relative to the file
+ATTR_MERGE_MODE = "merge_mode"  # merged files only: "virtual" (VDS over the shards) or "copy"
 
 # Per-stage datasets, below stages/<i>/.
 DATA = "data"  # (N, C, H, W) float16 (or float32), chunks (1, k, H, W)

@@ -39,6 +39,11 @@ class StageInfo:
     width: int
     capture: str  # "forward_intermediates" or "forward_hook"
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Per-image (C, H, W)."""
+        return self.channels, self.height, self.width
+
     def nbytes(self, itemsize: int = 2) -> int:
         """Bytes per image at the given storage item size (2 for float16)."""
         return self.channels * self.height * self.width * itemsize

@@ -1,0 +1,70 @@
+"""Writer: direct chunk writes read back exactly through plain h5py, for every codec."""
+
+from __future__ import annotations
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+import pytest
+
+from pipeline import schema
+from pipeline.taps import StageInfo
+from pipeline.writer import BatchResult, ShardWriter, WritePlan
+
+
+def _plan(keys, stages, compression="zstd", dtype="float16") -> WritePlan:
+    return WritePlan(keys, stages, dtype, compression, "fp-test", {"test": 1}, {"model": "synthetic"})
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
+def test_non_dividing_chunks_read_back_exactly(tmp_path, compression):
+    # 7 channels of 300x300 float16: k = 2 channels per chunk → a padded edge chunk.
+    stage = StageInfo(0, "synthetic", 7, 4, 300, 300, "forward_hook")
+    assert schema.chunk_channels(7, 300, 300, 2) == 2
+    keys = [f"k{i}" for i in range(5)]
+    out = tmp_path / "w.h5"
+    writer = ShardWriter.open(out, _plan(keys, [stage], compression))
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((5, 7, 300, 300)).astype(np.float16)
+    data[data < 0] = 0  # post-ReLU-like sparsity
+    for rows in (np.array([0, 1, 2]), np.array([3, 4])):
+        stats = np.stack([data[rows].min((2, 3)), data[rows].max((2, 3)), data[rows].mean((2, 3))]).astype(np.float32)
+        writer.submit(BatchResult(rows, rows, np.full((len(rows), 2), 300, np.int32), [], {0: data[rows]}, {0: stats}))
+    writer.finalize()
+    with h5py.File(out) as f:
+        dset = f["stages/0/data"]
+        assert dset.chunks == (1, 2, 300, 300)
+        np.testing.assert_array_equal(dset[:], data)
+        np.testing.assert_array_equal(dset[2, 6], data[2, 6])  # the edge chunk alone
+        assert f["images/done"][:].all() and bool(f.attrs["complete"])
+
+
+def test_failed_rows_read_as_nan_and_are_listed(tmp_path):
+    stage = StageInfo(0, "synthetic", 3, 1, 4, 4, "forward_hook")
+    out = tmp_path / "f.h5"
+    writer = ShardWriter.open(out, _plan(["a", "b", "c"], [stage]))
+    ok = np.array([0, 2])
+    data = np.ones((2, 3, 4, 4), np.float16)
+    stats = np.ones((3, 2, 3), np.float32)
+    writer.submit(BatchResult(np.arange(3), ok, np.array([[4, 4], [-1, -1], [4, 4]], np.int32),
+                              [(1, "broken")], {0: data}, {0: stats}))
+    writer.finalize()
+    with h5py.File(out) as f:
+        assert np.isnan(f["stages/0/data"][1]).all() and np.isnan(f["stages/0/min"][1]).all()
+        assert (f["stages/0/data"][0] == 1).all()
+        assert f["failures/index"][:].tolist() == [1]
+        assert f["failures/reason"][0].decode() == "broken"
+
+
+def test_finalize_refuses_an_unfinished_shard(tmp_path):
+    stage = StageInfo(0, "synthetic", 1, 1, 2, 2, "forward_hook")
+    out = tmp_path / "u.h5"
+    writer = ShardWriter.open(out, _plan(["a", "b"], [stage]))
+    writer.submit(BatchResult(np.array([0]), np.array([0]), np.array([[2, 2]], np.int32), [],
+                              {0: np.zeros((1, 1, 2, 2), np.float16)}, {0: np.zeros((3, 1, 1), np.float32)}))
+    with pytest.raises(Exception, match="not done"):
+        writer.finalize()
+    writer.close()
+    assert not out.exists() and (tmp_path / "u.h5.partial").exists()
+    with h5py.File(tmp_path / "u.h5.partial") as f:
+        assert not bool(f.attrs["complete"]) and f["images/done"][:].tolist() == [True, False]
