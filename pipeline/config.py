@@ -13,7 +13,7 @@ from .errors import UsageError
 DEFAULT_MODEL = "efficientnet_lite0"
 DTYPES = ("float16", "float32")
 COMPRESSIONS = ("zstd", "gzip", "none")
-RESIZE_POLICY = "exact-HxW-pil-bicubic-no-crop"
+RESIZE_POLICY = "exact-HxW-pil-bicubic-no-crop-jpeg-draft"
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class ExtractConfig:
     dry_run: bool = False
     unsafe_pickle: bool = False
     seed: int = 0
+    amp: bool = False  # bf16 autocast on CUDA (changes values: part of the fingerprint)
+    null_writer: bool = False  # discard the maps (benchmarking the rest of the pipeline)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -40,6 +40,12 @@ def decode(path: str, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PI
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_pixels(img, max_pixels)
+                orig_hw = _upright_hw(img)
+                if img.format == "JPEG":
+                    # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target:
+                    # much cheaper than a full decode followed by a large downscale.
+                    side = max(size_hw)
+                    img.draft(img.mode, (side, side))
                 rgb = _to_rgb(img)
     except DecodeError:
         raise
@@ -55,8 +61,7 @@ def decode(path: str, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PI
         raise DecodeError(f"cannot decode: {err}") from None
     except (ValueError, SyntaxError, EOFError) as err:  # Pillow raises these on corrupt data
         raise DecodeError(f"corrupt image data: {err}") from None
-    orig_hw = (rgb.height, rgb.width)
-    if orig_hw != tuple(size_hw):
+    if (rgb.height, rgb.width) != tuple(size_hw):
         rgb = rgb.resize((size_hw[1], size_hw[0]), _RESAMPLE)
     return Decoded(np.array(rgb, dtype=np.uint8), orig_hw)
 
@@ -68,6 +73,12 @@ def _check_pixels(img: Image.Image, max_pixels: int) -> None:
             f"refused as a decompression bomb: {img.width}x{img.height} = {pixels} pixels "
             f"exceeds the limit of {max_pixels}"
         )
+
+
+def _upright_hw(img: Image.Image) -> tuple[int, int]:
+    """Height and width as displayed: EXIF orientations 5-8 swap the axes."""
+    orientation = img.getexif().get(0x0112, 1)
+    return (img.width, img.height) if orientation in (5, 6, 7, 8) else (img.height, img.width)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -132,3 +132,15 @@ def test_mixed_folder_finishes_and_lists_every_failure(tmp_path):
             assert finite == (key in good), key  # failed rows read as NaN, good rows hold data
         orig = dict(zip(store.keys, store.orig_hw.tolist(), strict=True))
         assert orig["gray.png"] == [30, 40] and orig["empty.png"] == [-1, -1]
+
+
+def test_large_jpeg_draft_decoding_stays_close_and_keeps_the_original_size(tmp_path):
+    # A smooth 1600x1200 gradient: draft decoding at 1/4 scale, then resizing, must stay
+    # close to a full decode + resize, and orig_hw must be the file's real size.
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    pixels = np.stack([xx * 255 // 1600, yy * 255 // 1200, (xx + yy) * 255 // 2800], -1).astype(np.uint8)
+    path = _save(tmp_path / "big.jpg", Image.fromarray(pixels), quality=95)
+    decoded = decode(path, (224, 224))
+    assert decoded.orig_hw == (1200, 1600)
+    full = np.asarray(Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC))
+    assert np.abs(decoded.pixels.astype(int) - full.astype(int)).mean() < 1.5
