@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from . import __version__, models, sources, taps
 from .config import RESIZE_POLICY, ExtractConfig, fingerprint
-from .errors import InputError, RunFailure
-from .loading import iter_batches, normalize
+from .errors import InputError, RunFailure, UsageError
+from .loading import Batch, iter_batches, normalize
 from .schema import ATTR_CONFIG, ATTR_NUM_SHARDS, ATTR_SHARD_INDEX
-from .writer import BatchResult, ShardWriter, WritePlan
+from .writer import BatchResult, NullWriter, ShardWriter, WritePlan
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class ExtractSummary:
     dry_run: bool = False
     timings: dict = field(default_factory=dict)
     nan_stages: list[int] = field(default_factory=list)
+    seen: int = 0  # images through the model in this run (for progress lines)
+    last_log_s: float = 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -98,7 +100,10 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     summary = ExtractSummary(out, str(device), len(keys), 0, 0, 0, 0.0, 0.0, stages, size_hw, dry_run=config.dry_run)
     if config.dry_run:
         return summary
-    writer = ShardWriter.open(out, plan, overwrite=config.overwrite, threads=max(1, os.cpu_count() or 1))
+    if config.amp and device.type != "cuda":
+        raise UsageError("--amp (bf16 autocast) is for CUDA devices; drop it on the CPU.")
+    opener = NullWriter.open if config.null_writer else ShardWriter.open
+    writer = opener(out, plan, overwrite=config.overwrite, threads=max(1, os.cpu_count() or 1))
     if writer is None:
         summary.done_before = len(keys)
         return summary
@@ -127,6 +132,7 @@ def _plan(config, model, size_hw, stages, all_keys, keys, start) -> WritePlan:
         "resize": RESIZE_POLICY,
         "dtype": config.dtype,
         "compression": config.compression,
+        "amp": config.amp,
         "keys_sha256": hashlib.sha256("\n".join(all_keys).encode("utf-8", "surrogateescape")).hexdigest(),
         "num_keys": len(all_keys),
         "format_version": 1,
@@ -142,6 +148,7 @@ def _plan(config, model, size_hw, stages, all_keys, keys, start) -> WritePlan:
         "resize_policy": RESIZE_POLICY,
         "dtype": config.dtype,
         "compression": config.compression,
+        "amp": config.amp,
         ATTR_CONFIG: config.to_json(),
         ATTR_SHARD_INDEX: config.shard_index,
         ATTR_NUM_SHARDS: config.num_shards,
@@ -153,99 +160,154 @@ def _plan(config, model, size_hw, stages, all_keys, keys, start) -> WritePlan:
 
 
 def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, summary) -> None:
-    dtype = getattr(torch, config.dtype)
+    """The batch loop. Batch i is handed to the writer after batch i+1's forward pass was
+    launched, so on CUDA the device→host copy overlaps the next forward pass."""
     timings = summary.timings
     for name in ("decode_wait_s", "compute_s", "host_copy_s", "write_wait_s"):
         timings[name] = 0.0
-    bar = _progress(len(pending), summary.done_before, len(keys))
-    last_log = time.perf_counter()
+    forward = _Forward(tap, model, device, getattr(torch, config.dtype), config.amp)
+    bar = _progress(summary.done_before, len(keys))
     batches = iter_batches(
         config.images, keys, pending, size_hw, config.batch_size, config.workers, pin_memory=device.type == "cuda"
     )
+    staged = None
     t0 = time.perf_counter()
     for batch in batches:
         t1 = time.perf_counter()
         timings["decode_wait_s"] += t1 - t0
-        data, stats = _forward(batch.pixels, tap, model, device, dtype, keys, batch.ok_rows, summary)
-        t2 = time.perf_counter()
-        timings["compute_s"] += t2 - t1
-        result = BatchResult(
-            batch.rows,
-            batch.ok_rows,
-            batch.orig_hw,
-            batch.failures,
-            {i: t.numpy() for i, t in data.items()},
-            {i: s.numpy() for i, s in stats.items()},
-        )
-        t3 = time.perf_counter()
-        timings["host_copy_s"] += t3 - t2
-        writer.submit(result)
-        summary.stored += len(batch.ok_rows)
-        summary.failed += len(batch.failures)
-        for row, reason in batch.failures:
-            log.warning("skipped %s: %s", keys[row], reason)
+        ahead = forward(batch)
+        timings["compute_s"] += time.perf_counter() - t1
+        if staged is not None:
+            _submit(staged, writer, keys, summary, config.dtype)
+        staged = ahead
+        _report(bar, batch, summary, len(keys))
         t0 = time.perf_counter()
-        timings["write_wait_s"] += t0 - t3
-        if bar is not None:
-            bar.update(len(batch.rows))
-        elif t0 - last_log > LOG_EVERY_S:
-            last_log = t0
-            log.info("%d of %d images", summary.done_before + summary.stored + summary.failed, len(keys))
+    if staged is not None:
+        _submit(staged, writer, keys, summary, config.dtype)
     writer.drain()
     if bar is not None:
         bar.close()
 
 
-def _forward(pixels, tap, model, device, dtype, keys, ok_rows, summary):
-    """Run the model on one batch; (B, C, H, W) storage-dtype maps and (3, B, C) stats per stage.
-
-    Stats and the cast happen inside the sink, on the device, before any later in-place
-    op of the model can touch the captured tensor.
-    """
-    data: dict[int, torch.Tensor] = {}
-    stats: dict[int, torch.Tensor] = {}
-    if not len(ok_rows):
-        return data, stats
-
-    def sink(index: int, tensor: torch.Tensor) -> None:
-        t = tensor.detach().float()
-        lo, hi, mean = t.amin(dim=(2, 3)), t.amax(dim=(2, 3)), t.mean(dim=(2, 3))
-        stats[index] = torch.stack([lo, hi, mean])
-        data[index] = t.to(dtype, copy=True)
-
-    with torch.inference_mode():
-        x = normalize(pixels.to(device, non_blocking=True), model.mean, model.std)
-        tap(x, sink)
-    for index, s in stats.items():
-        _check_values(index, s, dtype, keys, ok_rows, summary)
-    data = {i: t.cpu().contiguous() for i, t in data.items()}
-    stats = {i: s.cpu() for i, s in stats.items()}
-    return data, stats
+def _submit(staged: _Staged, writer, keys, summary: ExtractSummary, dtype: str) -> None:
+    """Wait for a batch's host copy, check its values, and queue it for the writer."""
+    t0 = time.perf_counter()
+    result = staged.result()
+    t1 = time.perf_counter()
+    for index, stats in result.stats.items():
+        _check_values(index, stats, dtype, keys, result.ok_rows, summary)
+    writer.submit(result)
+    summary.timings["host_copy_s"] += t1 - t0
+    summary.timings["write_wait_s"] += time.perf_counter() - t1
+    summary.stored += len(result.ok_rows)
+    summary.failed += len(result.failures)
+    for row, reason in result.failures:
+        log.warning("skipped %s: %s", keys[row], reason)
 
 
-def _check_values(index, stats, dtype, keys, ok_rows, summary) -> None:
-    if torch.isnan(stats[2]).any() and index not in summary.nan_stages:
-        summary.nan_stages.append(index)
-        log.warning(
-            "stage %d has NaN activations (first in %s); they are stored as NaN",
-            index,
-            keys[ok_rows[int(torch.isnan(stats[2]).any(dim=1).nonzero()[0])]],
-        )
-    if dtype != torch.float16:
+def _report(bar, batch: Batch, summary: ExtractSummary, total: int) -> None:
+    """Progress: a tqdm bar on a terminal, else a log line every LOG_EVERY_S seconds."""
+    if bar is not None:
+        bar.update(len(batch.rows))
         return
-    peak = torch.maximum(stats[0].abs(), stats[1].abs())
-    finite = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    over = finite.amax(dim=1) > FLOAT16_MAX
-    if over.any():
-        b = int(over.nonzero()[0])
+    summary.seen += len(batch.rows)
+    now = time.perf_counter()
+    if now - summary.last_log_s > LOG_EVERY_S:
+        summary.last_log_s = now
+        log.info("%d of %d images", summary.done_before + summary.seen, total)
+
+
+@dataclass
+class _Staged:
+    """A computed batch whose maps are on (or on their way to) the host."""
+
+    batch: Batch
+    data: dict[int, torch.Tensor]  # stage → (B_ok, C, H, W) storage dtype, on the host
+    stats: dict[int, torch.Tensor]  # stage → (3, B_ok, C) float32 min, max, mean, on the host
+    copied: torch.cuda.Event | None = None  # set while an asynchronous copy is in flight
+
+    def result(self) -> BatchResult:
+        if self.copied is not None:
+            self.copied.synchronize()
+        b = self.batch
+        data = {i: t.numpy() for i, t in self.data.items()}
+        stats = {i: s.numpy() for i, s in self.stats.items()}
+        return BatchResult(b.rows, b.ok_rows, b.orig_hw, b.failures, data, stats)
+
+
+class _Forward:
+    """Runs the model on one batch: normalise, forward (optionally bf16 autocast), storage
+    cast and per-channel stats on the device, then the copy to the host.
+
+    Stats and the cast happen inside the tap's sink, before any later in-place op of the
+    model can touch the captured tensor. On CUDA the copy runs on its own stream into
+    pinned memory and does not block the next batch.
+    """
+
+    def __init__(self, tap, model, device: torch.device, dtype: torch.dtype, amp: bool):
+        self.tap, self.model, self.device, self.dtype = tap, model, device, dtype
+        self.amp = amp and device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def __call__(self, batch: Batch) -> _Staged:
+        data: dict[int, torch.Tensor] = {}
+        stats: dict[int, torch.Tensor] = {}
+        if not len(batch.ok_rows):
+            return _Staged(batch, data, stats)
+
+        def sink(index: int, tensor: torch.Tensor) -> None:
+            t = tensor.detach()
+            flat = t.float().flatten(2)  # (B, C, H*W): one pass for min and max
+            lo, hi = torch.aminmax(flat, dim=2)
+            stats[index] = torch.stack([lo, hi, flat.mean(dim=2)])
+            data[index] = t.to(self.dtype, memory_format=torch.contiguous_format, copy=True)
+
+        with torch.inference_mode():
+            x = normalize(batch.pixels.to(self.device, non_blocking=True), self.model.mean, self.model.std)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                self.tap(x, sink)
+            if self.stream is None:
+                return _Staged(batch, data, stats)
+            return self._copy_async(batch, data, stats)
+
+    def _copy_async(self, batch: Batch, data: dict, stats: dict) -> _Staged:
+        computed = torch.cuda.Event()
+        computed.record()
+        host_data: dict[int, torch.Tensor] = {}
+        host_stats: dict[int, torch.Tensor] = {}
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(computed)
+            for source, target in ((data, host_data), (stats, host_stats)):
+                for index, t in source.items():
+                    target[index] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                    target[index].copy_(t, non_blocking=True)
+                    t.record_stream(self.stream)
+            copied = torch.cuda.Event()
+            copied.record(self.stream)
+        return _Staged(batch, host_data, host_stats, copied)
+
+
+def _check_values(index: int, stats: np.ndarray, dtype: str, keys, ok_rows, summary) -> None:
+    """Report NaN maps; refuse float16 overflow, which would be stored as inf."""
+    nan_rows = np.flatnonzero(np.isnan(stats[2]).any(axis=1))
+    if len(nan_rows) and index not in summary.nan_stages:
+        summary.nan_stages.append(index)
+        first = keys[ok_rows[nan_rows[0]]]
+        log.warning("stage %d has NaN activations (first in %s); they are stored as NaN", index, first)
+    if dtype != "float16":
+        return
+    peak = np.nan_to_num(np.maximum(np.abs(stats[0]), np.abs(stats[1])), nan=0.0)
+    over = np.flatnonzero(peak.max(axis=1) > FLOAT16_MAX)
+    if len(over):
+        b = over[0]
         raise RunFailure(
             f"stage {index} overflows float16 for {keys[ok_rows[b]]}: |activation| reaches "
-            f"{float(finite[b].max()):.4g} > {FLOAT16_MAX:.0f}, which float16 would store as "
+            f"{float(peak[b].max()):.4g} > {FLOAT16_MAX:.0f}, which float16 would store as "
             "inf. Rerun with --dtype float32 --overwrite (or select other --stages)."
         )
 
 
-def _progress(pending: int, done_before: int, total: int):
+def _progress(done_before: int, total: int):
     if not sys.stderr.isatty():
         return None
     return tqdm(total=total, initial=done_before, unit="img", dynamic_ncols=True, desc="extract", smoothing=0.1)

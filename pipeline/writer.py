@@ -102,8 +102,15 @@ class ShardWriter:
             return None
         out.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists():
-            file = h5py.File(partial, "r+", locking="best-effort")
+            try:
+                file = h5py.File(partial, "r+", locking="best-effort")
+            except OSError as err:
+                raise InputError(
+                    f"{partial} cannot be resumed: it is not a readable HDF5 file ({err}). "
+                    "Pass --overwrite to start this output over."
+                ) from None
             _check_resumable(file, partial, plan)
+            _drop_unfinished_failures(file)
             log.info(
                 "resuming %s: %d of %d images already done", partial, int(file[schema.DONE][:].sum()), len(plan.keys)
             )
@@ -302,6 +309,8 @@ def _create_stage(file: h5py.File, info: StageInfo, n: int, dtype: str, codec: C
     group.create_dataset(
         schema.DATA,
         shape=(n, info.channels, info.height, info.width),
+        # An empty shard (more shards than images) still needs room for one chunk row.
+        maxshape=(max(n, 1), info.channels, info.height, info.width),
         dtype=dtype,
         chunks=(1, k, info.height, info.width),
         fillvalue=np.nan,
@@ -323,6 +332,21 @@ def _append_failures(file: h5py.File, keys: list[str], failures: list[tuple[int,
         start = dset.shape[0]
         dset.resize((start + len(rows),))
         dset[start:] = values
+
+
+def _drop_unfinished_failures(file: h5py.File) -> None:
+    """Forget failures listed by a batch that was killed before its done markers: it is redone."""
+    index = file[schema.FAILURE_INDEX][:]
+    keep = file[schema.DONE][:][index]
+    if keep.all():
+        return
+    for name in (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REASON):
+        dset = file[name]
+        values = dset[:][keep]
+        dset.resize((len(values),))
+        if len(values):
+            dset[:] = values
+    file.flush()
 
 
 def _stored_parts(file: h5py.File) -> dict:
@@ -370,3 +394,34 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class NullWriter:
+    """Same interface as ShardWriter, but discards every batch (`--null-writer`).
+
+    For benchmarking decode and compute without compression or disk; writes no file.
+    """
+
+    def __init__(self, out: Path, plan: WritePlan):
+        self.out, self.plan = out, plan
+        self.timings = {"compress_s": 0.0, "write_s": 0.0, "writer_busy_s": 0.0}
+        self.bytes_written = 0
+
+    @classmethod
+    def open(cls, out: str | os.PathLike, plan: WritePlan, overwrite: bool = False, threads: int = 1) -> NullWriter:
+        return cls(Path(out), plan)
+
+    def pending_rows(self) -> np.ndarray:
+        return np.arange(len(self.plan.keys))
+
+    def submit(self, batch: BatchResult) -> None:
+        self.bytes_written += sum(a.nbytes for a in batch.data.values())
+
+    def drain(self) -> None:
+        """Nothing is queued."""
+
+    def finalize(self, timings: dict | None = None) -> Path:
+        return self.out
+
+    def close(self) -> None:
+        """Nothing to close."""
