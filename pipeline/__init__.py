@@ -18,7 +18,7 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+src"
 
-__all__ = ["__version__", "extract", "open_store"]
+__all__ = ["__version__", "extract", "open_store", "render"]
 
 
 def extract(images: str, out: str, **options):
@@ -27,6 +27,17 @@ def extract(images: str, out: str, **options):
     from .runner import extract as run
 
     return run(ExtractConfig(images=str(images), out=str(out), **options))
+
+
+def render(path: str, stage: int, out: str | None = None, **options):
+    """Render one stage of an fmpipe file to PNGs (see RenderConfig); returns a RenderSummary.
+
+    `pipeline.rendering.colorize` gives one (image, stage, channel) as an RGB array instead.
+    """
+    from .rendering import RenderConfig
+    from .rendering import render as run
+
+    return run(RenderConfig(path=str(path), stage=stage, out=None if out is None else str(out), **options))
 
 
 def open_store(path, require_complete: bool = False):

@@ -152,6 +152,66 @@ def info(path: Annotated[str, typer.Argument(help="An fmpipe HDF5 file.")]) -> N
         typer.echo(describe_store(store))
 
 
+@app.command()
+def render(
+    path: Annotated[str, typer.Argument(help="An fmpipe HDF5 file (single, merged or copied).")],
+    stage: Annotated[int, typer.Option(help="Stage to draw (0 is the first; negative counts from the last).")],
+    out: Annotated[str | None, typer.Option(help="Output folder (default: FILE-render/ beside the file).")] = None,
+    images: Annotated[
+        str | None, typer.Option(help="Images: indices, ranges, keys, e.g. 0:4,7,cats/a.jpg (default: all).")
+    ] = None,
+    channels: Annotated[str | None, typer.Option(help="Channels, e.g. 5,9,16:32 (default: all).")] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Only each image's K most active channels (by stored mean).")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="channels (one PNG each), grid (one per image) or both.")] = "both",
+    cmap: Annotated[str, typer.Option(help="viridis, gray, magma, inferno, plasma, cividis or turbo.")] = "viridis",
+    normalize: Annotated[
+        str, typer.Option(help="Colour scale per channel, image, or stage (comparable across images).")
+    ] = "channel",
+    overlay: Annotated[bool, typer.Option("--overlay", help="Blend each map onto its source image.")] = False,
+    images_root: Annotated[
+        str | None, typer.Option(help="Where the source images are now, if they moved (--overlay).")
+    ] = None,
+    scale: Annotated[int, typer.Option(help="Nearest-neighbour upscale factor (0: automatic, small maps grow).")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes (0: all cores).")] = 0,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="Render the done images of an incomplete file.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace PNGs of an earlier render.")] = False,
+) -> None:
+    """Draw one stage's feature maps as PNGs: per channel, per-image grids, or overlays."""
+    from .rendering import RenderConfig
+    from .rendering import render as run
+
+    summary = run(
+        RenderConfig(
+            path=path,
+            stage=stage,
+            out=out,
+            images=images,
+            channels=channels,
+            top_k=top_k,
+            layout=layout,
+            cmap=cmap,
+            normalize=normalize,
+            overlay=overlay,
+            images_root=images_root,
+            scale=scale,
+            workers=workers,
+            allow_partial=allow_partial,
+            overwrite=overwrite,
+        )
+    )
+    typer.echo(
+        f"{summary.out_dir}/stage{summary.stage}: {summary.pngs} PNGs written ({summary.grids} grids) for "
+        f"{summary.images - len(summary.failed)} images in {summary.seconds:.2f} s "
+        f"({summary.ms_per_png:.2f} ms/PNG, {summary.workers} workers)"
+    )
+    if summary.failed:
+        typer.echo(f"{len(summary.failed)} images skipped, first: {summary.failed[0][0]}: {summary.failed[0][1]}")
+
+
 def main() -> None:
     """Console entry point: run the app, turning FmpipeError into a message and exit code."""
     try:

@@ -1,0 +1,261 @@
+"""Paints one image's feature maps of one stage: per-channel PNGs, a grid, or overlays.
+
+Runs inside render's worker processes. Reads the image's stats row and then one chunk
+block of channels at a time, so memory is one block plus one grid, never the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import schema
+from .colormaps import finite_range, lut, to_indices
+from .decoding import DecodeError, decode
+from .errors import InputError, RunFailure
+from .png import encode_indexed, encode_rgb
+from .selection import top_channels
+from .store import StageView, open_store
+from .tiling import Grid, blend, upscale
+
+log = logging.getLogger(__name__)
+
+STATS_BLOCK = 1024  # rows of (N, C) stats read per call when scanning a whole stage
+CACHE_CHUNKS = 2  # render reads each chunk once: cache two, not the store's 64 MB
+_OUTPUT = re.compile(r"(c\d{4,}|grid)(-overlay)?\.png")
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """What every worker needs to paint any image of the run (picklable)."""
+
+    path: str
+    stage: int
+    channels: tuple[int, ...] | None  # explicit selection, in order; None: top_k or all
+    top_k: int | None
+    count: int  # channels painted per image
+    channel_digits: int  # c0007.png: at least 4 digits
+    layout_channels: bool
+    layout_grid: bool
+    cmap: str
+    normalize: str  # channel | image | stage
+    stage_range: tuple[float, float] | None  # (lo, hi) for normalize == "stage"
+    scale: int  # nearest-neighbour factor of per-channel PNGs
+    grid_scale: int  # ... and of grid tiles
+    photos: str | None  # folder of the source images for --overlay, else None
+    input_hw: tuple[int, int]  # the model's input size: overlays are drawn at it
+    out_stage: Path  # OUT_DIR/stage<S>
+    overwrite: bool
+
+    @property
+    def pngs_per_image(self) -> int:
+        return self.count * self.layout_channels + self.layout_grid
+
+    def channel_name(self, channel: int) -> str:
+        return f"c{channel:0{self.channel_digits}d}{'-overlay' if self.photos else ''}.png"
+
+    @property
+    def grid_name(self) -> str:
+        return f"grid{'-overlay' if self.photos else ''}.png"
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    row: int
+    key: str
+    folder: str  # safe relative folder below out_stage
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    row: int
+    key: str
+    pngs: int
+    grids: int
+    error: str | None = None  # why the image was skipped (e.g. --overlay source missing)
+
+
+def existing_outputs(job: RenderJob, folder: Path) -> list[Path]:
+    """PNGs in `folder` of the kinds this job writes (it would replace them)."""
+    if not folder.is_dir():
+        return []
+    overlay = "-overlay" if job.photos else ""
+    found = []
+    for entry in os.scandir(folder):
+        match = _OUTPUT.fullmatch(entry.name)
+        if match and (match.group(2) or "") == overlay:
+            is_grid = match.group(1) == "grid"
+            if (is_grid and job.layout_grid) or (not is_grid and job.layout_channels):
+                found.append(folder / entry.name)
+    return sorted(found)
+
+
+class Painter:
+    """Holds one open store and paints whole images of one stage."""
+
+    def __init__(self, job: RenderJob):
+        self.job = job
+        self.store = open_store(job.path)
+        # Before StageView opens it: HDF5 ignores the cache settings of an already open dataset.
+        self.data, self.block = _small_cache_dataset(self.store.file, job.stage)
+        self.view = self.store.stage(job.stage)
+        self.table = lut(job.cmap)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def paint(self, task: ImageTask) -> ImageResult:
+        """Write one image's PNGs; a missing overlay photo skips the image, other errors raise."""
+        job = self.job
+        folder = job.out_stage / task.folder
+        try:
+            photo = self._photo(task.key) if job.photos else None
+        except DecodeError as err:
+            return ImageResult(task.row, task.key, 0, 0, f"overlay source: {err}")
+        channels, lo, hi = self._channels_and_ranges(task.row)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in existing_outputs(job, folder) if job.overwrite else ():
+                path.unlink()  # a smaller --top-k must not leave the last run's PNGs behind
+        except OSError as err:
+            raise RunFailure(f"cannot prepare {folder}: {err}. Fix the cause and rerun.") from err
+        pngs = self._paint_channels(task, folder, channels, lo, hi, photo)
+        return ImageResult(task.row, task.key, pngs, int(job.layout_grid))
+
+    def _channels_and_ranges(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        job = self.job
+        mins, maxs = self.view.min[row], self.view.max[row]
+        if job.channels is not None:
+            channels = np.asarray(job.channels, dtype=np.int64)
+        elif job.top_k is not None:
+            channels = top_channels(self.view.mean[row], job.top_k)
+        else:
+            channels = np.arange(self.view.channels)
+        lo, hi = image_ranges(job.normalize, mins, maxs, channels, job.stage_range)
+        return channels, lo, hi
+
+    def _paint_channels(self, task, folder, channels, lo, hi, photo) -> int:
+        job, table = self.job, self.table
+        grid = tile_photo = None
+        if job.layout_grid:
+            scale = job.grid_scale if photo is None else job.scale  # overlay tiles show the photo: larger
+            tile_h, tile_w = self.view.height * scale, self.view.width * scale
+            grid = Grid(len(channels), tile_h, tile_w)
+            if photo is not None:
+                tile_photo = _resized(photo, tile_h, tile_w)
+        written = 0
+        for position, channel, plane in self._planes(task.row, channels):
+            indices = to_indices(plane, lo[position], hi[position])
+            if job.layout_channels:
+                if photo is None:
+                    png = encode_indexed(upscale(indices, job.scale), table)
+                else:
+                    png = encode_rgb(blend(photo, indices, table))
+                _write(folder / job.channel_name(channel), png)
+                written += 1
+            if grid is not None:
+                if tile_photo is None:
+                    grid.put(position, table[upscale(indices, job.grid_scale)], str(channel))
+                else:
+                    grid.put(position, blend(tile_photo, indices, table), str(channel))
+        if grid is not None:
+            text = f"fmpipe stage {job.stage} of {task.key!r}; tiles left to right, top to bottom are channels " + (
+                ",".join(map(str, channels))
+            )
+            _write(folder / job.grid_name, encode_rgb(grid.finish(), text=text))
+            written += 1
+        return written
+
+    def _planes(self, row: int, channels: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(position in `channels`, channel, (H, W) map) reading one chunk block at a time."""
+        blocks = channels // self.block
+        for block in np.unique(blocks):
+            c0 = int(block) * self.block
+            try:
+                data = self.data[row, c0 : min(c0 + self.block, self.view.channels)]
+            except OSError as err:  # a damaged chunk, or a shard that vanished mid-run
+                raise InputError(
+                    f"{self.job.path}: reading stage {self.job.stage} of row {row} failed ({err}). "
+                    f"Check the file with `fmpipe info {self.job.path}`."
+                ) from err
+            for position in np.flatnonzero(blocks == block):
+                channel = int(channels[position])
+                yield int(position), channel, data[channel - c0]
+
+    def _photo(self, key: str) -> np.ndarray:
+        return decode(os.path.join(self.job.photos, key), self.job.input_hw).pixels
+
+
+def image_ranges(
+    mode: str,
+    mins: np.ndarray,
+    maxs: np.ndarray,
+    channels: Sequence[int] | np.ndarray,
+    stage_span: tuple[float, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) float64 arrays, one per selected channel, from one image's (C,) stats.
+
+    channel: that channel's own min/max; image: one range over all channels of the image;
+    stage: `stage_span`, one range for the whole stage across images.
+    """
+    channels = np.asarray(channels, dtype=np.int64)
+    if mode == "channel":
+        return mins[channels].astype(np.float64), maxs[channels].astype(np.float64)
+    if mode == "image":
+        lo, _ = finite_range(np.asarray(mins))
+        _, hi = finite_range(np.asarray(maxs))
+    else:
+        lo, hi = stage_span if stage_span is not None else (np.nan, np.nan)
+    return np.full(len(channels), lo), np.full(len(channels), hi)
+
+
+def stage_range(view: StageView, ok: np.ndarray) -> tuple[float, float]:
+    """(lo, hi) over every stored image and channel of a stage, from the (N, C) stats in blocks."""
+    lo, hi = np.inf, -np.inf
+    for start in range(0, len(ok), STATS_BLOCK):
+        rows = ok[start : start + STATS_BLOCK]
+        if not rows.any():
+            continue
+        block_lo, _ = finite_range(view.min[start : start + len(rows)][rows])
+        _, block_hi = finite_range(view.max[start : start + len(rows)][rows])
+        lo, hi = min(lo, block_lo), max(hi, block_hi)
+    return (float(lo), float(hi)) if lo <= hi else (np.nan, np.nan)
+
+
+def _write(path: Path, png: bytes) -> None:
+    try:
+        path.write_bytes(png)
+    except OSError as err:
+        raise RunFailure(f"writing {path} failed: {err}. Fix the cause, then rerun with --overwrite.") from err
+
+
+def _small_cache_dataset(file: h5py.File, stage: int) -> tuple[h5py.Dataset, int]:
+    """The stage's (N, C, H, W) data opened with a chunk cache of CACHE_CHUNKS chunks, and k.
+
+    k is the channels per (1, k, H, W) chunk. The store's 64 MB cache fills with chunks
+    render never reads twice, so a worker's memory grew with the images drawn (71 → 119 MB
+    from 20 to 200 images of 8×128×128); with this dataset access list it stays flat, for a
+    virtual dataset too.
+    """
+    name = f"{schema.stage_group(stage)}/{schema.DATA}"
+    probe = file[name]
+    _, channels, height, width = probe.shape
+    block = probe.chunks[1] if probe.chunks else schema.chunk_channels(channels, height, width, probe.dtype.itemsize)
+    chunk_bytes = block * height * width * probe.dtype.itemsize
+    del probe  # closed, so the open below is the first one
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    dapl.set_chunk_cache(521, max(1 << 20, CACHE_CHUNKS * chunk_bytes), 1.0)
+    return h5py.Dataset(h5py.h5d.open(file.id, name.encode(), dapl)), block
+
+
+def _resized(photo: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(photo).resize((width, height), Image.Resampling.BICUBIC))

@@ -1,0 +1,286 @@
+"""`fmpipe render`: lazy, parallel PNG export of one stage's feature maps.
+
+parent:  open the store (complete? virtual sources present?), select images and channels,
+         the stage-wide range if asked, safe folders, refuse to clobber ──► one task per image
+workers: the image's stats row ─► one chunk block of channels at a time ─► table indices
+         ─► per-channel PNGs and/or one grid per image (or overlays on the source photo)
+
+Memory per worker is one chunk block plus one image's grid, whatever the file's size.
+The module is `rendering`, not `render`: a submodule named `render` would replace the
+`pipeline.render` function on the package as soon as it is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .colormaps import DEFAULT_CMAP, check_cmap, lut, to_indices
+from .errors import InputError, OutputExistsError, UsageError
+from .painting import ImageResult, ImageTask, Painter, RenderJob, existing_outputs, image_ranges, stage_range
+from .selection import FolderNamer, Spec, iter_keys, select_channels, select_rows
+from .store import Store, open_store
+from .tiling import CHANNEL_MIN_SIDE, TILE_MIN_SIDE, auto_scale, upscale
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("channels", "grid", "both")
+NORMALIZATIONS = ("channel", "image", "stage")
+LOG_EVERY_S = 30.0
+IN_FLIGHT_PER_WORKER = 2  # queued tasks per worker: keeps workers busy, memory flat
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Everything `fmpipe render` needs; built by the CLI or by `pipeline.render`."""
+
+    path: str
+    stage: int
+    out: str | None = None  # default: <file without .h5>-render/ beside the file
+    images: Spec = None  # indices, ranges, keys; None: every stored image
+    channels: Spec = None  # indices and ranges; None: every channel (or --top-k)
+    top_k: int | None = None
+    layout: str = "both"
+    cmap: str = DEFAULT_CMAP
+    normalize: str = "channel"
+    overlay: bool = False
+    images_root: str | None = None  # where the source photos are now (default: as recorded)
+    scale: int = 0  # 0: automatic
+    workers: int = 0  # 0: all cores
+    allow_partial: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}.")
+        if self.normalize not in NORMALIZATIONS:
+            raise UsageError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}.")
+        check_cmap(self.cmap)
+        if self.channels is not None and self.top_k is not None:
+            raise UsageError("--channels and --top-k exclude each other; pick one.")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}.")
+        if self.scale < 0:
+            raise UsageError(f"--scale must be 0 (automatic) or a positive integer, got {self.scale}.")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be 0 (all cores) or more, got {self.workers}.")
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        path = Path(self.path)
+        return path.with_name(f"{path.stem}-render")
+
+
+@dataclass
+class RenderSummary:
+    """What a render did; `fmpipe render` prints it."""
+
+    out_dir: Path
+    stage: int
+    images: int = 0
+    pngs: int = 0  # every PNG written, grids included
+    grids: int = 0
+    workers: int = 1
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+
+    @property
+    def ms_per_png(self) -> float:
+        return 1e3 * self.seconds / self.pngs if self.pngs else 0.0
+
+
+def render(config: RenderConfig) -> RenderSummary:
+    """Render one stage of an fmpipe file to PNGs as `config` says (see the module doc)."""
+    t0 = time.perf_counter()
+    with open_store(config.path, require_complete=not config.allow_partial) as store:
+        job, rows = _plan(config, store)
+        _refuse_clobber(store, job, rows)
+        workers = max(1, min(config.workers or os.cpu_count() or 1, len(rows)))
+        summary = RenderSummary(job.out_stage.parent, job.stage, workers=workers)
+        progress = _Progress(len(rows), job.pngs_per_image)
+        run = _run_inline if workers == 1 else _run_pool
+        # The parent keeps the store open only to stream keys; workers open their own.
+        for result in run(job, _tasks(store, rows), workers):
+            summary.images += 1
+            summary.pngs += result.pngs
+            summary.grids += result.grids
+            if result.error:
+                summary.failed.append((result.key, result.error))
+                log.warning("skipped %s: %s", result.key, result.error)
+            progress.update(summary)
+        progress.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _plan(config: RenderConfig, store: Store) -> tuple[RenderJob, np.ndarray]:
+    """Resolve the config against the file: stage, rows, channels, ranges, scales, out dir."""
+    view = store.stage(config.stage)
+    rows = select_rows(store, config.images)
+    channels = select_channels(config.channels, view.channels, view.index)
+    count = len(channels) if channels else min(config.top_k or view.channels, view.channels)
+    photos = _photo_root(config, store) if config.overlay else None
+    job = RenderJob(
+        path=str(Path(config.path).resolve()),
+        stage=view.index,
+        channels=channels,
+        top_k=config.top_k,
+        count=count,
+        channel_digits=max(4, len(str(view.channels - 1))),
+        layout_channels=config.layout in ("channels", "both"),
+        layout_grid=config.layout in ("grid", "both"),
+        cmap=config.cmap,
+        normalize=config.normalize,
+        stage_range=stage_range(view, store.ok) if config.normalize == "stage" else None,
+        scale=config.scale or auto_scale(view.height, view.width, CHANNEL_MIN_SIDE),
+        grid_scale=config.scale or auto_scale(view.height, view.width, TILE_MIN_SIDE),
+        photos=photos,
+        input_hw=tuple(int(v) for v in store.attrs.get("input_size", (view.height, view.width))),
+        out_stage=config.out_dir / f"stage{view.index}",
+        overwrite=config.overwrite,
+    )
+    return job, rows
+
+
+def _photo_root(config: RenderConfig, store: Store) -> str:
+    recorded = store.attrs.get("images_root")
+    root = Path(config.images_root or recorded or "")
+    if not config.images_root and not recorded:
+        raise InputError(f"{store.path} does not record where its images are; pass --images-root DIR.")
+    if not root.is_dir():
+        raise InputError(
+            f"--overlay needs the source images, but {root} is not a folder (recorded at extraction: "
+            f"{recorded}). If they moved, pass --images-root NEW_FOLDER."
+        )
+    return str(root)
+
+
+def _tasks(store: Store, rows: np.ndarray) -> Iterator[ImageTask]:
+    """One task per selected image with its safe folder, streamed (keys are read in blocks)."""
+    namer = FolderNamer()
+    for row, key in iter_keys(store, rows):
+        yield ImageTask(row, key, namer.folder(row, key))
+
+
+def _refuse_clobber(store: Store, job: RenderJob, rows: np.ndarray) -> None:
+    """Raise before drawing anything if this run would replace PNGs and --overwrite is off."""
+    if job.overwrite or not job.out_stage.is_dir():
+        return
+    for task in _tasks(store, rows):
+        found = existing_outputs(job, job.out_stage / task.folder)
+        if found:
+            raise OutputExistsError(
+                f"{found[0]} already exists ({len(found)} PNGs of this kind in that folder); pass "
+                "--overwrite to replace them, or choose another --out."
+            )
+
+
+def _run_inline(job: RenderJob, tasks, workers: int) -> Iterator[ImageResult]:
+    painter = Painter(job)
+    try:
+        for task in tasks:
+            yield painter.paint(task)
+    finally:
+        painter.close()
+
+
+def _run_pool(job: RenderJob, tasks, workers: int) -> Iterator[ImageResult]:
+    """Paint in `workers` spawned processes, at most IN_FLIGHT_PER_WORKER tasks queued each."""
+    # spawn, not fork: h5py/HDF5 state and threads in the parent must not leak into workers.
+    context = get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job,)) as pool:
+        pending: set[Future] = set()
+        try:
+            for task in tasks:
+                if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+                pending.add(pool.submit(_paint_in_worker, task))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+_painter: Painter | None = None
+
+
+def _init_worker(job: RenderJob) -> None:
+    global _painter
+    _painter = Painter(job)
+
+
+def _paint_in_worker(task: ImageTask) -> ImageResult:
+    assert _painter is not None, "worker not initialised"
+    return _painter.paint(task)
+
+
+class _Progress:
+    """A tqdm bar in PNGs on a terminal; a log line every LOG_EVERY_S seconds otherwise."""
+
+    def __init__(self, images: int, per_image: int):
+        self.images, self.per_image = images, per_image
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=images * per_image, unit="png", dynamic_ncols=True, desc="render", smoothing=0.1)
+        self.last_log = time.perf_counter()
+
+    def update(self, summary: RenderSummary) -> None:
+        if self.bar is not None:
+            self.bar.update(self.per_image)
+            return
+        now = time.perf_counter()
+        if now - self.last_log > LOG_EVERY_S:
+            self.last_log = now
+            log.info("%d of %d images, %d PNGs", summary.images, self.images, summary.pngs)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def colorize(
+    source: Store | str | os.PathLike,
+    image: int | str,
+    stage: int,
+    channel: int,
+    cmap: str = DEFAULT_CMAP,
+    normalize: str = "channel",
+    scale: int = 1,
+) -> np.ndarray:
+    """(H·scale, W·scale, 3) uint8 RGB of one (image, stage, channel), coloured as render does.
+
+    `source` is an open Store or a path; `image` a row or a key. For notebooks:
+    `plt.imshow(colorize("out.h5", "cat.jpg", 2, 7))` or `PIL.Image.fromarray(...)`.
+    """
+    if isinstance(source, Store):
+        return _colorize(source, image, stage, channel, cmap, normalize, scale)
+    with open_store(source) as store:
+        return _colorize(store, image, stage, channel, cmap, normalize, scale)
+
+
+def _colorize(store: Store, image, stage, channel, cmap, normalize, scale) -> np.ndarray:
+    if normalize not in NORMALIZATIONS:
+        raise UsageError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}.")
+    table = lut(cmap)
+    view = store.stage(stage)
+    row = store.row(image) if isinstance(image, str) else int(select_rows(store, [image])[0])
+    (index,) = select_channels([channel], view.channels, view.index)
+    span = stage_range(view, store.ok) if normalize == "stage" else None
+    lo, hi = image_ranges(normalize, view.min[row], view.max[row], [index], span)
+    indices = to_indices(view.data[row, index], lo[0], hi[0])
+    return upscale(table[indices], max(1, scale))
