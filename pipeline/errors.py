@@ -37,3 +37,11 @@ class RunFailure(FmpipeError):
     """A fault during a run (disk full, overflow, ...). The partial file stays resumable."""
 
     exit_code = 1
+
+
+class Interrupted(RunFailure):
+    """SIGINT/SIGTERM: the run stopped at a batch boundary; the partial file resumes."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

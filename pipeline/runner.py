@@ -10,7 +10,9 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +23,11 @@ from tqdm import tqdm
 
 from . import __version__, models, sources, taps
 from .config import RESIZE_POLICY, ExtractConfig, fingerprint
-from .errors import InputError, RunFailure, UsageError
+from .errors import InputError, Interrupted, RunFailure, UsageError
 from .loading import Batch, iter_batches, normalize
 from .schema import ATTR_CONFIG, ATTR_NUM_SHARDS, ATTR_SHARD_INDEX
 from .writer import BatchResult, NullWriter, ShardWriter, WritePlan
+from .writer import partial_path as writer_partial
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +113,21 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     try:
         pending = writer.pending_rows()
         summary.done_before = len(keys) - len(pending)
-        _run_batches(config, writer, tap, model, device, size_hw, keys, pending, summary)
-        summary.seconds = time.perf_counter() - t_start
-        summary.timings["total_s"] = summary.seconds
-        writer.finalize(summary.timings)
-        summary.timings.update(writer.timings)
-        summary.mb_written = writer.bytes_written / 1e6
+        with _StopSignals() as stop:  # also covers finalize: a signal there lets it finish
+            _run_batches(config, writer, tap, model, device, size_hw, keys, pending, summary, stop)
+            if stop.signum is None:
+                summary.seconds = time.perf_counter() - t_start
+                summary.timings["total_s"] = summary.seconds
+                writer.finalize(summary.timings)
+                summary.timings.update(writer.timings)
+                summary.mb_written = writer.bytes_written / 1e6
+        if stop.signum is not None and not writer.out.exists():
+            done = summary.done_before + summary.stored + summary.failed
+            raise Interrupted(
+                f"stopped by {signal.Signals(stop.signum).name} after a batch boundary: {done} of {len(keys)} "
+                f"images are safely in {writer_partial(out)}. Rerun the same command to resume.",
+                stop.signum,
+            )
     finally:
         writer.close()
     return summary
@@ -159,7 +171,49 @@ def _plan(config, model, size_hw, stages, all_keys, keys, start) -> WritePlan:
     return WritePlan(keys, stages, config.dtype, config.compression, fingerprint(parts), parts, attrs)
 
 
-def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, summary) -> None:
+class _StopSignals:
+    """SIGINT/SIGTERM set `signum`; the batch loop stops at the next batch boundary, so the
+    partial file is left with every finished batch done. A second signal stops at once
+    (still safe: only flushed batches are marked done)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: finishing the current batch, then stopping", signal.Signals(signum).name)
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _batches_until_stopped(batches, stop: _StopSignals):
+    """Yield batches until exhausted or a stop signal; decode workers killed by the same
+    signal end the iteration quietly instead of failing the run."""
+    iterator = iter(batches)
+    while stop.signum is None:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if stop.signum is None:
+                raise
+            return
+
+
+def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, summary, stop) -> None:
     """The batch loop. Batch i is handed to the writer after batch i+1's forward pass was
     launched, so on CUDA the device→host copy overlaps the next forward pass."""
     timings = summary.timings
@@ -172,27 +226,32 @@ def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, sum
     )
     staged = None
     t0 = time.perf_counter()
-    for batch in batches:
+    for batch in _batches_until_stopped(batches, stop):
         t1 = time.perf_counter()
         timings["decode_wait_s"] += t1 - t0
         ahead = forward(batch)
         timings["compute_s"] += time.perf_counter() - t1
         if staged is not None:
-            _submit(staged, writer, keys, summary, config.dtype)
+            _submit(staged, writer, keys, summary, config.dtype, config.images)
         staged = ahead
         _report(bar, batch, summary, len(keys))
         t0 = time.perf_counter()
     if staged is not None:
-        _submit(staged, writer, keys, summary, config.dtype)
+        _submit(staged, writer, keys, summary, config.dtype, config.images)
     writer.drain()
     if bar is not None:
         bar.close()
 
 
-def _submit(staged: _Staged, writer, keys, summary: ExtractSummary, dtype: str) -> None:
+def _submit(staged: _Staged, writer, keys, summary: ExtractSummary, dtype: str, images_root: str) -> None:
     """Wait for a batch's host copy, check its values, and queue it for the writer."""
     t0 = time.perf_counter()
     result = staged.result()
+    if result.failures and not os.path.isdir(images_root):
+        raise RunFailure(
+            f"the image folder {images_root} disappeared during the run; the images done so far are "
+            "kept. Restore the folder and rerun the same command to resume."
+        )
     t1 = time.perf_counter()
     for index, stats in result.stats.items():
         _check_values(index, stats, dtype, keys, result.ok_rows, summary)

@@ -25,6 +25,7 @@ from . import schema
 from .codecs import Codec
 from .config import describe_difference
 from .errors import FingerprintMismatch, InputError, OutputExistsError, RunFailure
+from .lockfile import OutputLock
 from .taps import StageInfo
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,16 @@ class ShardWriter:
     the slowest step sets the pace. Errors in the writer thread surface on the next call.
     """
 
-    def __init__(self, out: Path, file: h5py.File, plan: WritePlan, threads: int = 2, max_pending: int = 2):
-        self.out, self.file, self.plan = out, file, plan
+    def __init__(
+        self,
+        out: Path,
+        file: h5py.File,
+        plan: WritePlan,
+        threads: int = 2,
+        max_pending: int = 2,
+        lock: OutputLock | None = None,
+    ):
+        self.out, self.file, self.plan, self._lock_file = out, file, plan, lock
         self.codec = Codec(plan.compression)
         self.timings = {"compress_s": 0.0, "write_s": 0.0, "writer_busy_s": 0.0}
         self._lock = threading.Lock()
@@ -93,14 +102,24 @@ class ShardWriter:
     ) -> ShardWriter | None:
         """Create or resume the shard at `out`; None when `out` is already complete."""
         out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock.acquire(out)
+        try:
+            return cls._open_locked(out, plan, overwrite, threads, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, out: Path, plan: WritePlan, overwrite: bool, threads: int, lock: OutputLock):
         partial = partial_path(out)
         if overwrite:
             for path in (out, partial):
                 path.unlink(missing_ok=True)
         if out.exists():
             _check_finished(out, plan)
+            lock.release()
             return None
-        out.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists():
             try:
                 file = h5py.File(partial, "r+", locking="best-effort")
@@ -118,7 +137,7 @@ class ShardWriter:
             file = h5py.File(partial, "w", libver=schema.LIBVER, locking="best-effort")
             _create_layout(file, plan)
             file.flush()
-        return cls(out, file, plan, threads=threads)
+        return cls(out, file, plan, threads=threads, lock=lock)
 
     def pending_rows(self) -> np.ndarray:
         """Rows not yet done, ascending."""
@@ -234,12 +253,17 @@ class ShardWriter:
         attrs = self.file.attrs
         attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
         attrs[schema.ATTR_COMPLETE] = True
-        self.close()
-        partial = partial_path(self.out)
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, self.out)
-        _fsync_dir(self.out.parent)
+        lock, self._lock_file = self._lock_file, None  # held until OUT has its final name
+        try:
+            self.close()
+            partial = partial_path(self.out)
+            with open(partial, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, self.out)
+            _fsync_dir(self.out.parent)
+        finally:
+            if lock is not None:
+                lock.release()
         return self.out
 
     def close(self) -> None:
@@ -248,8 +272,13 @@ class ShardWriter:
             self._queue.put(None)
             self._thread.join()
         self._pool.shutdown(wait=True)
-        if self.file.id.valid:
-            self.file.close()
+        try:
+            if self.file.id.valid:
+                self.file.close()
+        finally:
+            if self._lock_file is not None:
+                self._lock_file.release()
+                self._lock_file = None
 
 
 def _padded(block: np.ndarray, k: int) -> np.ndarray:

@@ -52,3 +52,39 @@ def inplace_net() -> nn.Module:
 def plain_net() -> nn.Module:
     torch.manual_seed(2)
     return PlainNet()
+
+
+class _Stage(nn.Module):
+    """A strided conv whose output is scaled (1e6: float16 overflow) and optionally gets a NaN."""
+
+    def __init__(self, factor: float, nan: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, stride=2, padding=1)
+        self.factor, self.nan = factor, nan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) * self.factor
+        if self.nan:
+            y[:, 0, 0, 0] = float("nan")
+        return y
+
+
+class OneStageNet(nn.Module):
+    feature_info = [{"module": "stage", "num_chs": 2, "reduction": 2}]
+
+    def __init__(self, factor: float = 1.0, nan: bool = False) -> None:
+        super().__init__()
+        self.stage = _Stage(factor, nan)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage(x).mean((2, 3))
+
+
+def overflow_net() -> nn.Module:
+    torch.manual_seed(3)
+    return OneStageNet(factor=1e6)
+
+
+def nan_net() -> nn.Module:
+    torch.manual_seed(4)
+    return OneStageNet(nan=True)
