@@ -56,6 +56,31 @@ class ExtractSummary:
     last_log_s: float = 0.0
 
     @property
+    def bound_by(self) -> str:
+        """Which step set the pace: the main loop waiting on the writer or on decoding, else compute."""
+        t = self.timings
+        total = t.get("total_s") or 1.0
+        if t.get("write_wait_s", 0.0) > 0.1 * total:
+            return "writing (compression and disk)"
+        if t.get("decode_wait_s", 0.0) > 0.1 * total:
+            return "decoding"
+        return "compute"
+
+    def phases(self) -> str:
+        """One line of seconds per phase, for the final summary."""
+        t = self.timings
+        names = (
+            ("decode wait", "decode_wait_s"),
+            ("compute", "compute_s"),
+            ("host copy", "host_copy_s"),
+            ("write wait", "write_wait_s"),
+            ("compress (CPU)", "compress_s"),
+            ("write", "write_s"),
+        )
+        parts = ", ".join(f"{label} {t[key]:.1f} s" for label, key in names if key in t)
+        return f"{parts}; bound by {self.bound_by}"
+
+    @property
     def images_per_s(self) -> float:
         return (self.stored + self.failed) / self.seconds if self.seconds else 0.0
 
@@ -118,9 +143,10 @@ def extract(config: ExtractConfig) -> ExtractSummary:
             if stop.signum is None:
                 summary.seconds = time.perf_counter() - t_start
                 summary.timings["total_s"] = summary.seconds
-                writer.finalize(summary.timings)
+                writer.finalize({**summary.timings, "bound_by": summary.bound_by})
                 summary.timings.update(writer.timings)
                 summary.mb_written = writer.bytes_written / 1e6
+                log.info("phases: %s", summary.phases())
         if stop.signum is not None and not writer.out.exists():
             done = summary.done_before + summary.stored + summary.failed
             raise Interrupted(
