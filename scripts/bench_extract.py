@@ -88,12 +88,26 @@ def fmpipe_extract(model: str, folder: Path, out: Path, size: int, batch: int, d
     import pipeline
 
     t0 = time.perf_counter()
-    summary = pipeline.extract(folder, out, model=model, random_init=True, size=(size, size), batch_size=batch,
-                               device=device, stages=stages, overwrite=True, **kw)
+    summary = pipeline.extract(
+        folder,
+        out,
+        model=model,
+        random_init=True,
+        size=(size, size),
+        batch_size=batch,
+        device=device,
+        stages=stages,
+        overwrite=True,
+        **kw,
+    )
     seconds = time.perf_counter() - t0
     raw = sum(s.nbytes(2) for s in summary.stages)
-    return {"images_per_s": summary.stored / seconds, "raw_mb_per_image": raw / 1e6,
-            "stored_mb": summary.mb_written, "timings": summary.timings}
+    return {
+        "images_per_s": summary.stored / seconds,
+        "raw_mb_per_image": raw / 1e6,
+        "stored_mb": summary.mb_written,
+        "timings": {**summary.timings, "bound_by": summary.bound_by},
+    }
 
 
 def hand_written(model: str, folder: Path, out: Path, size: int, batch: int, device: str) -> float:
@@ -113,14 +127,23 @@ def hand_written(model: str, folder: Path, out: Path, size: int, batch: int, dev
     with h5py.File(out, "w") as f, torch.inference_mode():
         dsets = None
         for start in range(0, len(paths), batch):
-            imgs = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC))
-                    for p in paths[start : start + batch]]
+            imgs = [
+                np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC))
+                for p in paths[start : start + batch]
+            ]
             x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div(255).to(dev)
             feats = [t.half().cpu().numpy() for t in net((x - mean) / std)]
             if dsets is None:
-                dsets = [f.create_dataset(f"stage{i}", shape=(len(paths), *t.shape[1:]), dtype="float16",
-                                          chunks=(1, *t.shape[1:]), compression="gzip")
-                         for i, t in enumerate(feats)]
+                dsets = [
+                    f.create_dataset(
+                        f"stage{i}",
+                        shape=(len(paths), *t.shape[1:]),
+                        dtype="float16",
+                        chunks=(1, *t.shape[1:]),
+                        compression="gzip",
+                    )
+                    for i, t in enumerate(feats)
+                ]
             for dset, t in zip(dsets, feats, strict=True):
                 dset[start : start + len(t)] = t
     return len(paths) / (time.perf_counter() - t0)
@@ -167,9 +190,16 @@ def writer_alone(stage_shapes, n: int, folder: Path, batch: int) -> dict:
     with h5py.File(out, "w") as f:
         from pipeline.schema import chunk_channels
 
-        dsets = [f.create_dataset(f"s{i}", shape=m.shape, dtype="float16",
-                                  chunks=(1, chunk_channels(m.shape[1], m.shape[2], m.shape[3], 2), *m.shape[2:]),
-                                  **hdf5plugin.Zstd(clevel=1)) for i, m in enumerate(maps)]
+        dsets = [
+            f.create_dataset(
+                f"s{i}",
+                shape=m.shape,
+                dtype="float16",
+                chunks=(1, chunk_channels(m.shape[1], m.shape[2], m.shape[3], 2), *m.shape[2:]),
+                **hdf5plugin.Zstd(clevel=1),
+            )
+            for i, m in enumerate(maps)
+        ]
         for s in range(0, n, batch):
             for dset, m in zip(dsets, maps, strict=True):
                 dset[s : s + batch] = m[s : s + batch]
@@ -213,14 +243,23 @@ def main() -> None:
     parser.add_argument("--rss-model", default="efficientnet_lite0")
     parser.add_argument("--work", default=None, help="folder for images and outputs (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--markdown", default=None, help="replace a section of this markdown file with the table")
+    parser.add_argument("--section", default="Extract throughput (CPU)", help="heading of that section")
+    parser.add_argument("--machine", default=None, help="machine description for the table")
     args = parser.parse_args()
     if args.write_bound:
         args.model, args.size = "resnet18", 512
     stages = (0, 1) if args.write_bound else None
     work = Path(args.work or tempfile.mkdtemp(prefix="fmpipe-bench-"))
     folder = prepare_images(work / f"images{args.images}", args.images)
-    res: dict = {"model": args.model, "size": args.size, "batch": args.batch_size, "device": args.device,
-                 "images": args.images, "cpus": os.cpu_count()}
+    res: dict = {
+        "model": args.model,
+        "size": args.size,
+        "batch": args.batch_size,
+        "device": args.device,
+        "images": args.images,
+        "cpus": os.cpu_count(),
+    }
     res["a_bare_forward"] = bare_forward(args.model, folder, args.size, args.batch_size, args.device, stages)
     print(f"(a) bare forward            {res['a_bare_forward']:8.1f} images/s", flush=True)
     b = fmpipe_extract(args.model, folder, work / "b.h5", args.size, args.batch_size, args.device, stages)
@@ -228,12 +267,11 @@ def main() -> None:
     print(f"(b) fmpipe extract          {res['b_fmpipe']:8.1f} images/s  ({b['raw_mb_per_image']:.2f} MB/image raw)")
     print("    phases: " + ", ".join(f"{k} {v:.1f}" for k, v in b["timings"].items()), flush=True)
     if not args.write_bound:
-        res["c_hand_written"] = hand_written(args.model, folder, work / "c.h5", args.size, args.batch_size,
-                                             args.device)
+        res["c_hand_written"] = hand_written(args.model, folder, work / "c.h5", args.size, args.batch_size, args.device)
         print(f"(c) hand-written h5py+gzip  {res['c_hand_written']:8.1f} images/s", flush=True)
-    from pipeline import models, taps
-
     import torch
+
+    from pipeline import models, taps
 
     resolved = models.resolve(args.model, random_init=True)
     _, infos = taps.build(resolved, (args.size, args.size), stages, torch.device("cpu"))
@@ -241,8 +279,11 @@ def main() -> None:
     n_writer = max(16, int(400e6 / (res["raw_mb_per_image"] * 1e6)))
     d = writer_alone(shapes, min(n_writer, 512), work, args.batch_size)
     res["d_writer"] = d
-    print(f"(d) writer zstd {d['zstd']:.0f} MB/s, none {d['none']:.0f} MB/s; h5py zstd filter "
-          f"{d['h5py_zstd']:.0f} MB/s; plain file {d['plain_file']:.0f} MB/s ({d['mb']:.0f} MB)", flush=True)
+    print(
+        f"(d) writer zstd {d['zstd']:.0f} MB/s, none {d['none']:.0f} MB/s; h5py zstd filter "
+        f"{d['h5py_zstd']:.0f} MB/s; plain file {d['plain_file']:.0f} MB/s ({d['mb']:.0f} MB)",
+        flush=True,
+    )
     if not args.skip_rss:
         small = prepare_images(work / "images200", 200)
         big = prepare_images(work / "images2000", 2000)
@@ -252,6 +293,80 @@ def main() -> None:
     report(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
+    if args.markdown:
+        write_section(Path(args.markdown), args.section, table(res, args.machine or _machine(args.device)))
+
+
+def _machine(device: str) -> str:
+    import platform
+
+    text = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
+    if device.startswith("cuda"):
+        import torch
+
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def table(res: dict, machine: str) -> str:
+    """Markdown table of one run: the limits side by side and the ratios."""
+    d = res["d_writer"]
+    mb_b = res["b_fmpipe"] * res["raw_mb_per_image"]
+    rows = [
+        ("(a) bare forward, pre-decoded batches, nothing stored", f"{res['a_bare_forward']:.1f} images/s"),
+        ("(b) fmpipe extract end to end", f"{res['b_fmpipe']:.1f} images/s ({mb_b:.0f} MB/s of maps)"),
+    ]
+    if "c_hand_written" in res:
+        rows.append(
+            (
+                "(c) hand-written: timm features_only, PIL in the loop, h5py gzip",
+                f"{res['c_hand_written']:.1f} images/s",
+            )
+        )
+    rows += [
+        ("(d) fmpipe writer alone, zstd / none", f"{d['zstd']:.0f} / {d['none']:.0f} MB/s"),
+        ("    h5py's own zstd filter / plain file write", f"{d['h5py_zstd']:.0f} / {d['plain_file']:.0f} MB/s"),
+    ]
+    if "e_rss_2000_mb" in res:
+        rows.append(("(e) peak RSS, 200 / 2,000 images", f"{res['e_rss_200_mb']:.0f} / {res['e_rss_2000_mb']:.0f} MB"))
+    ratios = [f"b/a = {res['b_fmpipe'] / res['a_bare_forward']:.2f}"]
+    if "c_hand_written" in res:
+        ratios.append(f"b/c = {res['b_fmpipe'] / res['c_hand_written']:.2f}")
+    ratios += [
+        f"b/d(zstd) = {mb_b / d['zstd']:.2f}",
+        f"d(zstd)/h5py zstd = {d['zstd'] / d['h5py_zstd']:.2f}",
+        f"d(none)/plain = {d['none'] / d['plain_file']:.2f}",
+    ]
+    if "e_rss_2000_mb" in res:
+        ratios.append(f"RSS 2000/200 = {res['e_rss_2000_mb'] / res['e_rss_200_mb']:.2f}")
+    phases = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in res["b_timings"].items() if k.endswith("_s"))
+    lines = [
+        f"{res['model']} at {res['size']}x{res['size']}, batch {res['batch']}, device {res['device']}, "
+        f"{res['images']} JPEGs, {res['raw_mb_per_image']:.2f} MB of float16 maps per image; {machine}.",
+        "",
+        "| measurement | result |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+        "Ratios: " + "; ".join(ratios) + ".",
+        "",
+        f"fmpipe's phases in (b): {phases}; bound by {res['b_timings'].get('bound_by', '?')}.",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, heading: str, body: str) -> None:
+    """Replace the body under `## heading` (or append the section)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    marker = f"## {heading}\n"
+    if marker in text:
+        start = text.index(marker) + len(marker)
+        end = text.find("\n## ", start)
+        end = len(text) if end < 0 else end + 1
+        text = text[:start] + "\n" + body + "\n\n" + text[end:]
+    else:
+        text = text.rstrip("\n") + f"\n\n{marker}\n{body}\n"
+    path.write_text(text)
 
 
 def report(res: dict) -> None:
