@@ -46,16 +46,19 @@ def to_indices(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         lo, hi = finite_range(values)
-    span = hi - lo
-    scale = 255.0 / span if span > 0 else np.inf
+    scale = np.float32(255.0 / (hi - lo)) if hi > lo else np.float32(np.inf)
     if not np.isfinite(scale):
         return np.zeros(values.shape, dtype=np.uint8)
+    # v·scale + (0.5 − lo·scale), kept in [0.5, 255.5], truncated: round(255·(v − lo)/(hi − lo)).
+    # clip sends ±inf to 255/0; NaN passes clip, so it is set to 0 before the cast.
     with np.errstate(invalid="ignore", over="ignore"):
-        scaled = np.subtract(values, lo, dtype=np.float32)
-        scaled *= np.float32(scale)
-        np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-        np.clip(scaled, 0.0, 255.0, out=scaled)
-        scaled += 0.5  # non-negative here, so truncation below rounds half up
+        scaled = values.astype(np.float32)
+        scaled *= scale
+        scaled += np.float32(0.5 - lo * float(scale))
+        np.clip(scaled, np.float32(0.5), np.float32(255.5), out=scaled)
+        nan = np.isnan(scaled)
+        if nan.any():
+            scaled[nan] = 0.5
     return scaled.astype(np.uint8)
 
 

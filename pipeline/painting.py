@@ -2,6 +2,7 @@
 
 Runs inside render's worker processes. Reads the image's stats row and then one chunk
 block of channels at a time, so memory is one block plus one grid, never the stage.
+`colorize` gives one (image, stage, channel) as an RGB array, for notebooks.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import h5py
 import numpy as np
 
 from . import schema
-from .colormaps import finite_range, lut, to_indices
+from .colormaps import DEFAULT_CMAP, finite_range, lut, to_indices
 from .decoding import DecodeError, decode
-from .errors import InputError, RunFailure
+from .errors import InputError, RunFailure, UsageError
 from .png import encode_indexed, encode_rgb
-from .selection import top_channels
-from .store import StageView, open_store
+from .selection import select_channels, top_channels
+from .store import StageView, Store, open_store
 from .tiling import Grid, blend, upscale
 
 log = logging.getLogger(__name__)
 
+NORMALIZATIONS = ("channel", "image", "stage")
 STATS_BLOCK = 1024  # rows of (N, C) stats read per call when scanning a whole stage
 CACHE_CHUNKS = 2  # render reads each chunk once: cache two, not the store's 64 MB
 _OUTPUT = re.compile(r"(c\d{4,}|grid)(-overlay)?\.png")
@@ -142,36 +144,41 @@ class Painter:
         return channels, lo, hi
 
     def _paint_channels(self, task, folder, channels, lo, hi, photo) -> int:
-        job, table = self.job, self.table
-        grid = tile_photo = None
-        if job.layout_grid:
-            scale = job.grid_scale if photo is None else job.scale  # overlay tiles show the photo: larger
-            tile_h, tile_w = self.view.height * scale, self.view.width * scale
-            grid = Grid(len(channels), tile_h, tile_w)
-            if photo is not None:
-                tile_photo = _resized(photo, tile_h, tile_w)
+        """Write the per-channel PNGs and/or the grid of one image; returns the PNG count."""
+        job = self.job
+        grid, tile_photo = self._grid(len(channels), photo) if job.layout_grid else (None, None)
         written = 0
         for position, channel, plane in self._planes(task.row, channels):
             indices = to_indices(plane, lo[position], hi[position])
             if job.layout_channels:
-                if photo is None:
-                    png = encode_indexed(upscale(indices, job.scale), table)
-                else:
-                    png = encode_rgb(blend(photo, indices, table))
-                _write(folder / job.channel_name(channel), png)
+                _write(folder / job.channel_name(channel), self._channel_png(indices, photo))
                 written += 1
             if grid is not None:
-                if tile_photo is None:
-                    grid.put(position, table[upscale(indices, job.grid_scale)], str(channel))
-                else:
-                    grid.put(position, blend(tile_photo, indices, table), str(channel))
+                grid.put(position, self._tile(indices, tile_photo), str(channel))
         if grid is not None:
-            text = f"fmpipe stage {job.stage} of {task.key!r}; tiles left to right, top to bottom are channels " + (
-                ",".join(map(str, channels))
-            )
+            order = ",".join(map(str, channels))
+            text = f"fmpipe stage {job.stage} of {task.key!r}; tiles left to right, top to bottom are channels {order}"
             _write(folder / job.grid_name, encode_rgb(grid.finish(), text=text))
             written += 1
         return written
+
+    def _grid(self, count: int, photo: np.ndarray | None) -> tuple[Grid, np.ndarray | None]:
+        """An empty grid for `count` tiles, and the photo at tile size for overlays."""
+        scale = self.job.grid_scale if photo is None else self.job.scale  # overlay tiles show the photo: larger
+        tile_h, tile_w = self.view.height * scale, self.view.width * scale
+        return Grid(count, tile_h, tile_w), None if photo is None else _resized(photo, tile_h, tile_w)
+
+    def _channel_png(self, indices: np.ndarray, photo: np.ndarray | None) -> bytes:
+        """(H, W) uint8 indices → PNG: indexed colour, upscaled; or RGB blended onto the photo."""
+        if photo is None:
+            return encode_indexed(upscale(indices, self.job.scale), self.table)
+        return encode_rgb(blend(photo, indices, self.table))
+
+    def _tile(self, indices: np.ndarray, tile_photo: np.ndarray | None) -> np.ndarray:
+        """(H, W) uint8 indices → (tile_h, tile_w, 3) uint8 grid tile."""
+        if tile_photo is None:
+            return self.table[upscale(indices, self.job.grid_scale)]
+        return blend(tile_photo, indices, self.table)
 
     def _planes(self, row: int, channels: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
         """(position in `channels`, channel, (H, W) map) reading one chunk block at a time."""
@@ -259,3 +266,40 @@ def _resized(photo: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(photo).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def colorize(
+    source: Store | str | os.PathLike,
+    image: int | str,
+    stage: int,
+    channel: int,
+    cmap: str = DEFAULT_CMAP,
+    normalize: str = "channel",
+    scale: int = 1,
+) -> np.ndarray:
+    """(H·scale, W·scale, 3) uint8 RGB of one (image, stage, channel), coloured as render does.
+
+    `source` is an open Store or a path; `image` a row or a key. For notebooks:
+    `plt.imshow(colorize("out.h5", "cat.jpg", 2, 7))` or `PIL.Image.fromarray(...)`.
+    """
+    if isinstance(source, Store):
+        return _colorize(source, image, stage, channel, cmap, normalize, scale)
+    with open_store(source) as store:
+        return _colorize(store, image, stage, channel, cmap, normalize, scale)
+
+
+def _colorize(store: Store, image, stage, channel, cmap, normalize, scale) -> np.ndarray:
+    if normalize not in NORMALIZATIONS:
+        raise UsageError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}.")
+    table = lut(cmap)
+    view = store.stage(stage)
+    row = store.row(image) if isinstance(image, str) else int(image)
+    if not 0 <= row < len(store):
+        raise UsageError(f"image {image} does not exist in {store.path}: valid rows are 0..{len(store) - 1}.")
+    if not store.ok[row]:
+        raise InputError(f"image {image!r} has no maps in {store.path} (it failed, or is not done yet).")
+    (index,) = select_channels([channel], view.channels, view.index)
+    span = stage_range(view, store.ok) if normalize == "stage" else None
+    lo, hi = image_ranges(normalize, view.min[row], view.max[row], [index], span)
+    indices = to_indices(view.data[row, index], lo[0], hi[0])
+    return upscale(table[indices], max(1, scale))

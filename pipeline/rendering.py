@@ -25,17 +25,27 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .colormaps import DEFAULT_CMAP, check_cmap, lut, to_indices
-from .errors import InputError, OutputExistsError, UsageError
-from .painting import ImageResult, ImageTask, Painter, RenderJob, existing_outputs, image_ranges, stage_range
+from .colormaps import DEFAULT_CMAP, check_cmap
+from .errors import IncompleteFileError, InputError, OutputExistsError, UsageError
+from .painting import (
+    NORMALIZATIONS,
+    ImageResult,
+    ImageTask,
+    Painter,
+    RenderJob,
+    colorize,
+    existing_outputs,
+    stage_range,
+)
 from .selection import FolderNamer, Spec, iter_keys, select_channels, select_rows
 from .store import Store, open_store
-from .tiling import CHANNEL_MIN_SIDE, TILE_MIN_SIDE, auto_scale, upscale
+from .tiling import CHANNEL_MIN_SIDE, TILE_MIN_SIDE, auto_scale
 
 log = logging.getLogger(__name__)
 
+__all__ = ["RenderConfig", "RenderSummary", "colorize", "render"]
+
 LAYOUTS = ("channels", "grid", "both")
-NORMALIZATIONS = ("channel", "image", "stage")
 LOG_EVERY_S = 30.0
 IN_FLIGHT_PER_WORKER = 2  # queued tasks per worker: keeps workers busy, memory flat
 
@@ -80,7 +90,8 @@ class RenderConfig:
         if self.out:
             return Path(self.out)
         path = Path(self.path)
-        return path.with_name(f"{path.stem}-render")
+        name = path.name.removesuffix(".partial")
+        return path.with_name(f"{Path(name).stem}-render")
 
 
 @dataclass
@@ -104,10 +115,10 @@ class RenderSummary:
 def render(config: RenderConfig) -> RenderSummary:
     """Render one stage of an fmpipe file to PNGs as `config` says (see the module doc)."""
     t0 = time.perf_counter()
-    with open_store(config.path, require_complete=not config.allow_partial) as store:
+    with open_store(_source(config), require_complete=not config.allow_partial) as store:
         job, rows = _plan(config, store)
         _refuse_clobber(store, job, rows)
-        workers = max(1, min(config.workers or os.cpu_count() or 1, len(rows)))
+        workers = max(1, min(config.workers or _cpu_count(), len(rows)))
         summary = RenderSummary(job.out_stage.parent, job.stage, workers=workers)
         progress = _Progress(len(rows), job.pngs_per_image)
         run = _run_inline if workers == 1 else _run_pool
@@ -133,7 +144,7 @@ def _plan(config: RenderConfig, store: Store) -> tuple[RenderJob, np.ndarray]:
     count = len(channels) if channels else min(config.top_k or view.channels, view.channels)
     photos = _photo_root(config, store) if config.overlay else None
     job = RenderJob(
-        path=str(Path(config.path).resolve()),
+        path=str(store.path.resolve()),
         stage=view.index,
         channels=channels,
         top_k=config.top_k,
@@ -152,6 +163,28 @@ def _plan(config: RenderConfig, store: Store) -> tuple[RenderJob, np.ndarray]:
         overwrite=config.overwrite,
     )
     return job, rows
+
+
+def _source(config: RenderConfig) -> Path:
+    """The file to read; an extraction still running has only OUT.partial."""
+    path = Path(config.path)
+    partial = path.with_name(path.name + ".partial")
+    if path.exists() or not partial.exists():
+        return path
+    if config.allow_partial:
+        return partial
+    raise IncompleteFileError(
+        f"{path} is not finished yet: only {partial} exists. Rerun the extract command to finish it, "
+        "or pass --allow-partial to render the images done so far."
+    )
+
+
+def _cpu_count() -> int:
+    """Cores this process may use (Slurm and taskset restrict them below os.cpu_count())."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _photo_root(config: RenderConfig, store: Store) -> str:
@@ -251,36 +284,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def colorize(
-    source: Store | str | os.PathLike,
-    image: int | str,
-    stage: int,
-    channel: int,
-    cmap: str = DEFAULT_CMAP,
-    normalize: str = "channel",
-    scale: int = 1,
-) -> np.ndarray:
-    """(H·scale, W·scale, 3) uint8 RGB of one (image, stage, channel), coloured as render does.
-
-    `source` is an open Store or a path; `image` a row or a key. For notebooks:
-    `plt.imshow(colorize("out.h5", "cat.jpg", 2, 7))` or `PIL.Image.fromarray(...)`.
-    """
-    if isinstance(source, Store):
-        return _colorize(source, image, stage, channel, cmap, normalize, scale)
-    with open_store(source) as store:
-        return _colorize(store, image, stage, channel, cmap, normalize, scale)
-
-
-def _colorize(store: Store, image, stage, channel, cmap, normalize, scale) -> np.ndarray:
-    if normalize not in NORMALIZATIONS:
-        raise UsageError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}.")
-    table = lut(cmap)
-    view = store.stage(stage)
-    row = store.row(image) if isinstance(image, str) else int(select_rows(store, [image])[0])
-    (index,) = select_channels([channel], view.channels, view.index)
-    span = stage_range(view, store.ok) if normalize == "stage" else None
-    lo, hi = image_ranges(normalize, view.min[row], view.max[row], [index], span)
-    indices = to_indices(view.data[row, index], lo[0], hi[0])
-    return upscale(table[indices], max(1, scale))

@@ -284,6 +284,13 @@ def test_incomplete_file_is_refused_unless_allowed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "o" / "stage1").iterdir()) == ["a", "c"]
     run = run_cli("render", partial, "--stage", "1", "--out", tmp_path / "cli")
     assert run.returncode == 2 and "--allow-partial" in run.stderr
+    # While extraction runs only p.h5.partial exists: the final name explains, and can be used.
+    with pytest.raises(IncompleteFileError, match="not finished yet"):
+        draw(tmp_path / "p.h5", 1, tmp_path / "q")
+    summary = render(RenderConfig(str(tmp_path / "p.h5"), 1, allow_partial=True, workers=1))
+    assert summary.out_dir == tmp_path / "p-render" and summary.images == 2
+    with pytest.raises(InputError, match="failed, or is not done"):
+        colorize(partial, 1, 1, 0)
 
 
 def test_virtual_file_renders_like_its_source_and_refuses_a_missing_one(quick, tmp_path):
