@@ -143,13 +143,46 @@ def stages(
 
 
 @app.command()
-def info(path: Annotated[str, typer.Argument(help="An fmpipe HDF5 file.")]) -> None:
-    """Describe an fmpipe file: model, completeness, stages, sizes, failures."""
+def info(
+    path: Annotated[str, typer.Argument(help="An fmpipe HDF5 file, or a job array's OUT.shards/ folder.")],
+) -> None:
+    """Describe an fmpipe file (model, completeness, stages, sizes, failures) or a shards folder's progress."""
+    from pathlib import Path
+
     from .info import describe_store
     from .store import open_store
 
+    if Path(path).is_dir():
+        from .shards import describe_folder
+
+        typer.echo(describe_folder(path))
+        return
     with open_store(path) as store:
         typer.echo(describe_store(store))
+
+
+@app.command()
+def merge(
+    out: Annotated[str, typer.Argument(help="The merged file to write; the job array's shards are in OUT.shards/.")],
+    copy: Annotated[
+        bool,
+        typer.Option(
+            "--copy", help="Self-contained file: copy the shards' compressed chunks (default: virtual datasets)."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT even if it is not an earlier merge of these shards.")
+    ] = False,
+) -> None:
+    """Check a job array's shards (complete, same configuration, keys covered once) and combine them into OUT."""
+    from .merge import merge as run
+
+    summary = run(out, copy=copy, overwrite=overwrite)
+    typer.echo(
+        f"{summary.out}: {summary.images} images ({summary.failed} failed) from {summary.num_shards} shards, "
+        f"{summary.mode}, in {summary.seconds:.2f} s"
+        + (f"; {summary.bytes_copied / 1e6:.1f} MB of chunks copied" if summary.mode == "copy" else "")
+    )
 
 
 @app.command()

@@ -23,8 +23,13 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
         f"  storage    {a.get('dtype')}, {a.get('compression')}",
         f"  images     {n - len(failures)} stored, {len(failures)} failed, {n} in all",
     ]
-    if int(a.get("num_shards", 1)) > 1:
-        lines.append(f"  shard      {a.get('shard_index')} of {a.get('num_shards')}")
+    if a.get("merged_from"):
+        lines.append(
+            f"  shards     {a.get('num_shards')} of {a.get('num_shards')} merged ({a.get('merge_mode')}) from "
+            f"{a.get('merged_from')}/; images done {done} of {n}"
+        )
+    elif int(a.get("num_shards", 1)) > 1:
+        lines.append(f"  shard      {a.get('shard_index')} of {a.get('num_shards')}; images done {done} of {n}")
     lines.append("  stage  module               channels  stride  shape (C, H, W)      MB/image  stored MB  ratio")
     for s in store.stages:
         raw = s.data.size * s.data.dtype.itemsize
@@ -34,7 +39,7 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
         lines.append(
             f"  {s.index:>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
             f"{(s.channels, s.height, s.width)!s:<20} {per_image:8.3f}  "
-            f"{stored / MB:9.2f}  {ratio}"
+            f"{f'{stored / MB:9.2f}' if stored or not s.data.is_virtual else '  (shards)'}  {ratio}"
         )
     for key, reason in failures[:failures_shown]:
         lines.append(f"  failed     {key}: {reason}")

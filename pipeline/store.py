@@ -18,6 +18,7 @@ import numpy as np
 
 from . import schema
 from .errors import IncompleteFileError, InputError
+from .shards import check_virtual_sources
 
 # One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
 # is decoded again on every partial read).
@@ -94,25 +95,9 @@ class Store:
             )
 
     def check_sources(self) -> None:
-        """Raise if a virtual dataset's source file is missing or lies outside its folder."""
-        base = self.path.resolve().parent
-        for index in self.stage_indices:
-            dset = self.file[f"{schema.stage_group(index)}/{schema.DATA}"]
-            if not dset.is_virtual:
-                continue
-            for source in {vs.file_name for vs in dset.virtual_sources()}:
-                if source == ".":
-                    continue
-                target = (base / source).resolve()
-                if base not in target.parents and target.parent != base:
-                    raise InputError(
-                        f"{self.path}: virtual source {source!r} points outside {base}; refusing to read it."
-                    )
-                if not target.exists():
-                    raise InputError(
-                        f"{self.path}: its shard {source!r} is missing (looked in {base}). "
-                        "Restore the shard or re-run the merge with --copy from complete shards."
-                    )
+        """Raise unless every virtual source (data and statistics) is present, inside this
+        file's folder, complete and of the same run: HDF5 would read a missing one as fill values."""
+        check_virtual_sources(self.path, self.file)
 
     # -- metadata -----------------------------------------------------------------------
 

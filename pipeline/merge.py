@@ -1,0 +1,367 @@
+"""`fmpipe merge OUT`: check a job array's shards (OUT.shards/), then combine them into OUT. No torch.
+
+By default OUT holds virtual datasets (VDS) over the shards' stage data and statistics,
+with relative source names (`OUT.shards/shard-...h5`) and NaN fill, so merging takes well
+under a second whatever the data size; keys, done markers and failures (re-indexed) are
+copied. `copy=True` writes a self-contained file instead, copying each compressed chunk as
+it is (read_direct_chunk → write_direct_chunk), never recompressing. Either way OUT has the
+single-file schema: `open_store` and `fmpipe info` treat it like an unsharded file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import schema, shards
+from .config import describe_difference
+from .errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError
+from .store import open_store
+
+log = logging.getLogger(__name__)
+
+TMP_SUFFIX = ".merging"
+_STR = h5py.string_dtype("utf-8")
+# Rows of (N, C) statistics copied per step with --copy: bounded memory for any N.
+STAT_BLOCK_BYTES = 64 * 1024 * 1024
+# Root attributes that describe one shard, not the merged file.
+_SHARD_ONLY_ATTRS = (schema.ATTR_SHARD_INDEX, schema.ATTR_TIMINGS, schema.ATTR_COMPLETE)
+
+
+@dataclass(frozen=True)
+class MergeSummary:
+    """What a merge did; `fmpipe merge` prints it."""
+
+    out: Path
+    num_shards: int
+    images: int
+    failed: int
+    mode: str  # "virtual" or "copy"
+    seconds: float
+    bytes_copied: int  # compressed chunk bytes copied (copy mode; 0 for virtual)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One validated, open shard and where its rows go in the merged file."""
+
+    state: shards.ShardState
+    file: h5py.File
+    start: int  # first row in the merged file
+    count: int  # rows
+    source: str  # its name relative to OUT's folder, for the virtual datasets
+    keys: np.ndarray  # (count,) object array of utf-8 bytes
+
+
+def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -> MergeSummary:
+    """Check every shard in OUT.shards/ and write OUT (virtual datasets, or chunk copies with `copy`).
+
+    Raises IncompleteFileError (missing or unfinished shards), FingerprintMismatch (shards of
+    different configurations), InputError (unreadable, foreign or inconsistent shards) and
+    OutputExistsError (OUT is something other than an earlier merge, without `overwrite`).
+    """
+    t0 = time.perf_counter()
+    out = _resolve_out(Path(out))
+    found = shards.scan(shards.shards_folder(out))
+    _check_scan(found, out)
+    _check_output(out, overwrite)
+    mode = "copy" if copy else "virtual"
+    tmp = out.with_name(out.name + TMP_SUFFIX)
+    with ExitStack() as stack:
+        opened = [stack.enter_context(h5py.File(s.path, "r", locking="best-effort")) for s in found.shards]
+        parts = _check_shards(found, opened, out)
+        copied = _write(tmp, parts, found, mode)
+    _publish(tmp, out)
+    with open_store(out, require_complete=True) as store:  # re-check: the sources resolve from OUT's folder
+        images, failed = len(store), len(store.failures)
+    seconds = time.perf_counter() - t0
+    log.info("merged %d shards into %s (%s) in %.2f s", found.num_shards, out, mode, seconds)
+    return MergeSummary(out, found.num_shards, images, failed, mode, seconds, copied)
+
+
+def _resolve_out(out: Path) -> Path:
+    """Accept OUT or its shards folder OUT.shards/."""
+    if out.is_dir():
+        merged = shards.merged_path(out)
+        if merged is None:
+            raise InputError(f"{out} is a folder; give the merged file OUT (its shards are in OUT.shards/).")
+        return merged
+    if out.is_file() and not shards.shards_folder(out).exists() and not _is_fmpipe(out):
+        raise InputError(
+            f"{out} is not an fmpipe file and there is no {out}.shards/ to merge. Give the OUT that "
+            "the job array's `fmpipe extract IMAGES OUT --num-shards N` used."
+        )
+    return out
+
+
+def _check_scan(found: shards.ShardScan, out: Path) -> None:
+    """Every shard 0..N-1 present, readable and complete; one --num-shards only."""
+    n = found.num_shards
+    if found.stray_counts:
+        stale = ", ".join(f"{c:05d}" for c in found.stray_counts)
+        raise InputError(
+            f"{found.folder}/ holds shards of different --num-shards ({n} and {stale}); delete the "
+            f"stale ones (rm {found.folder}/shard-*-of-{stale.split(',')[0]}.h5*), then merge again."
+        )
+    unreadable = found.with_state("unreadable")
+    if unreadable:
+        listed = "; ".join(f"{s.label} {s.reason}" for s in unreadable)
+        raise InputError(f"cannot merge {out}: {listed}. Remove or re-extract those shards (--overwrite).")
+    missing, partial = found.with_state("missing"), found.with_state("partial")
+    if not missing and not partial:
+        return
+    problems = [f"shard {s.index} of {n} is missing ({s.path.name})" for s in missing]
+    problems += [f"{s.label} is incomplete ({s.done} of {s.images} images done)" for s in partial]
+    todo = ",".join(str(s.index) for s in sorted(missing + partial, key=lambda s: s.index))
+    raise IncompleteFileError(
+        f"cannot merge {out}: {'; '.join(problems)}. Run those tasks again (they resume): "
+        f"FMPIPE_NUM_SHARDS={n} sbatch --array={todo} scripts/slurm/extract.sbatch IMAGES {out}, or "
+        f"fmpipe extract IMAGES {out} --shard-index I --num-shards {n}; then merge again."
+    )
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """OUT may be replaced if absent, an earlier merge of these shards, or with --overwrite."""
+    if not out.exists() or overwrite:
+        return
+    try:
+        with h5py.File(out, "r", locking="best-effort") as file:
+            merged_from = file.attrs.get(schema.ATTR_MERGED_FROM)
+    except OSError:
+        merged_from = None
+    if merged_from == shards.shards_folder(out).name:
+        log.info("replacing the earlier merge %s", out)
+        return
+    raise OutputExistsError(
+        f"{out} exists and is not a merge of {shards.shards_folder(out)}/; pass --overwrite to replace it."
+    )
+
+
+def _check_shards(found: shards.ShardScan, opened: list[h5py.File], out: Path) -> list[_Shard]:
+    """Same fingerprint and stage layout everywhere; keys disjoint, in order and covering."""
+    _check_fingerprints(found, opened)
+    layout = _stage_layout(opened[0])
+    parts, start = [], 0
+    for state, file in zip(found.shards, opened, strict=True):
+        attrs = file.attrs
+        if (attrs.get(schema.ATTR_SHARD_INDEX), attrs.get(schema.ATTR_NUM_SHARDS)) != (state.index, found.num_shards):
+            raise InputError(
+                f"{state.label} says it is shard {attrs.get(schema.ATTR_SHARD_INDEX)} of "
+                f"{attrs.get(schema.ATTR_NUM_SHARDS)}: was it renamed? Re-extract it (--overwrite)."
+            )
+        if _stage_layout(file) != layout:
+            raise InputError(f"{state.label} stores other stages or chunking than shard 0; re-extract it.")
+        count = int(file[schema.KEY].shape[0])
+        if int(attrs.get("shard_start", -1)) != start:
+            raise InputError(
+                f"{state.label} starts at image {attrs.get('shard_start')}, expected {start}: "
+                "the shards do not tile the collection. Re-extract it (--overwrite)."
+            )
+        keys = file[schema.KEY][:]
+        source = f"{found.folder.name}/{state.path.name}"
+        parts.append(_Shard(state, file, start, count, source, keys))
+        start += count
+    _check_keys(parts, opened[0], out)
+    return parts
+
+
+def _check_fingerprints(found: shards.ShardScan, opened: list[h5py.File]) -> None:
+    prints = [f.attrs.get(schema.ATTR_FINGERPRINT) for f in opened]
+    common = Counter(prints).most_common(1)[0][0]
+    if all(p == common for p in prints):
+        return
+    ref = opened[prints.index(common)]
+    odd = [(s, f) for s, f, p in zip(found.shards, opened, prints, strict=True) if p != common]
+    first = describe_difference(_parts(ref), _parts(odd[0][1]))
+    raise FingerprintMismatch(
+        f"shards {', '.join(str(s.index) for s, _ in odd)} of {found.num_shards} were made with a different "
+        f"configuration than the others ({odd[0][0].label}: {first}). Re-extract them with the others' "
+        "options and --overwrite, then merge again."
+    )
+
+
+def _stage_layout(file: h5py.File) -> dict:
+    """Per stage: (C, H, W), dtype, chunks and filters of its data (the fingerprint covers the rest)."""
+    layout = {}
+    stages = file[schema.STAGES]
+    for name in stages:
+        data = stages[f"{name}/{schema.DATA}"]
+        dcpl = data.id.get_create_plist()
+        filters = tuple(dcpl.get_filter(i)[:3] for i in range(dcpl.get_nfilters()))
+        layout[name] = (data.shape[1:], str(data.dtype), data.chunks[1:] if data.chunks else None, filters)
+    return layout
+
+
+def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
+    total = int(ref.attrs.get("total_images", -1))
+    count = sum(p.count for p in parts)
+    if count != total:
+        raise InputError(f"the shards of {out} hold {count} images, their collection {total}; re-extract them.")
+    for prev, nxt in itertools.pairwise(parts):
+        if prev.count and nxt.count and not prev.keys[-1] < nxt.keys[0]:
+            raise InputError(f"{prev.state.label} and {nxt.state.label} overlap or are out of order; re-extract them.")
+    keys = [k.decode("utf-8") for p in parts for k in p.keys]
+    digest = hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
+    expected = _parts(ref).get("keys_sha256")
+    # Undecodable file names are stored escaped ("\\x.."), so their hash cannot match.
+    if expected and digest != expected and not any("\\" in k for k in keys):
+        raise InputError(f"the shards' keys of {out} are not the collection they were extracted from; re-extract.")
+
+
+def _parts(file: h5py.File) -> dict:
+    try:
+        return json.loads(file.attrs.get("fingerprint_json", "{}"))
+    except (TypeError, ValueError):
+        return {}
+
+
+def _is_fmpipe(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r", locking="best-effort") as file:
+            return file.attrs.get(schema.ATTR_FORMAT) == schema.FORMAT
+    except OSError:
+        return False
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def _write(tmp: Path, parts: list[_Shard], found: shards.ShardScan, mode: str) -> int:
+    """Write the merged file at `tmp`; returns compressed bytes copied (copy mode)."""
+    tmp.unlink(missing_ok=True)
+    ref = parts[0].file
+    copied = 0
+    with h5py.File(tmp, "w", libver=schema.LIBVER, locking="best-effort") as file:
+        _write_attrs(file, ref, found, mode)
+        _write_images(file, parts)
+        _write_failures(file, parts)
+        for name in ref[schema.STAGES]:
+            group = file.create_group(f"{schema.STAGES}/{name}")
+            group.attrs.update(dict(ref[f"{schema.STAGES}/{name}"].attrs))
+            for dset in (schema.DATA, *schema.STAT_NAMES):
+                path = f"{schema.STAGES}/{name}/{dset}"
+                if mode == "copy":
+                    copied += _copy_dataset(group, dset, parts, path)
+                else:
+                    _virtual_dataset(group, dset, parts, path)
+        file.attrs[schema.ATTR_COMPLETE] = True
+    return copied
+
+
+def _write_attrs(file: h5py.File, ref: h5py.File, found: shards.ShardScan, mode: str) -> None:
+    for name, value in ref.attrs.items():
+        if name not in _SHARD_ONLY_ATTRS:
+            file.attrs[name] = value
+    file.attrs[schema.ATTR_COMPLETE] = False
+    file.attrs[schema.ATTR_NUM_SHARDS] = found.num_shards
+    file.attrs["shard_start"] = 0
+    file.attrs[schema.ATTR_MERGED_FROM] = found.folder.name
+    file.attrs[schema.ATTR_MERGE_MODE] = mode
+
+
+def _write_images(file: h5py.File, parts: list[_Shard]) -> None:
+    """images/key (N,) utf-8, images/orig_hw (N, 2) int32, images/done (N,) bool: copied."""
+    n = sum(p.count for p in parts)
+    keys = np.concatenate([p.keys for p in parts]) if n else np.array([], dtype=object)
+    file.create_dataset(schema.KEY, data=keys, dtype=_STR)
+    hw = file.create_dataset(schema.ORIG_HW, shape=(n, 2), dtype="int32", fillvalue=-1)
+    done = file.create_dataset(schema.DONE, shape=(n,), dtype="bool", fillvalue=False)
+    for p in parts:
+        if p.count:
+            hw[p.start : p.start + p.count] = p.file[schema.ORIG_HW][:]
+            done[p.start : p.start + p.count] = p.file[schema.DONE][:]
+
+
+def _write_failures(file: h5py.File, parts: list[_Shard]) -> None:
+    """failures/index (F,) int64 re-indexed to merged rows; failures/key, failures/reason (F,) utf-8."""
+    index = np.concatenate([p.file[schema.FAILURE_INDEX][:] + p.start for p in parts]).astype(np.int64)
+    columns = {
+        schema.FAILURE_INDEX: index,
+        schema.FAILURE_KEY: np.concatenate([p.file[schema.FAILURE_KEY][:] for p in parts]),
+        schema.FAILURE_REASON: np.concatenate([p.file[schema.FAILURE_REASON][:] for p in parts]),
+    }
+    for name, values in columns.items():
+        dtype = "int64" if name == schema.FAILURE_INDEX else _STR
+        dset = file.create_dataset(name, shape=(len(values),), maxshape=(None,), chunks=(256,), dtype=dtype)
+        if len(values):
+            dset[:] = values
+
+
+def _virtual_dataset(group: h5py.Group, name: str, parts: list[_Shard], path: str) -> None:
+    """A VDS over the shards' `path`, row blocks in shard order, NaN where no source maps."""
+    ref = parts[0].file[path]
+    n = sum(p.count for p in parts)
+    layout = h5py.VirtualLayout(shape=(n, *ref.shape[1:]), dtype=ref.dtype)
+    for p in parts:
+        if p.count:
+            layout[p.start : p.start + p.count] = h5py.VirtualSource(p.source, path, shape=(p.count, *ref.shape[1:]))
+    group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+
+
+def _copy_dataset(group: h5py.Group, name: str, parts: list[_Shard], path: str) -> int:
+    """Same type, filters, chunks and fill as the shards; chunks copied compressed, as they are."""
+    ref = parts[0].file[path]
+    n = sum(p.count for p in parts)
+    space = h5py.h5s.create_simple((n, *ref.shape[1:]))
+    dsid = h5py.h5d.create(group.id, name.encode(), ref.id.get_type(), space, dcpl=ref.id.get_create_plist())
+    dst = h5py.Dataset(dsid)
+    copied = 0
+    for p in parts:
+        src = p.file[path]
+        if not p.count:
+            continue
+        if src.chunks is not None:
+            copied += _copy_chunks(src, dst, p.start)
+        else:
+            _copy_rows(src, dst, p.start)
+    return copied
+
+
+def _copy_chunks(src: h5py.Dataset, dst: h5py.Dataset, start: int) -> int:
+    """read_direct_chunk → write_direct_chunk for every stored chunk; rows shifted by `start`."""
+    offsets: list[tuple] = []
+    if hasattr(src.id, "chunk_iter"):
+        src.id.chunk_iter(lambda info: offsets.append(info.chunk_offset))
+    else:  # HDF5 before 1.12.3
+        offsets = [src.id.get_chunk_info(i).chunk_offset for i in range(src.id.get_num_chunks())]
+    copied = 0
+    for offset in offsets:
+        mask, payload = src.id.read_direct_chunk(offset)
+        dst.id.write_direct_chunk((offset[0] + start, *offset[1:]), payload, mask)
+        copied += len(payload)
+    return copied
+
+
+def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, start: int) -> None:
+    """Uncompressed (N, C) statistics: copied in blocks of rows."""
+    row_bytes = max(1, int(np.prod(src.shape[1:])) * src.dtype.itemsize)
+    step = max(1, STAT_BLOCK_BYTES // row_bytes)
+    for lo in range(0, src.shape[0], step):
+        hi = min(src.shape[0], lo + step)
+        dst[start + lo : start + hi] = src[lo:hi]
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """fsync the finished file, then rename it to OUT (a reader never sees half a merge)."""
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, out)
+    try:
+        fd = os.open(out.parent if str(out.parent) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,210 @@
+"""Job-array shards: their file names, their state in OUT.shards/, and virtual-source checks. No torch.
+
+Task I of N writes `OUT.shards/shard-0000I-of-0000N.h5` (`....h5.partial` until it is
+complete). `fmpipe merge OUT` combines them; `fmpipe info OUT.shards/` reports progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import resource
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+
+from . import schema
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+SHARD_RE = re.compile(r"^shard-(\d{5,})-of-(\d{5,})\.h5(\.partial)?$")
+PARTIAL_SUFFIX = ".partial"
+# File handles kept free for everything else when a virtual file opens its sources.
+SPARE_FILE_HANDLES = 64
+
+
+def shards_folder(out: str | os.PathLike) -> Path:
+    """`OUT.shards/`: where the tasks of a job array writing OUT put their shards."""
+    return Path(f"{os.fspath(out)}.shards")
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    """File name of shard `index` of `num_shards` (same as `runner.shard_output`)."""
+    return f"shard-{index:05d}-of-{num_shards:05d}.h5"
+
+
+def merged_path(folder: str | os.PathLike) -> Path | None:
+    """OUT for a shards folder `OUT.shards`; None when the name does not end in `.shards`."""
+    text = os.fspath(folder).rstrip("/")
+    return Path(text[: -len(".shards")]) if text.endswith(".shards") and len(text) > len(".shards") else None
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """One shard as found on disk."""
+
+    index: int
+    path: Path  # the complete file, else the partial one, else where the shard belongs
+    state: str  # "complete", "partial", "missing" or "unreadable"
+    images: int = 0  # rows of this shard (0 when unknown)
+    done: int = 0  # rows marked done
+    total_images: int | None = None  # images of the whole collection, from the shard's attrs
+    reason: str = ""  # why a shard is unreadable
+
+    @property
+    def label(self) -> str:
+        """`shard 3 (shard-00003-of-00016.h5)`, for messages."""
+        return f"shard {self.index} ({self.path.name})"
+
+
+@dataclass(frozen=True)
+class ShardScan:
+    """The shards of one job array in a folder, indexed 0..num_shards-1."""
+
+    folder: Path
+    num_shards: int
+    shards: list[ShardState]
+    stray_counts: list[int]  # other --num-shards values seen in file names (stale shards)
+
+    def with_state(self, *states: str) -> list[ShardState]:
+        return [s for s in self.shards if s.state in states]
+
+    @property
+    def total_images(self) -> int | None:
+        return next((s.total_images for s in self.shards if s.total_images is not None), None)
+
+    @property
+    def done_images(self) -> int:
+        return sum(s.done for s in self.shards)
+
+
+def scan(folder: str | os.PathLike) -> ShardScan:
+    """Find the shards in `folder` and read each one's state (cheap: attributes and done markers)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(
+            f"no shards folder {folder}/. Run the job array first (fmpipe extract IMAGES OUT "
+            "--shard-index I --num-shards N writes OUT.shards/)."
+        )
+    found: dict[tuple[int, int], dict[bool, Path]] = {}
+    for entry in folder.iterdir():
+        match = SHARD_RE.match(entry.name)
+        if match:
+            key = (int(match.group(1)), int(match.group(2)))
+            found.setdefault(key, {})[bool(match.group(3))] = entry
+    if not found:
+        raise InputError(f"{folder}/ holds no shard files (shard-0000I-of-0000N.h5); run the job array first.")
+    counts = Counter(n for _, n in found)
+    num_shards = counts.most_common(1)[0][0]
+    shards = []
+    for index in range(num_shards):
+        paths = found.get((index, num_shards), {})
+        if False in paths:
+            shards.append(read_state(paths[False], index))
+        elif True in paths:
+            shards.append(read_state(paths[True], index))
+        else:
+            shards.append(ShardState(index, folder / shard_name(index, num_shards), "missing"))
+    return ShardScan(folder, num_shards, shards, sorted(n for n in counts if n != num_shards))
+
+
+def read_state(path: Path, index: int) -> ShardState:
+    """State of one shard file (a partial one may be being written by a running task)."""
+    # A running task holds the write lock on its partial file; reading attributes and done
+    # markers without a lock is safe for the writer and only ever shows flushed progress.
+    locking = False if path.name.endswith(PARTIAL_SUFFIX) else "best-effort"
+    try:
+        with h5py.File(path, "r", locking=locking) as file:
+            attrs = file.attrs
+            if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT or schema.DONE not in file:
+                return ShardState(index, path, "unreadable", reason="not an fmpipe file")
+            done = int(file[schema.DONE][:].sum())
+            images = int(file[schema.DONE].shape[0])
+            total = attrs.get("total_images")
+            complete = bool(attrs.get(schema.ATTR_COMPLETE)) and not path.name.endswith(PARTIAL_SUFFIX)
+    except (OSError, KeyError, ValueError) as err:
+        return ShardState(index, path, "unreadable", reason=f"cannot be read ({err})")
+    state = "complete" if complete and done == images else "partial"
+    return ShardState(index, path, state, images, done, None if total is None else int(total))
+
+
+def describe_folder(folder: str | os.PathLike) -> str:
+    """Text for `fmpipe info OUT.shards/`: shards done, images done / total, what is left."""
+    found = scan(folder)
+    complete = found.with_state("complete")
+    total = found.total_images
+    lines = [
+        f"{found.folder}/: {len(complete)} of {found.num_shards} shards complete; images done "
+        f"{found.done_images} of {total if total is not None else '?'}",
+    ]
+    for shard in found.shards:
+        if shard.state == "partial":
+            lines.append(f"  shard {shard.index:>5}  partial      {shard.done} of {shard.images} images done")
+        elif shard.state != "complete":
+            lines.append(f"  shard {shard.index:>5}  {shard.state:<11}  {shard.reason or shard.path.name}")
+    if found.stray_counts:
+        lines.append(f"  stray shards of --num-shards {', '.join(map(str, found.stray_counts))} (ignored)")
+    out = merged_path(found.folder)
+    if len(complete) == found.num_shards and out is not None:
+        lines.append(f"  all shards complete: run `fmpipe merge {out}`")
+    return "\n".join(lines)
+
+
+def check_virtual_sources(path: Path, file: h5py.File) -> list[str]:
+    """Check every source file of the virtual datasets below /stages; returns their names.
+
+    HDF5 reads a missing source, or one it cannot open, as fill values without an error,
+    so each source must exist beside `path`, stay inside its folder, be a complete fmpipe
+    shard of the same run (fingerprint), and the process must be allowed enough open files.
+    """
+    names = set()
+    for group in file[schema.STAGES].values():
+        for dset in group.values():
+            if isinstance(dset, h5py.Dataset) and dset.is_virtual:
+                names.update(vs.file_name for vs in dset.virtual_sources())
+    names.discard(".")
+    # Lexical, not resolved: OUT.shards may be a symlink to scratch space; ".." may not escape.
+    base = Path(os.path.abspath(path)).parent
+    fingerprint = file.attrs.get(schema.ATTR_FINGERPRINT)
+    for source in sorted(names):
+        _check_source(path, base, source, fingerprint)
+    _ensure_file_handles(path, len(names))
+    return sorted(names)
+
+
+def _check_source(path: Path, base: Path, source: str, fingerprint) -> None:
+    target = Path(os.path.normpath(base / source))
+    if os.path.isabs(source) or base not in target.parents:
+        raise InputError(f"{path}: virtual source {source!r} points outside {base}; refusing to read it.")
+    hint = f"Restore it, or re-extract that shard and run `fmpipe merge {path}` again."
+    if not target.exists():
+        raise InputError(f"{path}: its shard {source!r} is missing (looked in {base}). {hint}")
+    try:
+        with h5py.File(target, "r", locking="best-effort") as shard:
+            same = shard.attrs.get(schema.ATTR_FINGERPRINT) == fingerprint
+            complete = bool(shard.attrs.get(schema.ATTR_COMPLETE))
+    except OSError as err:
+        raise InputError(f"{path}: its shard {source!r} cannot be read ({err}). {hint}") from None
+    if not same:
+        raise InputError(f"{path}: its shard {source!r} now holds a different run (fingerprint differs). {hint}")
+    if not complete:
+        raise InputError(f"{path}: its shard {source!r} is not complete. {hint}")
+
+
+def _ensure_file_handles(path: Path, sources: int) -> None:
+    """Raise the soft open-file limit if the sources need it; fail loudly if it cannot be raised."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = sources + SPARE_FILE_HANDLES
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise InputError(
+            f"{path} reads {sources} shard files but this process may open only {hard} files. "
+            f"Raise the limit (ulimit -n {needed}) or make a self-contained file: fmpipe merge --copy."
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    log.debug("raised the open-file limit to %d for %d shard files", needed, sources)
