@@ -1,0 +1,129 @@
+"""Resume: a killed or crashed extract continues from the first not-done image and ends identical."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+from conftest import write_images
+
+import pipeline
+from pipeline import writer
+from pipeline.errors import FingerprintMismatch, InputError
+
+REPO = Path(__file__).resolve().parent.parent
+OPTIONS = dict(model="resnet18", random_init=True, size=(64, 64), batch_size=2, workers=0, device="cpu")
+
+
+def load_kill_test():
+    """scripts/kill_test.py as a module (its snapshot/compare helpers and run_trials)."""
+    if "kill_test" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("kill_test", REPO / "scripts" / "kill_test.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["kill_test"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["kill_test"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Seven images and one broken file (row 3): four batches of two."""
+    folder = tmp_path_factory.mktemp("resume") / "images"
+    write_images(folder, 7, size=(64, 64))
+    (folder / "img002b.png").write_bytes(b"broken")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(images) -> dict:
+    out = images.parent / "reference.h5"
+    pipeline.extract(str(images), str(out), **OPTIONS)
+    return load_kill_test().snapshot(out)
+
+
+def crash_at_row(monkeypatch, row: int, after_rows_written: bool = False) -> None:
+    """Make the writer fail on the batch holding `row`, before its done markers (as a kill would)."""
+    original = writer.ShardWriter._write
+
+    def failing(self, batch):
+        if row in batch.rows:
+            if after_rows_written:  # stats and failures written and flushed, done not yet
+                self._write_rows(batch)
+                self.file.flush()
+            raise RuntimeError("simulated crash")
+        original(self, batch)
+
+    monkeypatch.setattr(writer.ShardWriter, "_write", failing)
+
+
+def assert_identical(out: Path, reference: dict) -> None:
+    kill_test = load_kill_test()
+    got = kill_test.snapshot(out)
+    assert bool(got["@complete"])
+    assert kill_test.differences(got, reference) == []
+    assert kill_test.failures_of(got) == kill_test.failures_of(reference)
+
+
+def test_rerun_continues_from_the_first_not_done_image(images, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out.h5"
+    crash_at_row(monkeypatch, 4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline.extract(str(images), str(out), **OPTIONS)
+    assert not out.exists()
+    with h5py.File(f"{out}.partial") as f:
+        assert f["images/done"][:].tolist() == [True] * 4 + [False] * 4 and not f.attrs["complete"]
+    monkeypatch.undo()
+    summary = pipeline.extract(str(images), str(out), **OPTIONS)
+    assert (summary.done_before, summary.stored, summary.failed) == (4, 4, 0)  # nothing recomputed
+    assert_identical(out, reference)
+    again = pipeline.extract(str(images), str(out), **OPTIONS)
+    assert (again.done_before, again.stored, again.failed) == (8, 0, 0)
+
+
+def test_failures_of_an_unfinished_batch_are_not_listed_twice(images, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out.h5"
+    crash_at_row(monkeypatch, 3, after_rows_written=True)
+    with pytest.raises(RuntimeError):
+        pipeline.extract(str(images), str(out), **OPTIONS)
+    with h5py.File(f"{out}.partial") as f:
+        assert f["failures/index"][:].tolist() == [3] and not f["images/done"][3]
+    monkeypatch.undo()
+    summary = pipeline.extract(str(images), str(out), **OPTIONS)
+    assert (summary.done_before, summary.failed) == (2, 1)
+    assert_identical(out, reference)
+
+
+def test_a_different_configuration_is_refused_naming_it(images, tmp_path, monkeypatch):
+    out = tmp_path / "out.h5"
+    crash_at_row(monkeypatch, 4)
+    with pytest.raises(RuntimeError):
+        pipeline.extract(str(images), str(out), **OPTIONS)
+    monkeypatch.undo()
+    with pytest.raises(FingerprintMismatch, match=r"size: \[64, 64\] → \[48, 48\].*--overwrite"):
+        pipeline.extract(str(images), str(out), **{**OPTIONS, "size": (48, 48)})
+    summary = pipeline.extract(str(images), str(out), overwrite=True, **{**OPTIONS, "size": (48, 48)})
+    assert summary.done_before == 0 and summary.stored + summary.failed == 8
+    with h5py.File(out) as f:
+        assert f["stages/0/data"].shape[2:] == (24, 24) and f.attrs["complete"]
+
+
+def test_an_unreadable_partial_file_says_to_start_over(images, tmp_path):
+    out = tmp_path / "out.h5"
+    Path(f"{out}.partial").write_bytes(b"\0" * 100)
+    with pytest.raises(InputError, match=r"cannot be resumed.*--overwrite"):
+        pipeline.extract(str(images), str(out), **OPTIONS)
+    assert pipeline.extract(str(images), str(out), overwrite=True, **OPTIONS).done_before == 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_rerun_is_identical(tmp_path):
+    kill_test = load_kill_test()
+    trials = kill_test.run_trials(trials=2, seed=3, workdir=tmp_path, images_count=8)
+    for trial in trials:
+        assert trial.ok, (trial.moment, trial.last_event, trial.problems)
+    assert {t.target.split()[0] for t in trials} == {"batch", "finalise"}
+    assert any(t.moment in ("mid-batch", "between-batches") for t in trials), [t.moment for t in trials]
+    assert all(t.resumed_from + t.recomputed == 9 for t in trials)
