@@ -72,6 +72,19 @@ def _collate(items) -> Batch:
     )
 
 
+def _aligned_batches(rows: Sequence[int], batch_size: int, offset: int) -> list[list[int]]:
+    """Dataset positions grouped by the collection-wide batch (row + offset) // batch_size."""
+    batches: list[list[int]] = []
+    last = None
+    for position, row in enumerate(rows):
+        block = (row + offset) // batch_size
+        if block != last:
+            batches.append([])
+            last = block
+        batches[-1].append(position)
+    return batches
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -85,13 +98,18 @@ def iter_batches(
     workers: int,
     pin_memory: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    offset: int = 0,
 ) -> Iterator[Batch]:
-    """Batches of the given rows, in order, decoded by `workers` processes (0: in-process)."""
-    dataset = _ImageDataset(root, keys, list(rows), size_hw, max_pixels)
+    """Batches of the given rows, in order, decoded by `workers` processes (0: in-process).
+
+    A batch never crosses a multiple of `batch_size` in the whole collection (row + offset),
+    so a resumed or sharded run computes the same batches as one uninterrupted run.
+    """
+    rows = list(rows)
+    dataset = _ImageDataset(root, keys, rows, size_hw, max_pixels)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=_aligned_batches(rows, batch_size, offset),
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=pin_memory,

@@ -49,6 +49,7 @@ class ExtractSummary:
     seconds: float
     stages: list[taps.StageInfo]
     input_hw: tuple[int, int]
+    shard_start: int = 0  # row of this shard's first image in the whole collection
     dry_run: bool = False
     timings: dict = field(default_factory=dict)
     nan_stages: list[int] = field(default_factory=list)
@@ -113,7 +114,7 @@ def extract(config: ExtractConfig) -> ExtractSummary:
         raise InputError(
             f"no images found below {config.images!r} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})."
         )
-    start, stop = sources.shard_bounds(len(all_keys), config.shard_index, config.num_shards)
+    start, stop = sources.shard_bounds(len(all_keys), config.shard_index, config.num_shards, config.batch_size)
     keys = all_keys[start:stop]
     out = shard_output(config.out, config.shard_index, config.num_shards)
     _check_writable(out)
@@ -125,7 +126,9 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     tap, all_stages = taps.build(model, size_hw, config.stages, device)
     stages = [all_stages[i] for i in tap.wanted]
     plan = _plan(config, model, size_hw, stages, all_keys, keys, start)
-    summary = ExtractSummary(out, str(device), len(keys), 0, 0, 0, 0.0, 0.0, stages, size_hw, dry_run=config.dry_run)
+    summary = ExtractSummary(
+        out, str(device), len(keys), 0, 0, 0, 0.0, 0.0, stages, size_hw, start, dry_run=config.dry_run
+    )
     if config.dry_run:
         return summary
     if config.amp and device.type != "cuda":
@@ -248,7 +251,14 @@ def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, sum
     forward = _Forward(tap, model, device, getattr(torch, config.dtype), config.amp)
     bar = _progress(summary.done_before, len(keys))
     batches = iter_batches(
-        config.images, keys, pending, size_hw, config.batch_size, config.workers, pin_memory=device.type == "cuda"
+        config.images,
+        keys,
+        pending,
+        size_hw,
+        config.batch_size,
+        config.workers,
+        pin_memory=device.type == "cuda",
+        offset=summary.shard_start,
     )
     staged = None
     t0 = time.perf_counter()

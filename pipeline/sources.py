@@ -36,12 +36,16 @@ def discover(root: str | os.PathLike) -> list[str]:
     return keys
 
 
-def shard_bounds(count: int, shard_index: int, num_shards: int) -> tuple[int, int]:
+def shard_bounds(count: int, shard_index: int, num_shards: int, unit: int = 1) -> tuple[int, int]:
     """[start, stop) of shard `shard_index` of `num_shards`: balanced contiguous slices.
 
-    The first `count % num_shards` shards get one extra key.
+    Slices are balanced in whole `unit`s (the batch size), so every shard starts on a
+    batch boundary of the whole collection: a sharded run then computes exactly the
+    batches an unsharded run computes, and stores bit-identical maps (CPU and GPU kernels
+    may round differently for different batch shapes). The first shards get one extra unit.
     """
-    base, extra = divmod(count, num_shards)
+    units = -(-count // unit)
+    base, extra = divmod(units, num_shards)
     start = shard_index * base + min(shard_index, extra)
     stop = start + base + (1 if shard_index < extra else 0)
-    return start, stop
+    return min(count, start * unit), min(count, stop * unit)

@@ -16,14 +16,14 @@ import pytest
 from conftest import write_images
 
 import pipeline
-from pipeline import merge, schema, shards
+from pipeline import merge, schema, shards, sources
 from pipeline.errors import InputError
 from pipeline.info import describe_store
 
 REPO = Path(__file__).resolve().parent.parent
-# 12 images in 4 shards of 3 with batches of 3: the unsharded run computes each image in a batch
-# of the same images. (Backends such as oneDNN may change the last bits of an activation with the
-# batch's shape, so only equal batches can be compared bit for bit; see docs/slurm.md.)
+# 12 images in 4 shards of 3 with batches of 3. Shards are cut in whole batches of the collection,
+# so each image is computed in the same batch as in the unsharded run and results are bit-identical
+# (oneDNN may round the last bits differently for other batch shapes; see docs/slurm.md).
 OPTIONS = dict(model="resnet18", random_init=True, size=(64, 64), batch_size=3, workers=0, device="cpu")
 SHARDS = 4
 
@@ -241,3 +241,32 @@ def test_more_shards_than_images_and_shard_names(tmp_path):
     with pipeline.open_store(out) as store:
         assert store.keys == sorted(p.name for p in images.iterdir()) and np.isfinite(store.stage(1).data[:]).all()
     assert shard_output(out, 3, 5) == shards.shards_folder(out) / shards.shard_name(3, 5)
+
+
+@pytest.mark.parametrize(("count", "num_shards", "unit"), [(12, 4, 5), (100, 7, 16), (5, 4, 16), (33, 3, 1)])
+def test_shards_tile_the_collection_in_whole_batches(count, num_shards, unit):
+    bounds = [sources.shard_bounds(count, i, num_shards, unit) for i in range(num_shards)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == count
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(start % unit == 0 or start == count for start, _ in bounds)
+    sizes = [stop - start for start, stop in bounds]
+    assert max(sizes) - min(sizes) <= unit
+
+
+def test_shards_cut_in_whole_batches_equal_the_unsharded_run_bit_for_bit(tmp_path):
+    # 9 images, batches of 2, 2 shards: a split by images (5 + 4) would compute image 4 in a
+    # batch of one instead of with image 5; the split in whole batches is 6 + 3.
+    images = tmp_path / "images"
+    write_images(images, 9, size=(64, 64))
+    options = {**OPTIONS, "batch_size": 2}
+    pipeline.extract(str(images), str(tmp_path / "single.h5"), **options)
+    for index in range(2):
+        pipeline.extract(str(images), str(tmp_path / "out.h5"), shard_index=index, num_shards=2, **options)
+    merge.merge(tmp_path / "out.h5")
+    with pipeline.open_store(tmp_path / "out.h5") as a, pipeline.open_store(tmp_path / "single.h5") as b:
+        assert a.keys == b.keys
+        for sa, sb in zip(a.stages, b.stages, strict=True):
+            for name in ("data", "min", "max", "mean"):
+                np.testing.assert_array_equal(bits(getattr(sa, name)[:]), bits(getattr(sb, name)[:]), err_msg=name)
+    with h5py.File(shards.shards_folder(tmp_path / "out.h5") / shards.shard_name(1, 2)) as f:
+        assert int(f.attrs["shard_start"]) == 6
