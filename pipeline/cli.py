@@ -71,6 +71,12 @@ def extract(
             help="DANGEROUS: let --weights unpickle arbitrary objects (can run code). Only for files you trust.",
         ),
     ] = False,
+    amp: Annotated[
+        bool, typer.Option("--amp", help="bf16 autocast on CUDA (faster, less exact; recorded in the file).")
+    ] = False,
+    null_writer: Annotated[
+        bool, typer.Option("--null-writer", help="Benchmarking: run everything but discard the maps (writes no file).")
+    ] = False,
 ) -> None:
     """Stream images through a model in batches and store every stage's activations."""
     config = ExtractConfig(
@@ -91,6 +97,8 @@ def extract(
         overwrite=overwrite,
         dry_run=dry_run,
         unsafe_pickle=unsafe_pickle,
+        amp=amp,
+        null_writer=null_writer,
     )
     from .runner import estimate_bytes
     from .runner import extract as run

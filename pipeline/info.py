@@ -52,7 +52,8 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
     if timings:
         t = json.loads(timings)
         phases = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in t.items() if k.endswith("_s"))
-        lines.append(f"  timings    {phases}")
+        bound = f"; bound by {t['bound_by']}" if "bound_by" in t else ""
+        lines.append(f"  timings    {phases}{bound}")
     return "\n".join(lines)
 
 

@@ -79,20 +79,42 @@ class Store:
             if name not in self.file:
                 raise InputError(f"{self.path} claims to be an fmpipe file but lacks /{name}.")
         n = self.file[schema.KEY].shape[0]
+        for name, shape in ((schema.DONE, (n,)), (schema.ORIG_HW, (n, 2))):
+            if self.file[name].shape != shape:
+                raise InputError(f"{self.path}: /{name} has shape {self.file[name].shape}, expected {shape}.")
+        if any(not name.isdigit() for name in self.file[schema.STAGES]):
+            raise InputError(f"{self.path}: /{schema.STAGES} holds groups not named by a stage index.")
         for index in self.stage_indices:
-            group = self.file[schema.stage_group(index)]
-            for name in (schema.DATA, *schema.STAT_NAMES):
-                if name not in group:
-                    raise InputError(f"{self.path}: stage {index} lacks its {name!r} dataset.")
-            data = group[schema.DATA]
-            if data.ndim != 4 or data.shape[0] != n:
-                raise InputError(f"{self.path}: stage {index} data has shape {data.shape}, expected ({n}, C, H, W).")
+            self._check_stage(index, n)
         self.check_sources()
         if require_complete and not self.complete:
             raise IncompleteFileError(
                 f"{self.path} is not complete ({self.done_count} of {len(self)} images done). "
                 "Finish it by rerunning the same extract command, or pass --allow-partial."
             )
+
+    def _check_stage(self, index: int, n: int) -> None:
+        group = self.file[schema.stage_group(index)]
+        for name in (schema.DATA, *schema.STAT_NAMES):
+            if name not in group:
+                raise InputError(f"{self.path}: stage {index} lacks its {name!r} dataset.")
+        data = group[schema.DATA]
+        if data.ndim != 4 or data.shape[0] != n:
+            raise InputError(f"{self.path}: stage {index} data has shape {data.shape}, expected ({n}, C, H, W).")
+        try:
+            declared = tuple(int(group.attrs[a]) for a in ("channels", "height", "width", "stride", "index"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{self.path}: stage {index} has a missing or malformed attribute ({err}).") from None
+        if declared[:3] != data.shape[1:] or declared[4] != index:
+            raise InputError(
+                f"{self.path}: stage {index} attributes (index {declared[4]}, C, H, W = {declared[:3]}) "
+                f"disagree with its data {data.shape}; the file is damaged."
+            )
+        for name in schema.STAT_NAMES:
+            if group[name].shape != data.shape[:2]:
+                raise InputError(
+                    f"{self.path}: stage {index} {name!r} has shape {group[name].shape}, expected {data.shape[:2]}."
+                )
 
     def check_sources(self) -> None:
         """Raise unless every virtual source (data and statistics) is present, inside this
