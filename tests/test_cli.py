@@ -9,13 +9,17 @@ import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 
 def fmpipe(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        timeout=300,
+    )
 
 
 def test_quick_start_writes_a_complete_file_and_info_describes_it(tmp_path):
@@ -28,7 +32,12 @@ def test_quick_start_writes_a_complete_file_and_info_describes_it(tmp_path):
     with h5py.File(out) as f:  # plain h5py + hdf5plugin reads it
         assert f.attrs["format"] == "fmpipe" and bool(f.attrs["complete"])
         assert [k.decode() for k in f["images/key"][:]] == [
-            "astronaut.jpg", "camera.png", "chelsea.jpg", "coffee.jpg", "more/rocket.jpg"]
+            "astronaut.jpg",
+            "camera.png",
+            "chelsea.jpg",
+            "coffee.jpg",
+            "more/rocket.jpg",
+        ]
         assert f["stages/0/data"].shape == (5, 16, 112, 112)
         assert f["stages/0/data"].dtype == np.float16
         assert f["stages/4/data"].shape == (5, 320, 7, 7)

@@ -24,7 +24,7 @@ def test_grayscale_rgba_palette_and_16bit_convert_correctly(tmp_path):
     out = decode(_save(tmp_path / "g.png", Image.fromarray(gray)), SIZE).pixels
     assert out.shape == (*SIZE, 3) and np.array_equal(out[..., 0], gray) and np.array_equal(out[..., 2], gray)
 
-    wide = (gray.astype(np.uint16) * 257)  # 16-bit: 255*257 = 65535 → 255
+    wide = gray.astype(np.uint16) * 257  # 16-bit: 255*257 = 65535 → 255
     out16 = decode(_save(tmp_path / "w.png", Image.fromarray(wide)), SIZE).pixels
     np.testing.assert_array_equal(out16[..., 1], gray)
 

@@ -66,15 +66,17 @@ def test_batch_sizes_store_the_same_rows(image_dir, tmp_path):
     files = []
     for batch_size in (1, 7):
         out = tmp_path / f"b{batch_size}.h5"
-        pipeline.extract(image_dir, out, model="tv:resnet18", random_init=True, size=(32, 32),
-                         batch_size=batch_size, workers=2)
+        pipeline.extract(
+            image_dir, out, model="tv:resnet18", random_init=True, size=(32, 32), batch_size=batch_size, workers=2
+        )
         files.append(out)
     with pipeline.open_store(files[0]) as one, pipeline.open_store(files[1]) as seven:
         assert one.keys == seven.keys
         for a, b in zip(one.stages, seven.stages, strict=True):
             # Different batch shapes may pick different CPU kernels: allow float16 rounding.
-            np.testing.assert_allclose(a.data[:].astype(np.float32), b.data[:].astype(np.float32),
-                                       rtol=2**-9, atol=2e-3)
+            np.testing.assert_allclose(
+                a.data[:].astype(np.float32), b.data[:].astype(np.float32), rtol=2**-9, atol=2e-3
+            )
 
 
 def test_inplace_relu_does_not_change_the_stored_stage(image_dir, tmp_path):
@@ -153,7 +155,7 @@ def test_existing_output_needs_overwrite(image_dir, tmp_path):
 def test_dry_run_computes_and_writes_nothing(image_dir, tmp_path):
     summary = pipeline.extract(image_dir, tmp_path / "d.h5", random_init=True, size=(64, 64), dry_run=True)
     assert summary.dry_run and summary.images == 9
-    assert [s.shape for s in summary.stages][0] == (16, 32, 32)
+    assert summary.stages[0].shape == (16, 32, 32)
     assert not list(tmp_path.glob("d.h5*"))
 
 

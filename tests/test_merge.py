@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -247,7 +248,7 @@ def test_more_shards_than_images_and_shard_names(tmp_path):
 def test_shards_tile_the_collection_in_whole_batches(count, num_shards, unit):
     bounds = [sources.shard_bounds(count, i, num_shards, unit) for i in range(num_shards)]
     assert bounds[0][0] == 0 and bounds[-1][1] == count
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     assert all(start % unit == 0 or start == count for start, _ in bounds)
     sizes = [stop - start for start, stop in bounds]
     assert max(sizes) - min(sizes) <= unit

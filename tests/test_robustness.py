@@ -17,10 +17,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import REPO, write_images
 from PIL import Image
 
 import pipeline
-from conftest import REPO, write_images
 from pipeline import loading
 from pipeline.errors import FmpipeError, InputError, RunFailure
 from pipeline.lockfile import OutputLockedError
@@ -96,8 +96,9 @@ def test_every_bad_image_is_a_failure_row_and_every_good_one_is_stored(tmp_path,
     monkeypatch.setattr(loading, "DEFAULT_MAX_PIXELS", 50_000_000)
     good, bad = build_bad_folder(tmp_path / "bad")
     out = tmp_path / "bad.h5"
-    summary = pipeline.extract(tmp_path / "bad", out, model="tiny_models:plain_net", size=(32, 32), workers=2,
-                               batch_size=3)
+    summary = pipeline.extract(
+        tmp_path / "bad", out, model="tiny_models:plain_net", size=(32, 32), workers=2, batch_size=3
+    )
     assert summary.failed == len(bad) and summary.stored == len(good)
     stored_good = {k.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for k in good}
     with pipeline.open_store(out, require_complete=True) as store:
@@ -150,10 +151,25 @@ def test_cli_summary_counts_failures(tmp_path):
     folder = tmp_path / "few"
     write_images(folder, 3)
     (folder / "zero.png").write_bytes(b"")
-    run = subprocess.run([sys.executable, "-m", "pipeline", "extract", folder, tmp_path / "o.h5",
-                          "--model", "tiny_models:plain_net", "--size", "32"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "extract",
+            folder,
+            tmp_path / "o.h5",
+            "--model",
+            "tiny_models:plain_net",
+            "--size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+    )
     assert run.returncode == 0, run.stderr
     assert "3 images stored, 1 failed" in run.stdout
     assert "fmpipe info" in run.stdout
@@ -262,8 +278,22 @@ def test_signal_stops_at_a_batch_boundary_and_the_rerun_completes(tmp_path, sig)
     folder = tmp_path / "imgs"
     write_images(folder, 300, size=(32, 32))
     out = tmp_path / "s.h5"
-    cmd = [sys.executable, "-m", "pipeline", "extract", folder, out, "--model", "tiny_models:plain_net",
-           "--size", "256", "--batch-size", "1", "--workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "extract",
+        folder,
+        out,
+        "--model",
+        "tiny_models:plain_net",
+        "--size",
+        "256",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = Path(f"{out}.partial")
@@ -312,17 +342,18 @@ def _fake(path: Path, mutate) -> Path:
         (lambda f: f.attrs.__setitem__("format_version", 99), "format version 99"),
         (lambda f: f.__delitem__("images/done"), "lacks /images/done"),
         (lambda f: f.__delitem__("stages/0/max"), "lacks its 'max'"),
-        (lambda f: (f.__delitem__("stages/0/data"), f["stages/0"].create_dataset("data", data=np.zeros((5, 2)))),
-         "expected \\(2, C, H, W\\)"),
+        (
+            lambda f: (f.__delitem__("stages/0/data"), f["stages/0"].create_dataset("data", data=np.zeros((5, 2)))),
+            "expected \\(2, C, H, W\\)",
+        ),
         (lambda f: f["stages/0"].attrs.__setitem__("channels", "many"), "attribute"),
         (lambda f: f["stages/0"].attrs.__setitem__("channels", 7), "attribute"),
     ],
 )
 def test_hostile_fmpipe_files_give_clear_errors(tmp_path, mutate, message):
     path = _fake(tmp_path / "fake.h5", mutate)
-    with pytest.raises(InputError, match=message):
-        with pipeline.open_store(path) as store:
-            store.stages  # noqa: B018
+    with pytest.raises(InputError, match=message), pipeline.open_store(path) as store:
+        store.stages  # noqa: B018
     run = subprocess.run([sys.executable, "-m", "pipeline", "info", path], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 2 and "Traceback" not in run.stderr
 
@@ -352,7 +383,7 @@ def test_float16_overflow_is_a_clear_error_and_float32_stores_it(tmp_path):
     folder = tmp_path / "imgs"
     write_images(folder, 2)
     kw = {"model": "tiny_models:overflow_net", "size": (16, 16), "workers": 0}
-    with pytest.raises(RunFailure, match="overflows float16.*--dtype float32"):
+    with pytest.raises(RunFailure, match=r"overflows float16.*--dtype float32"):
         pipeline.extract(folder, tmp_path / "o.h5", **kw)
     pipeline.extract(folder, tmp_path / "o.h5", dtype="float32", overwrite=True, **kw)
     with pipeline.open_store(tmp_path / "o.h5") as store:

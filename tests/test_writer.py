@@ -46,8 +46,11 @@ def test_failed_rows_read_as_nan_and_are_listed(tmp_path):
     ok = np.array([0, 2])
     data = np.ones((2, 3, 4, 4), np.float16)
     stats = np.ones((3, 2, 3), np.float32)
-    writer.submit(BatchResult(np.arange(3), ok, np.array([[4, 4], [-1, -1], [4, 4]], np.int32),
-                              [(1, "broken")], {0: data}, {0: stats}))
+    writer.submit(
+        BatchResult(
+            np.arange(3), ok, np.array([[4, 4], [-1, -1], [4, 4]], np.int32), [(1, "broken")], {0: data}, {0: stats}
+        )
+    )
     writer.finalize()
     with h5py.File(out) as f:
         assert np.isnan(f["stages/0/data"][1]).all() and np.isnan(f["stages/0/min"][1]).all()
@@ -60,8 +63,16 @@ def test_finalize_refuses_an_unfinished_shard(tmp_path):
     stage = StageInfo(0, "synthetic", 1, 1, 2, 2, "forward_hook")
     out = tmp_path / "u.h5"
     writer = ShardWriter.open(out, _plan(["a", "b"], [stage]))
-    writer.submit(BatchResult(np.array([0]), np.array([0]), np.array([[2, 2]], np.int32), [],
-                              {0: np.zeros((1, 1, 2, 2), np.float16)}, {0: np.zeros((3, 1, 1), np.float32)}))
+    writer.submit(
+        BatchResult(
+            np.array([0]),
+            np.array([0]),
+            np.array([[2, 2]], np.int32),
+            [],
+            {0: np.zeros((1, 1, 2, 2), np.float16)},
+            {0: np.zeros((3, 1, 1), np.float32)},
+        )
+    )
     with pytest.raises(Exception, match="not done"):
         writer.finalize()
     writer.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ class InplaceNet(nn.Module):
     that keeps a reference instead of the values would store the post-ReLU map.
     """
 
-    feature_info = [{"module": "conv1", "num_chs": 6}, {"module": "conv2", "num_chs": 8}]
+    feature_info: ClassVar[list[dict]] = [{"module": "conv1", "num_chs": 6}, {"module": "conv2", "num_chs": 8}]
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,7 +72,7 @@ class _Stage(nn.Module):
 
 
 class OneStageNet(nn.Module):
-    feature_info = [{"module": "stage", "num_chs": 2, "reduction": 2}]
+    feature_info: ClassVar[list[dict]] = [{"module": "stage", "num_chs": 2, "reduction": 2}]
 
     def __init__(self, factor: float = 1.0, nan: bool = False) -> None:
         super().__init__()
