@@ -56,6 +56,10 @@ def main() -> int:
         "--tmp", default=None, help="scratch folder (default: a new one in /dev/shm if present, else in TMPDIR)"
     )
     args = parser.parse_args()
+    try:
+        import matplotlib  # noqa: F401  (checked before minutes of work, used by `seed`)
+    except ImportError:
+        sys.exit("the seed method needs matplotlib (not an fmpipe dependency): python -m pip install matplotlib")
     height, width = (int(v) for v in args.size.lower().split("x"))
     # RAM-backed by default: creating thousands of files on this VM's disk cost 0.04-0.7 ms
     # each from one minute to the next, noise that is no method's doing. --tmp DIR measures a disk.
@@ -131,10 +135,8 @@ def fmpipe(path: Path, out: Path, workers: int) -> tuple[float, int]:
 
 def seed(maps: np.ndarray, out: Path) -> tuple[float, int]:
     """The article's fm_vis: global normalisation, imshow + savefig, figure never cleared."""
-    try:
-        import matplotlib
-    except ImportError:
-        sys.exit("the seed method needs matplotlib (not an fmpipe dependency): python -m pip install matplotlib")
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
