@@ -3,13 +3,16 @@
 
     python scripts/kill_test.py                 # 10 trials
     python scripts/kill_test.py --trials 3 --seed 1 --workdir /tmp/kt --keep
+    python scripts/kill_test.py --trials 20 --signals KILL,TERM   # docs/reliability.md
 
 Each trial starts a fresh extract in a child process whose writer announces what it is
 doing on stdout ("batch-start 3", "flush", "done-set 3", "finalise-start", "fsync",
 "rename", ...) and is slowed down a little at each of those steps (sleeps only; the code
 path is the real one) so that a kill lands inside them. The parent waits for a randomly
 chosen batch or for the finalise step, sleeps a random fraction of a step, and sends
-SIGKILL from outside. The last event the child printed classifies the moment.
+SIGKILL from outside (or, with --signals, one of the listed signals picked at random:
+SIGTERM must stop the run at the next batch boundary with exit code 143, or let a finalise
+that started end). The last event the child printed classifies the moment.
 
 After the kill: a file at OUT must be complete and identical to the reference; the partial
 file must open, and every row it marks done must already hold the reference's values (done
@@ -54,6 +57,7 @@ class Trial:
 
     number: int
     target: str  # "batch 3" or "finalise"
+    signal_name: str = "KILL"
     moment: str = ""  # mid-batch, between-batches, mid-finalise, after-finish, before-writing
     last_event: str = ""
     done_after_kill: int = 0
@@ -165,8 +169,11 @@ def failures_of(arrays: dict) -> list[tuple]:
     return list(zip(*(arrays[f"failures/{n}"].tolist() for n in ("index", "key", "reason")), strict=True))
 
 
-def kill_child(images: Path, out: Path, target: str, rng: random.Random, batches: int) -> tuple[list[str], int]:
-    """Start the instrumented child, SIGKILL it at the target; its events and exit code."""
+def kill_child(
+    images: Path, out: Path, target: str, rng: random.Random, sig: signal.Signals = signal.SIGKILL
+) -> tuple[list[str], int, int | None]:
+    """Start the instrumented child, send `sig` at the target; its events, exit code, and how many
+    events it had printed when the signal was sent."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--", str(images), str(out), *EXTRACT_OPTIONS]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     events: list[str] = []
@@ -185,11 +192,13 @@ def kill_child(images: Path, out: Path, target: str, rng: random.Random, batches
     trigger.wait(CHILD_TIMEOUT_S)
     # A random moment within the next few announced steps (each lasts >= STEP_DELAY_S).
     time.sleep(rng.uniform(0.0, 5 * STEP_DELAY_S))
+    sent_at = None  # events seen when the signal went out (None: the child had already finished)
     if child.poll() is None:
-        child.send_signal(signal.SIGKILL)
+        sent_at = len(events)
+        child.send_signal(sig)
     code = child.wait(CHILD_TIMEOUT_S)
     reader.join(10)
-    return events, code
+    return events, code, sent_at
 
 
 def classify(events: list[str], code: int) -> str:
@@ -252,7 +261,9 @@ def rerun_and_compare(images: Path, out: Path, reference: dict, trial: Trial) ->
         trial.problems.append(f"failures table differs: {failures_of(got)}")
 
 
-def run_trials(trials: int, seed: int, workdir: Path, images_count: int = 12) -> list[Trial]:
+def run_trials(
+    trials: int, seed: int, workdir: Path, images_count: int = 12, signals: tuple[str, ...] = ("KILL",)
+) -> list[Trial]:
     """Reference run, then `trials` kill + rerun trials alternating mid-batch / mid-finalise targets."""
     rng = random.Random(seed)
     images = workdir / "images"
@@ -265,14 +276,20 @@ def run_trials(trials: int, seed: int, workdir: Path, images_count: int = 12) ->
     for number in range(trials):
         target = "finalise" if number % 2 else f"batch {rng.randrange(batches)}"
         out = workdir / f"trial{number}.h5"
-        trial = Trial(number, target)
-        events, code = kill_child(images, out, target, rng, batches)
-        trial.moment, trial.last_event = classify(events, code), (events[-1] if events else "")
+        trial = Trial(number, target, rng.choice(signals))
+        sig = signal.Signals[f"SIG{trial.signal_name}"]
+        events, code, sent_at = kill_child(images, out, target, rng, sig)
+        if sig == signal.SIGTERM and code not in (0, 128 + signal.SIGTERM):
+            trial.problems.append(f"SIGTERM ended the run with exit code {code}, not 143 (or 0 after finalise)")
+        before = events if sent_at is None else events[:sent_at]
+        trial.moment = classify(before, 0 if sent_at is None else -sig)
+        trial.last_event = before[-1] if before else ""
         check_after_kill(out, reference, trial)
         rerun_and_compare(images, out, reference, trial)
         results.append(trial)
         print(
-            f"trial {number:>2}  target {target:<9} killed {trial.moment:<15} after {trial.last_event!r:<18} "
+            f"trial {number:>2}  SIG{trial.signal_name:<4} target {target:<9} {trial.moment:<15} "
+            f"after {trial.last_event!r:<18} "
             f"done {trial.done_after_kill:>2} → resumed {trial.resumed_from:>2}, recomputed {trial.recomputed:>2}  "
             f"{'identical' if trial.ok else 'FAILED: ' + '; '.join(trial.problems)}",
             flush=True,
@@ -286,6 +303,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed for images and kill moments")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="do not delete the temporary folder")
+    parser.add_argument("--signals", default="KILL", help="comma list to pick from per trial, e.g. KILL,TERM")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child:
@@ -294,12 +312,15 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fmpipe-kill-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        results = run_trials(args.trials, args.seed, workdir)
+        signals = tuple(name.strip().upper().removeprefix("SIG") for name in args.signals.split(","))
+        results = run_trials(args.trials, args.seed, workdir, signals=signals)
     finally:
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     moments = {m: sum(t.moment == m for t in results) for m in sorted({t.moment for t in results})}
-    summary = {"trials": len(results), "identical": sum(t.ok for t in results), "moments": moments}
+    by_signal = {name: sum(t.signal_name == name for t in results) for name in sorted({t.signal_name for t in results})}
+    identical = sum(t.ok for t in results)
+    summary = {"trials": len(results), "identical": identical, "moments": moments, "signals": by_signal}
     print(json.dumps(summary))
     return 0 if all(t.ok for t in results) else 1
 
