@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +21,17 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, models, sources, taps
+from .compute import Forward, Staged, check_values
 from .config import RESIZE_POLICY, ExtractConfig, fingerprint
 from .errors import InputError, Interrupted, RunFailure, UsageError
-from .loading import Batch, iter_batches, normalize
+from .interrupts import StopSignals, batches_until_stopped
+from .loading import Batch, iter_batches
 from .schema import ATTR_CONFIG, ATTR_NUM_SHARDS, ATTR_SHARD_INDEX
-from .writer import BatchResult, NullWriter, ShardWriter, WritePlan
+from .writer import NullWriter, ShardWriter, WritePlan
 from .writer import partial_path as writer_partial
 
 log = logging.getLogger(__name__)
 
-FLOAT16_MAX = 65504.0
 LOG_EVERY_S = 30.0
 
 
@@ -141,7 +141,7 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     try:
         pending = writer.pending_rows()
         summary.done_before = len(keys) - len(pending)
-        with _StopSignals() as stop:  # also covers finalize: a signal there lets it finish
+        with StopSignals() as stop:  # also covers finalize: a signal there lets it finish
             _run_batches(config, writer, tap, model, device, size_hw, keys, pending, summary, stop)
             if stop.signum is None:
                 summary.seconds = time.perf_counter() - t_start
@@ -200,55 +200,13 @@ def _plan(config, model, size_hw, stages, all_keys, keys, start) -> WritePlan:
     return WritePlan(keys, stages, config.dtype, config.compression, fingerprint(parts), parts, attrs)
 
 
-class _StopSignals:
-    """SIGINT/SIGTERM set `signum`; the batch loop stops at the next batch boundary, so the
-    partial file is left with every finished batch done. A second signal stops at once
-    (still safe: only flushed batches are marked done)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, _frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s received: finishing the current batch, then stopping", signal.Signals(signum).name)
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def _batches_until_stopped(batches, stop: _StopSignals):
-    """Yield batches until exhausted or a stop signal; decode workers killed by the same
-    signal end the iteration quietly instead of failing the run."""
-    iterator = iter(batches)
-    while stop.signum is None:
-        try:
-            yield next(iterator)
-        except StopIteration:
-            return
-        except RuntimeError:
-            if stop.signum is None:
-                raise
-            return
-
-
 def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, summary, stop) -> None:
     """The batch loop. Batch i is handed to the writer after batch i+1's forward pass was
     launched, so on CUDA the device→host copy overlaps the next forward pass."""
     timings = summary.timings
     for name in ("decode_wait_s", "compute_s", "host_copy_s", "write_wait_s"):
         timings[name] = 0.0
-    forward = _Forward(tap, model, device, getattr(torch, config.dtype), config.amp)
+    forward = Forward(tap, model, device, getattr(torch, config.dtype), config.amp)
     bar = _progress(summary.done_before, len(keys))
     batches = iter_batches(
         config.images,
@@ -262,7 +220,7 @@ def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, sum
     )
     staged = None
     t0 = time.perf_counter()
-    for batch in _batches_until_stopped(batches, stop):
+    for batch in batches_until_stopped(batches, stop):
         t1 = time.perf_counter()
         timings["decode_wait_s"] += t1 - t0
         ahead = forward(batch)
@@ -279,7 +237,7 @@ def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, sum
         bar.close()
 
 
-def _submit(staged: _Staged, writer, keys, summary: ExtractSummary, dtype: str, images_root: str) -> None:
+def _submit(staged: Staged, writer, keys, summary: ExtractSummary, dtype: str, images_root: str) -> None:
     """Wait for a batch's host copy, check its values, and queue it for the writer."""
     t0 = time.perf_counter()
     result = staged.result()
@@ -290,7 +248,7 @@ def _submit(staged: _Staged, writer, keys, summary: ExtractSummary, dtype: str, 
         )
     t1 = time.perf_counter()
     for index, stats in result.stats.items():
-        _check_values(index, stats, dtype, keys, result.ok_rows, summary)
+        check_values(index, stats, dtype, keys, result.ok_rows, summary)
     writer.submit(result)
     summary.timings["host_copy_s"] += t1 - t0
     summary.timings["write_wait_s"] += time.perf_counter() - t1
@@ -310,96 +268,6 @@ def _report(bar, batch: Batch, summary: ExtractSummary, total: int) -> None:
     if now - summary.last_log_s > LOG_EVERY_S:
         summary.last_log_s = now
         log.info("%d of %d images", summary.done_before + summary.seen, total)
-
-
-@dataclass
-class _Staged:
-    """A computed batch whose maps are on (or on their way to) the host."""
-
-    batch: Batch
-    data: dict[int, torch.Tensor]  # stage → (B_ok, C, H, W) storage dtype, on the host
-    stats: dict[int, torch.Tensor]  # stage → (3, B_ok, C) float32 min, max, mean, on the host
-    copied: torch.cuda.Event | None = None  # set while an asynchronous copy is in flight
-
-    def result(self) -> BatchResult:
-        if self.copied is not None:
-            self.copied.synchronize()
-        b = self.batch
-        data = {i: t.numpy() for i, t in self.data.items()}
-        stats = {i: s.numpy() for i, s in self.stats.items()}
-        return BatchResult(b.rows, b.ok_rows, b.orig_hw, b.failures, data, stats)
-
-
-class _Forward:
-    """Runs the model on one batch: normalise, forward (optionally bf16 autocast), storage
-    cast and per-channel stats on the device, then the copy to the host.
-
-    Stats and the cast happen inside the tap's sink, before any later in-place op of the
-    model can touch the captured tensor. On CUDA the copy runs on its own stream into
-    pinned memory and does not block the next batch.
-    """
-
-    def __init__(self, tap, model, device: torch.device, dtype: torch.dtype, amp: bool):
-        self.tap, self.model, self.device, self.dtype = tap, model, device, dtype
-        self.amp = amp and device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def __call__(self, batch: Batch) -> _Staged:
-        data: dict[int, torch.Tensor] = {}
-        stats: dict[int, torch.Tensor] = {}
-        if not len(batch.ok_rows):
-            return _Staged(batch, data, stats)
-
-        def sink(index: int, tensor: torch.Tensor) -> None:
-            t = tensor.detach()
-            flat = t.float().flatten(2)  # (B, C, H*W): one pass for min and max
-            lo, hi = torch.aminmax(flat, dim=2)
-            stats[index] = torch.stack([lo, hi, flat.mean(dim=2)])
-            data[index] = t.to(self.dtype, memory_format=torch.contiguous_format, copy=True)
-
-        with torch.inference_mode():
-            x = normalize(batch.pixels.to(self.device, non_blocking=True), self.model.mean, self.model.std)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                self.tap(x, sink)
-            if self.stream is None:
-                return _Staged(batch, data, stats)
-            return self._copy_async(batch, data, stats)
-
-    def _copy_async(self, batch: Batch, data: dict, stats: dict) -> _Staged:
-        computed = torch.cuda.Event()
-        computed.record()
-        host_data: dict[int, torch.Tensor] = {}
-        host_stats: dict[int, torch.Tensor] = {}
-        with torch.cuda.stream(self.stream):
-            self.stream.wait_event(computed)
-            for source, target in ((data, host_data), (stats, host_stats)):
-                for index, t in source.items():
-                    target[index] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                    target[index].copy_(t, non_blocking=True)
-                    t.record_stream(self.stream)
-            copied = torch.cuda.Event()
-            copied.record(self.stream)
-        return _Staged(batch, host_data, host_stats, copied)
-
-
-def _check_values(index: int, stats: np.ndarray, dtype: str, keys, ok_rows, summary) -> None:
-    """Report NaN maps; refuse float16 overflow, which would be stored as inf."""
-    nan_rows = np.flatnonzero(np.isnan(stats[2]).any(axis=1))
-    if len(nan_rows) and index not in summary.nan_stages:
-        summary.nan_stages.append(index)
-        first = keys[ok_rows[nan_rows[0]]]
-        log.warning("stage %d has NaN activations (first in %s); they are stored as NaN", index, first)
-    if dtype != "float16":
-        return
-    peak = np.nan_to_num(np.maximum(np.abs(stats[0]), np.abs(stats[1])), nan=0.0)
-    over = np.flatnonzero(peak.max(axis=1) > FLOAT16_MAX)
-    if len(over):
-        b = over[0]
-        raise RunFailure(
-            f"stage {index} overflows float16 for {keys[ok_rows[b]]}: |activation| reaches "
-            f"{float(peak[b].max()):.4g} > {FLOAT16_MAX:.0f}, which float16 would store as "
-            "inf. Rerun with --dtype float32 --overwrite (or select other --stages)."
-        )
 
 
 def _progress(done_before: int, total: int):

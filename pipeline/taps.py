@@ -13,40 +13,17 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .config import resolve_stage_indices
+from .config import StageInfo, resolve_stage_indices
 from .errors import ModelError
 from .models import ResolvedModel
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[int, torch.Tensor], None]
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    """One stage: its module, channels, stride and per-image (C, H, W) at the run's size."""
-
-    index: int
-    module: str
-    channels: int
-    stride: int
-    height: int
-    width: int
-    capture: str  # "forward_intermediates" or "forward_hook"
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Per-image (C, H, W)."""
-        return self.channels, self.height, self.width
-
-    def nbytes(self, itemsize: int = 2) -> int:
-        """Bytes per image at the given storage item size (2 for float16)."""
-        return self.channels * self.height * self.width * itemsize
 
 
 class _StopForward(Exception):

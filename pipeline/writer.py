@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -23,27 +23,11 @@ import numpy as np
 
 from . import schema
 from .codecs import Codec
-from .config import describe_difference
-from .errors import FingerprintMismatch, InputError, OutputExistsError, RunFailure
+from .errors import InputError, RunFailure
+from .layout import WritePlan, append_failures, check_finished, check_resumable, create_layout, drop_unfinished_failures
 from .lockfile import OutputLock
-from .taps import StageInfo
 
 log = logging.getLogger(__name__)
-
-_STR = h5py.string_dtype("utf-8")
-
-
-@dataclass(frozen=True)
-class WritePlan:
-    """What a shard file holds: its keys, stages, storage and identifying metadata."""
-
-    keys: list[str]
-    stages: list[StageInfo]
-    dtype: str
-    compression: str
-    fingerprint: str
-    fingerprint_parts: dict
-    attrs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -60,11 +44,6 @@ class BatchResult:
 
 def partial_path(out: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(out)}.partial")
-
-
-def to_utf8(text: str) -> str:
-    """Keys from non-UTF-8 file names (surrogate escapes) stored readably, never crashing."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class ShardWriter:
@@ -117,7 +96,7 @@ class ShardWriter:
             for path in (out, partial):
                 path.unlink(missing_ok=True)
         if out.exists():
-            _check_finished(out, plan)
+            check_finished(out, plan)
             lock.release()
             return None
         if partial.exists():
@@ -128,14 +107,14 @@ class ShardWriter:
                     f"{partial} cannot be resumed: it is not a readable HDF5 file ({err}). "
                     "Pass --overwrite to start this output over."
                 ) from None
-            _check_resumable(file, partial, plan)
-            _drop_unfinished_failures(file)
+            check_resumable(file, partial, plan)
+            drop_unfinished_failures(file)
             log.info(
                 "resuming %s: %d of %d images already done", partial, int(file[schema.DONE][:].sum()), len(plan.keys)
             )
         else:
             file = h5py.File(partial, "w", libver=schema.LIBVER, locking="best-effort")
-            _create_layout(file, plan)
+            create_layout(file, plan)
             file.flush()
         return cls(out, file, plan, threads=threads, lock=lock)
 
@@ -235,7 +214,7 @@ class ShardWriter:
                 for s, name in enumerate(schema.STAT_NAMES):
                     group[name][lo:hi] = stats[s][sel]
         if batch.failures:
-            _append_failures(self.file, self.plan.keys, batch.failures)
+            append_failures(self.file, self.plan.keys, batch.failures)
 
     # -- finishing ------------------------------------------------------------------------
 
@@ -297,121 +276,6 @@ def _runs(rows: np.ndarray):
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     for part in np.split(rows, breaks):
         yield int(part[0]), int(part[-1]) + 1
-
-
-def _create_layout(file: h5py.File, plan: WritePlan) -> None:
-    n = len(plan.keys)
-    attrs = file.attrs
-    attrs[schema.ATTR_FORMAT] = schema.FORMAT
-    attrs[schema.ATTR_FORMAT_VERSION] = schema.FORMAT_VERSION
-    attrs[schema.ATTR_COMPLETE] = False
-    attrs[schema.ATTR_FINGERPRINT] = plan.fingerprint
-    attrs["fingerprint_json"] = json.dumps(plan.fingerprint_parts, sort_keys=True)
-    for name, value in plan.attrs.items():
-        attrs[name] = value
-    file.create_dataset(schema.KEY, data=[to_utf8(k) for k in plan.keys], dtype=_STR)
-    file.create_dataset(schema.ORIG_HW, shape=(n, 2), dtype="int32", fillvalue=-1)
-    file.create_dataset(schema.DONE, shape=(n,), dtype="bool", fillvalue=False)
-    for name in (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REASON):
-        dtype = "int64" if name == schema.FAILURE_INDEX else _STR
-        file.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dtype)
-    codec = Codec(plan.compression)
-    for info in plan.stages:
-        _create_stage(file, info, n, plan.dtype, codec)
-
-
-def _create_stage(file: h5py.File, info: StageInfo, n: int, dtype: str, codec: Codec) -> None:
-    group = file.create_group(schema.stage_group(info.index))
-    for name, value in (
-        ("index", info.index),
-        ("module", info.module),
-        ("channels", info.channels),
-        ("stride", info.stride),
-        ("height", info.height),
-        ("width", info.width),
-        ("capture", info.capture),
-        ("layout", "NCHW"),
-    ):
-        group.attrs[name] = value
-    itemsize = np.dtype(dtype).itemsize
-    k = schema.chunk_channels(info.channels, info.height, info.width, itemsize)
-    group.create_dataset(
-        schema.DATA,
-        shape=(n, info.channels, info.height, info.width),
-        # An empty shard (more shards than images) still needs room for one chunk row.
-        maxshape=(max(n, 1), info.channels, info.height, info.width),
-        dtype=dtype,
-        chunks=(1, k, info.height, info.width),
-        fillvalue=np.nan,
-        **codec.dataset_options(),
-    )
-    for name in schema.STAT_NAMES:
-        group.create_dataset(name, shape=(n, info.channels), dtype="float32", fillvalue=np.nan)
-
-
-def _append_failures(file: h5py.File, keys: list[str], failures: list[tuple[int, str]]) -> None:
-    rows = [row for row, _ in failures]
-    new = {
-        schema.FAILURE_INDEX: np.asarray(rows, dtype=np.int64),
-        schema.FAILURE_KEY: [to_utf8(keys[r]) for r in rows],
-        schema.FAILURE_REASON: [to_utf8(reason) for _, reason in failures],
-    }
-    for name, values in new.items():
-        dset = file[name]
-        start = dset.shape[0]
-        dset.resize((start + len(rows),))
-        dset[start:] = values
-
-
-def _drop_unfinished_failures(file: h5py.File) -> None:
-    """Forget failures listed by a batch that was killed before its done markers: it is redone."""
-    index = file[schema.FAILURE_INDEX][:]
-    keep = file[schema.DONE][:][index]
-    if keep.all():
-        return
-    for name in (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REASON):
-        dset = file[name]
-        values = dset[:][keep]
-        dset.resize((len(values),))
-        if len(values):
-            dset[:] = values
-    file.flush()
-
-
-def _stored_parts(file: h5py.File) -> dict:
-    try:
-        return json.loads(file.attrs.get("fingerprint_json", "{}"))
-    except (TypeError, ValueError):
-        return {}
-
-
-def _check_resumable(file: h5py.File, path: Path, plan: WritePlan) -> None:
-    if file.attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
-        file.close()
-        raise InputError(f"{path} exists but is not an fmpipe file; move it away or pass --overwrite.")
-    if file.attrs.get(schema.ATTR_FINGERPRINT) != plan.fingerprint:
-        diff = describe_difference(_stored_parts(file), plan.fingerprint_parts)
-        file.close()
-        raise FingerprintMismatch(
-            f"{path} was started with a different configuration ({diff}). Rerun with the "
-            "original options to resume it, or pass --overwrite to start over."
-        )
-
-
-def _check_finished(out: Path, plan: WritePlan) -> None:
-    try:
-        with h5py.File(out, "r", locking="best-effort") as file:
-            same = file.attrs.get(schema.ATTR_FINGERPRINT) == plan.fingerprint and bool(
-                file.attrs.get(schema.ATTR_COMPLETE)
-            )
-            diff = describe_difference(_stored_parts(file), plan.fingerprint_parts)
-    except OSError:
-        same, diff = False, "it is not a readable HDF5 file"
-    if not same:
-        raise OutputExistsError(
-            f"{out} already exists ({diff}); pass --overwrite to replace it, or choose another output path."
-        )
-    log.info("%s is already complete with this configuration; nothing to do", out)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -165,7 +165,7 @@ def writer_alone(stage_shapes, n: int, folder: Path, batch: int) -> dict:
     import h5py
     import hdf5plugin
 
-    from pipeline.taps import StageInfo
+    from pipeline.config import StageInfo
     from pipeline.writer import BatchResult, ShardWriter, WritePlan
 
     maps = synthetic_maps(stage_shapes, n)

@@ -38,7 +38,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 
 from pipeline import merge, shards
-from pipeline.taps import StageInfo
+from pipeline.config import StageInfo
 from pipeline.writer import BatchResult, ShardWriter, WritePlan
 
 STAGES = [  # efficientnet_lite0 at 224x224: (C, H, W) and stride

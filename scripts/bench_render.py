@@ -79,7 +79,7 @@ def main() -> int:
 
 def make_file(path: Path, images: int, channels: int, height: int, width: int) -> Path:
     """An fmpipe file with one stage of smooth post-ReLU float16 maps, written by the real writer."""
-    from pipeline.taps import StageInfo  # imports torch: keep it out of the spawned workers
+    from pipeline.config import StageInfo
     from pipeline.writer import BatchResult, ShardWriter, WritePlan
 
     rng = np.random.default_rng(0)

@@ -16,12 +16,12 @@ from PIL import Image
 
 from pipeline import schema
 from pipeline.colormaps import CMAPS, lut, to_indices
+from pipeline.config import StageInfo
 from pipeline.errors import IncompleteFileError, InputError, OutputExistsError, UsageError
 from pipeline.png import encode_indexed, encode_rgb
 from pipeline.rendering import RenderConfig, colorize, render
 from pipeline.selection import FolderNamer, safe_folder
 from pipeline.store import open_store
-from pipeline.taps import StageInfo
 from pipeline.writer import BatchResult, ShardWriter, WritePlan
 
 REPO = Path(__file__).resolve().parent.parent

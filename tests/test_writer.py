@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import schema
-from pipeline.taps import StageInfo
+from pipeline.config import StageInfo
 from pipeline.writer import BatchResult, ShardWriter, WritePlan
 
 
