@@ -205,7 +205,10 @@ def render(
     top_k: Annotated[
         int | None, typer.Option(help="Only each image's K most active channels (by stored mean).")
     ] = None,
-    layout: Annotated[str, typer.Option(help="channels (one PNG each), grid (one per image) or both.")] = "both",
+    layout: Annotated[
+        str,
+        typer.Option(help="channels (one PNG each), grid (one per image), both, or pca (3 components as RGB)."),
+    ] = "both",
     cmap: Annotated[str, typer.Option(help="viridis, gray, magma, inferno, plasma, cividis or turbo.")] = "viridis",
     normalize: Annotated[
         str, typer.Option(help="Colour scale per channel, image, or stage (comparable across images).")
@@ -220,8 +223,15 @@ def render(
         bool, typer.Option("--allow-partial", help="Render the done images of an incomplete file.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace PNGs of an earlier render.")] = False,
+    html: Annotated[
+        bool, typer.Option("--html", help="Then write the gallery (index.html) of everything rendered in the folder.")
+    ] = False,
+    pca_samples: Annotated[
+        int, typer.Option(help="--layout pca: channel vectors sampled across the file to fit the components.")
+    ] = 20_000,
+    pca_seed: Annotated[int, typer.Option(help="--layout pca: seed of the sample.")] = 0,
 ) -> None:
-    """Draw one stage's feature maps as PNGs: per channel, per-image grids, or overlays."""
+    """Draw one stage's feature maps as PNGs: per channel, per-image grids, overlays, or a PCA picture."""
     from .rendering import RenderConfig
     from .rendering import render as run
 
@@ -242,6 +252,9 @@ def render(
             workers=workers,
             allow_partial=allow_partial,
             overwrite=overwrite,
+            pca_samples=pca_samples,
+            pca_seed=pca_seed,
+            html=html,
         )
     )
     typer.echo(
@@ -251,6 +264,35 @@ def render(
     )
     if summary.failed:
         typer.echo(f"{len(summary.failed)} images skipped, first: {summary.failed[0][0]}: {summary.failed[0][1]}")
+    if summary.gallery:
+        typer.echo(f"gallery: {summary.gallery.resolve().as_uri()}")
+
+
+@app.command()
+def gallery(
+    path: Annotated[str, typer.Argument(help="The fmpipe HDF5 file that was rendered.")],
+    out: Annotated[str | None, typer.Option(help="The render folder (default: FILE-render/ beside the file).")] = None,
+    images_root: Annotated[
+        str | None, typer.Option(help="Where the source images are now, if they moved (thumbnails).")
+    ] = None,
+    per_page: Annotated[int, typer.Option(help="Images per index page.")] = 100,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="Pages for the done images of an incomplete file.")
+    ] = False,
+) -> None:
+    """Write static HTML pages (index.html) to browse every rendered image × stage; opens from disk."""
+    from .gallery import GalleryConfig, write_gallery
+
+    summary = write_gallery(
+        GalleryConfig(path, out=out, images_root=images_root, per_page=per_page, allow_partial=allow_partial)
+    )
+    typer.echo(
+        f"{summary.index.resolve().as_uri()}: {summary.images} images on {summary.index_pages} index pages, "
+        f"stages {','.join(map(str, summary.stages))}, {summary.thumbs_written} thumbnails written, "
+        f"{summary.failures} failures listed, in {summary.seconds:.2f} s"
+    )
+    if summary.sources_missing:
+        typer.echo(f"{summary.sources_missing} source images not found: pass --images-root DIR if they moved.")
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from . import schema
 from .colormaps import DEFAULT_CMAP, finite_range, lut, to_indices
 from .decoding import DecodeError, decode
 from .errors import InputError, RunFailure, UsageError
+from .pca import PcaFit, project_blocks, scores_to_rgb
 from .png import encode_indexed, encode_rgb
 from .selection import select_channels, top_channels
 from .store import StageView, Store, open_store
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 NORMALIZATIONS = ("channel", "image", "stage")
 STATS_BLOCK = 1024  # rows of (N, C) stats read per call when scanning a whole stage
 CACHE_CHUNKS = 2  # render reads each chunk once: cache two, not the store's 64 MB
-_OUTPUT = re.compile(r"(c\d{4,}|grid)(-overlay)?\.png")
+_OUTPUT = re.compile(r"(c\d{4,}|grid|pca)(-overlay)?\.png")
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,11 @@ class RenderJob:
     input_hw: tuple[int, int]  # the model's input size: overlays are drawn at it
     out_stage: Path  # OUT_DIR/stage<S>
     overwrite: bool
+    pca: PcaFit | None = None  # --layout pca: the stage's fitted mapping; one pca.png per image
 
     @property
     def pngs_per_image(self) -> int:
-        return self.count * self.layout_channels + self.layout_grid
+        return self.count * self.layout_channels + self.layout_grid + (self.pca is not None)
 
     def channel_name(self, channel: int) -> str:
         return f"c{channel:0{self.channel_digits}d}{'-overlay' if self.photos else ''}.png"
@@ -93,8 +95,9 @@ def existing_outputs(job: RenderJob, folder: Path) -> list[Path]:
     for entry in os.scandir(folder):
         match = _OUTPUT.fullmatch(entry.name)
         if match and (match.group(2) or "") == overlay:
-            is_grid = match.group(1) == "grid"
-            if (is_grid and job.layout_grid) or (not is_grid and job.layout_channels):
+            kind = match.group(1)
+            wanted = {"grid": job.layout_grid, "pca": job.pca is not None}.get(kind, job.layout_channels)
+            if wanted:
                 found.append(folder / entry.name)
     return sorted(found)
 
@@ -128,6 +131,8 @@ class Painter:
                 path.unlink()  # a smaller --top-k must not leave the last run's PNGs behind
         except OSError as err:
             raise RunFailure(f"cannot prepare {folder}: {err}. Fix the cause and rerun.") from err
+        if job.pca is not None:
+            return ImageResult(task.row, task.key, self._paint_pca(task, folder, job.pca), 0)
         pngs = self._paint_channels(task, folder, channels, lo, hi, photo)
         return ImageResult(task.row, task.key, pngs, int(job.layout_grid))
 
@@ -162,6 +167,17 @@ class Painter:
             written += 1
         return written
 
+    def _paint_pca(self, task: ImageTask, folder: Path, fit: PcaFit) -> int:
+        """Write pca.png: the image's first three components as RGB, upscaled like a channel PNG."""
+        view = self.view
+        blocks = ((c0, self._block(task.row, c0)) for c0 in range(0, view.channels, self.block))
+        rgb = scores_to_rgb(fit, project_blocks(fit, blocks, view.height, view.width))
+        text = (
+            f"fmpipe stage {self.job.stage} of {task.key!r}; PCA components 1-3 as R, G, B (stage{fit.stage}/pca.json)"
+        )
+        _write(folder / "pca.png", encode_rgb(upscale(rgb, self.job.scale), text=text))
+        return 1
+
     def _grid(self, count: int, photo: np.ndarray | None) -> tuple[Grid, np.ndarray | None]:
         """An empty grid for `count` tiles, and the photo at tile size for overlays."""
         scale = self.job.grid_scale if photo is None else self.job.scale  # overlay tiles show the photo: larger
@@ -185,16 +201,20 @@ class Painter:
         blocks = channels // self.block
         for block in np.unique(blocks):
             c0 = int(block) * self.block
-            try:
-                data = self.data[row, c0 : min(c0 + self.block, self.view.channels)]
-            except OSError as err:  # a damaged chunk, or a shard that vanished mid-run
-                raise InputError(
-                    f"{self.job.path}: reading stage {self.job.stage} of row {row} failed ({err}). "
-                    f"Check the file with `fmpipe info {self.job.path}`."
-                ) from err
+            data = self._block(row, c0)
             for position in np.flatnonzero(blocks == block):
                 channel = int(channels[position])
                 yield int(position), channel, data[channel - c0]
+
+    def _block(self, row: int, c0: int) -> np.ndarray:
+        """(k, H, W) maps of channels c0.. of one chunk of `row`."""
+        try:
+            return self.data[row, c0 : min(c0 + self.block, self.view.channels)]
+        except OSError as err:  # a damaged chunk, or a shard that vanished mid-run
+            raise InputError(
+                f"{self.job.path}: reading stage {self.job.stage} of row {row} failed ({err}). "
+                f"Check the file with `fmpipe info {self.job.path}`."
+            ) from err
 
     def _photo(self, key: str) -> np.ndarray:
         return decode(os.path.join(self.job.photos, key), self.job.input_hw).pixels

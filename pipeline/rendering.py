@@ -37,6 +37,7 @@ from .painting import (
     existing_outputs,
     stage_range,
 )
+from .pca import DEFAULT_SAMPLES, fit_pca, save_fit
 from .selection import FolderNamer, Spec, iter_keys, select_channels, select_rows
 from .store import Store, open_store
 from .tiling import CHANNEL_MIN_SIDE, TILE_MIN_SIDE, auto_scale
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RenderConfig", "RenderSummary", "colorize", "render"]
 
-LAYOUTS = ("channels", "grid", "both")
+LAYOUTS = ("channels", "grid", "both", "pca")
 LOG_EVERY_S = 30.0
 IN_FLIGHT_PER_WORKER = 2  # queued tasks per worker: keeps workers busy, memory flat
 
@@ -69,10 +70,17 @@ class RenderConfig:
     workers: int = 0  # 0: all cores
     allow_partial: bool = False
     overwrite: bool = False
+    pca_samples: int = DEFAULT_SAMPLES  # --layout pca: channel vectors the fit sees
+    pca_seed: int = 0
+    html: bool = False  # then write the gallery (index.html) of the whole output folder
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}.")
+        if self.layout == "pca" and (self.channels is not None or self.top_k is not None or self.overlay):
+            raise UsageError("--layout pca uses every channel and draws no overlay; drop --channels/--top-k/--overlay.")
+        if self.pca_samples < 3:
+            raise UsageError(f"--pca-samples must be at least 3, got {self.pca_samples}.")
         if self.normalize not in NORMALIZATIONS:
             raise UsageError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}.")
         check_cmap(self.cmap)
@@ -106,6 +114,7 @@ class RenderSummary:
     workers: int = 1
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    gallery: Path | None = None  # index.html, when asked for (--html)
 
     @property
     def ms_per_png(self) -> float:
@@ -118,6 +127,8 @@ def render(config: RenderConfig) -> RenderSummary:
     with open_store(_source(config), require_complete=not config.allow_partial) as store:
         job, rows = _plan(config, store)
         _refuse_clobber(store, job, rows)
+        if job.pca is not None:
+            save_fit(job.pca, job.out_stage / "pca.json")
         workers = max(1, min(config.workers or _cpu_count(), len(rows)))
         summary = RenderSummary(job.out_stage.parent, job.stage, workers=workers)
         progress = _Progress(len(rows), job.pngs_per_image)
@@ -133,6 +144,12 @@ def render(config: RenderConfig) -> RenderSummary:
             progress.update(summary)
         progress.close()
     summary.seconds = time.perf_counter() - t0
+    if config.html:
+        from .gallery import GalleryConfig, write_gallery
+
+        source = str(_source(config))
+        gallery = GalleryConfig(source, str(config.out_dir), config.images_root, allow_partial=config.allow_partial)
+        summary.gallery = write_gallery(gallery).index
     return summary
 
 
@@ -142,6 +159,7 @@ def _plan(config: RenderConfig, store: Store) -> tuple[RenderJob, np.ndarray]:
     rows = select_rows(store, config.images)
     channels = select_channels(config.channels, view.channels, view.index)
     count = len(channels) if channels else min(config.top_k or view.channels, view.channels)
+    pca = fit_pca(store, view.index, config.pca_samples, config.pca_seed) if config.layout == "pca" else None
     photos = _photo_root(config, store) if config.overlay else None
     job = RenderJob(
         path=str(store.path.resolve()),
@@ -161,6 +179,7 @@ def _plan(config: RenderConfig, store: Store) -> tuple[RenderJob, np.ndarray]:
         input_hw=tuple(int(v) for v in store.attrs.get("input_size", (view.height, view.width))),
         out_stage=config.out_dir / f"stage{view.index}",
         overwrite=config.overwrite,
+        pca=pca,
     )
     return job, rows
 
