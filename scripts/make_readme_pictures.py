@@ -1,0 +1,178 @@
+"""The README's pictures, made by the very commands the README shows, from the sample photos.
+
+    python scripts/make_readme_pictures.py                  # regenerate docs/images/*.png
+    python scripts/make_readme_pictures.py --check          # remake them in a scratch folder and compare
+    python scripts/make_readme_pictures.py --check --from out.h5   # reuse a quick-start file
+
+Steps, in a scratch folder: `fmpipe extract data/images out.h5` (the quick start), then each
+command of COMMANDS; PICTURES names the file each README picture is. The gallery screenshot
+comes from headless Chromium (`apt-get install chromium`) over GALLERY_COMMANDS' folder; --check
+compares every picture but the screenshot (fonts differ between machines) and exits 1 on a
+difference. Pixels may differ by a level or two on another CPU (float rounding in the model);
+anything more means the pictures no longer show what the commands draw: regenerate and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "docs" / "images"
+COMMANDS = [
+    "render out.h5 --stage 1 --images chelsea.jpg --top-k 9 --layout grid",
+    "render out.h5 --stage 3 --images chelsea.jpg --top-k 16 --layout grid",
+    "render out.h5 --stage 2 --images chelsea.jpg --channels 6 --overlay --layout channels",
+    "render out.h5 --stage 2 --layout pca",
+]
+PICTURES = {  # docs/images/<name>: the file COMMANDS wrote, below out-render/
+    "chelsea-stage1-grid.png": "stage1/chelsea/grid.png",
+    "chelsea-stage3-grid.png": "stage3/chelsea/grid.png",
+    "chelsea-stage2-c0006-overlay.png": "stage2/chelsea/c0006-overlay.png",
+    "pca-stage2-astronaut.png": "stage2/astronaut/pca.png",
+    "pca-stage2-camera.png": "stage2/camera/pca.png",
+    "pca-stage2-chelsea.png": "stage2/chelsea/pca.png",
+    "pca-stage2-coffee.png": "stage2/coffee/pca.png",
+    "pca-stage2-rocket.png": "stage2/more/rocket/pca.png",
+}
+GALLERY_COMMANDS = [
+    *(f"render out.h5 --stage {s} --layout grid --out tour" for s in range(5)),
+    *(f"render out.h5 --stage {s} --layout pca --out tour" for s in range(1, 5)),
+    "gallery out.h5 --out tour",
+]
+SCREENSHOT = ("gallery.png", "tour/gallery/000002.html", (1000, 1000))  # chelsea's page, window W×H
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--hide-scrollbars",
+]
+TOLERANCE = 2  # colour levels a pixel may move on another CPU
+MAX_MOVED = 0.005  # ... and the fraction of pixels that may move more
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare with docs/images instead of writing")
+    parser.add_argument("--from", dest="source", help="an extracted quick-start file to reuse (skips the extract)")
+    parser.add_argument("--keep", help="scratch folder to use and keep (default: a temporary one)")
+    args = parser.parse_args()
+    scratch = Path(args.keep or tempfile.mkdtemp(prefix="readme-pictures-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        make(scratch, args.source, screenshot=not args.check)
+        return check(scratch) if args.check else publish(scratch)
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def make(scratch: Path, source: str | None, screenshot: bool) -> None:
+    """Run the README's commands in `scratch` (out.h5 there is the quick-start file)."""
+    if source:
+        (scratch / "out.h5").symlink_to(Path(source).resolve())
+    else:
+        fmpipe(scratch, f"extract {shlex.quote(str(REPO / 'data' / 'images'))} out.h5")
+    for command in COMMANDS:
+        fmpipe(scratch, command)
+    if screenshot:
+        for command in GALLERY_COMMANDS:
+            fmpipe(scratch, command)
+        name, page, size = SCREENSHOT
+        capture(scratch / page, scratch / name, size)
+
+
+def fmpipe(cwd: Path, command: str) -> None:
+    print(f"$ fmpipe {command}", flush=True)
+    run = subprocess.run([sys.executable, "-m", "pipeline", "-q", *shlex.split(command)], cwd=cwd, timeout=600)
+    if run.returncode:
+        sys.exit(f"fmpipe {command} failed with exit code {run.returncode}")
+
+
+def capture(page: Path, target: Path, size: tuple[int, int]) -> None:
+    """A headless Chromium screenshot of `page`, stored as a 128-colour PNG (small)."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        sys.exit("the gallery screenshot needs chromium: apt-get install chromium (or run with --check)")
+    shot = target.with_suffix(".raw.png")
+    command = [
+        binary,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={target.parent / 'chromium-profile'}",
+        f"--window-size={size[0]},{size[1]}",
+        "--virtual-time-budget=10000",
+        "--run-all-compositor-stages-before-draw",  # draw what has loaded, not a frame from before
+        f"--screenshot={shot}",
+        page.resolve().as_uri(),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        sys.exit("chromium took over 120 s for one screenshot; gave up")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the session we started: chromium's helpers too
+    with Image.open(shot) as image:
+        image.convert("RGB").quantize(128, dither=Image.Dither.NONE).save(target, optimize=True)
+
+
+def publish(scratch: Path) -> int:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    for name, produced in [*PICTURES.items(), (SCREENSHOT[0], SCREENSHOT[0])]:
+        source = scratch / "out-render" / produced if name != SCREENSHOT[0] else scratch / produced
+        shutil.copyfile(source, IMAGES / name)
+        print(f"{IMAGES / name}: {source.stat().st_size / 1024:.0f} KB")
+    return 0
+
+
+def check(scratch: Path) -> int:
+    """0 when every committed picture (but the screenshot) shows what the commands draw now."""
+    problems = []
+    for name, produced in PICTURES.items():
+        problem = difference(IMAGES / name, scratch / "out-render" / produced)
+        if problem:
+            problems.append(f"{name}: {problem}")
+    if not (IMAGES / SCREENSHOT[0]).is_file():
+        problems.append(f"{SCREENSHOT[0]}: missing")
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print("rerun `python scripts/make_readme_pictures.py` and commit docs/images/", file=sys.stderr)
+        return 1
+    print(f"all {len(PICTURES)} pictures match the commands")
+    return 0
+
+
+def difference(committed: Path, made: Path) -> str | None:
+    """None when two PNGs show the same picture (up to TOLERANCE); else what differs."""
+    if not committed.is_file():
+        return "missing"
+    if committed.read_bytes() == made.read_bytes():
+        return None
+    with Image.open(committed) as a, Image.open(made) as b:
+        old, new = np.asarray(a.convert("RGB"), dtype=np.int16), np.asarray(b.convert("RGB"), dtype=np.int16)
+    if old.shape != new.shape:
+        return f"size {old.shape[1]}×{old.shape[0]}, the command draws {new.shape[1]}×{new.shape[0]}"
+    moved = float((np.abs(old - new).max(axis=2) > TOLERANCE).mean())
+    return None if moved <= MAX_MOVED else f"{moved:.1%} of the pixels differ by more than {TOLERANCE} levels"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
