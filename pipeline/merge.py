@@ -28,6 +28,7 @@ from . import schema, shards
 from .config import describe_difference
 from .errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError
 from .store import open_store
+from .writer import publish
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -
         opened = [stack.enter_context(h5py.File(s.path, "r", locking="best-effort")) for s in found.shards]
         parts = _check_shards(found, opened, out)
         copied = _write(tmp, parts, found, mode)
-    _publish(tmp, out)
+    publish(tmp, out)
     with open_store(out, require_complete=True) as store:  # re-check: the sources resolve from OUT's folder
         images, failed = len(store), len(store.failures)
     seconds = time.perf_counter() - t0
@@ -350,18 +351,3 @@ def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, start: int) -> None:
     for lo in range(0, src.shape[0], step):
         hi = min(src.shape[0], lo + step)
         dst[start + lo : start + hi] = src[lo:hi]
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """fsync the finished file, then rename it to OUT (a reader never sees half a merge)."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, out)
-    try:
-        fd = os.open(out.parent if str(out.parent) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -6,6 +6,7 @@ decode workers ──► device: normalise, forward, float16 cast + per-channel 
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import hashlib
 import logging
@@ -33,6 +34,7 @@ from .writer import partial_path as writer_partial
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 30.0
+TRIM_EVERY = 16  # batches between trim_heap() calls
 
 
 @dataclass
@@ -54,6 +56,7 @@ class ExtractSummary:
     timings: dict = field(default_factory=dict)
     nan_stages: list[int] = field(default_factory=list)
     seen: int = 0  # images through the model in this run (for progress lines)
+    batches: int = 0  # batches through the model in this run
     last_log_s: float = 0.0
 
     @property
@@ -229,6 +232,8 @@ def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, sum
             _submit(staged, writer, keys, summary, config.dtype, config.images)
         staged = ahead
         _report(bar, batch, summary, len(keys))
+        if summary.batches % TRIM_EVERY == 0:
+            trim_heap()
         t0 = time.perf_counter()
     if staged is not None:
         _submit(staged, writer, keys, summary, config.dtype, config.images)
@@ -260,10 +265,11 @@ def _submit(staged: Staged, writer, keys, summary: ExtractSummary, dtype: str, i
 
 def _report(bar, batch: Batch, summary: ExtractSummary, total: int) -> None:
     """Progress: a tqdm bar on a terminal, else a log line every LOG_EVERY_S seconds."""
+    summary.batches += 1
+    summary.seen += len(batch.rows)
     if bar is not None:
         bar.update(len(batch.rows))
         return
-    summary.seen += len(batch.rows)
     now = time.perf_counter()
     if now - summary.last_log_s > LOG_EVERY_S:
         summary.last_log_s = now
@@ -284,6 +290,26 @@ def _check_writable(out: Path) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"cannot write to {folder}: permission denied. Choose another output path.")
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc `malloc_trim`), so peak RSS stays flat
+    over long runs: the batch buffers that many threads allocate and free fragment glibc's
+    heaps otherwise. Called every TRIM_EVERY batches; a no-op where libc is not glibc."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018  (present in glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
 
 
 def _device_note(device: torch.device) -> str:

@@ -235,11 +235,7 @@ class ShardWriter:
         lock, self._lock_file = self._lock_file, None  # held until OUT has its final name
         try:
             self.close()
-            partial = partial_path(self.out)
-            with open(partial, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(partial, self.out)
-            _fsync_dir(self.out.parent)
+            publish(partial_path(self.out), self.out)
         finally:
             if lock is not None:
                 lock.release()
@@ -278,9 +274,14 @@ def _runs(rows: np.ndarray):
         yield int(part[0]), int(part[-1]) + 1
 
 
-def _fsync_dir(path: Path) -> None:
+def publish(tmp: Path, out: Path) -> None:
+    """fsync a finished file, rename it to `out` and fsync the folder: a reader (or a crash)
+    sees either no `out` or the whole file, never half of it."""
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, out)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(out.parent if str(out.parent) else ".", os.O_RDONLY)
     except OSError:
         return
     try:
