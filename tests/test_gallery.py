@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -29,17 +30,9 @@ from pipeline.tiling import Grid
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = ["a b#1.jpg", "dir/ü?x.png", "<script>alert(1)</script>.jpg", "plain.jpg", "q%20.jpg"]
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--hide-scrollbars",
-]
+# The same flags as the README pictures' screenshot (scripts/make_readme_pictures.py).
+sys.path.insert(0, str(REPO / "scripts"))
+CHROMIUM_FLAGS = importlib.import_module("make_readme_pictures").CHROMIUM_FLAGS
 
 
 class Page(HTMLParser):
