@@ -260,7 +260,7 @@ def render(
     typer.echo(
         f"{summary.out_dir}/stage{summary.stage}: {summary.pngs} PNGs written ({summary.grids} grids) for "
         f"{summary.images - len(summary.failed)} images in {summary.seconds:.2f} s "
-        f"({summary.ms_per_png:.2f} ms/PNG, {summary.workers} workers)"
+        f"({summary.ms_per_png:.2f} ms/PNG, {summary.workers} worker{'' if summary.workers == 1 else 's'})"
     )
     if summary.failed:
         typer.echo(f"{len(summary.failed)} images skipped, first: {summary.failed[0][0]}: {summary.failed[0][1]}")
