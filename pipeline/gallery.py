@@ -18,13 +18,14 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from . import schema
+from .config import StageInfo
 from .decoding import DecodeError, decode
 from .errors import InputError, OutputExistsError, RunFailure, UsageError
 from .inventory import rounded, stage_block
@@ -128,7 +129,9 @@ def _stage_metas(store: Store, out: Path) -> list[StageMeta]:
         explained = tuple(float(v) for v in fit.explained) if fit is not None else None
         metas.append(
             StageMeta(
-                view.index, view.module, view.channels, view.stride, view.height, view.width, folder.is_dir(), explained
+                **{f.name: getattr(view, f.name) for f in fields(StageInfo)},
+                rendered=folder.is_dir(),
+                explained=explained,
             )
         )
     return metas

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from .config import StageInfo
 from .gallery_assets import CSS, HEAD_JS, IMAGE_JS, INDEX_JS
 
 GENERATOR = "fmpipe gallery"
@@ -92,16 +93,10 @@ def pager(page: int, pages: int, name_of) -> str:
 
 
 @dataclass(frozen=True)
-class StageMeta:
-    """A stored stage as the pages describe it."""
+class StageMeta(StageInfo):
+    """A stored stage as the pages describe it: its `StageInfo` plus what was rendered."""
 
-    index: int
-    module: str
-    channels: int
-    stride: int
-    height: int
-    width: int
-    rendered: bool  # OUT/stage<S>/ exists
+    rendered: bool = False  # OUT/stage<S>/ exists
     explained: tuple[float, ...] | None = None  # the PCA fit's variance fractions (stage<S>/pca.json)
 
     @property

@@ -17,6 +17,7 @@ import hdf5plugin  # noqa: F401  (registers the zstd filter for reading)
 import numpy as np
 
 from . import schema
+from .config import StageInfo
 from .errors import IncompleteFileError, InputError
 from .shards import check_virtual_sources
 
@@ -26,24 +27,13 @@ CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class StageView:
-    """One stage: lazy h5py datasets plus its metadata."""
+class StageView(StageInfo):
+    """One stored stage: its `StageInfo` plus lazy h5py datasets."""
 
-    index: int
-    module: str
-    channels: int
-    stride: int
-    height: int
-    width: int
     data: h5py.Dataset  # (N, C, H, W) float16/float32
     min: h5py.Dataset  # (N, C) float32
     max: h5py.Dataset  # (N, C) float32
     mean: h5py.Dataset  # (N, C) float32
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Per-image (C, H, W)."""
-        return self.channels, self.height, self.width
 
 
 class Store:
@@ -190,6 +180,7 @@ class Store:
             int(a["stride"]),
             int(a["height"]),
             int(a["width"]),
+            str(a.get("capture", "")),
             group[schema.DATA],
             group[schema.STAT_MIN],
             group[schema.STAT_MAX],
