@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__, models, sources, taps
+from . import __version__, models, shards, sources, taps
 from .compute import Forward, Staged, check_values
 from .config import RESIZE_POLICY, ExtractConfig, fingerprint
 from .errors import InputError, Interrupted, RunFailure, UsageError
@@ -93,7 +93,7 @@ def shard_output(out: str | os.PathLike, shard_index: int, num_shards: int) -> P
     """OUT itself for one shard; OUT.shards/shard-0000I-of-0000N.h5 for a job array."""
     if num_shards == 1:
         return Path(out)
-    return Path(f"{os.fspath(out)}.shards") / f"shard-{shard_index:05d}-of-{num_shards:05d}.h5"
+    return shards.shards_folder(out) / shards.shard_name(shard_index, num_shards)
 
 
 def pick_device(spec: str) -> torch.device:

@@ -33,7 +33,7 @@ def shards_folder(out: str | os.PathLike) -> Path:
 
 
 def shard_name(index: int, num_shards: int) -> str:
-    """File name of shard `index` of `num_shards` (same as `runner.shard_output`)."""
+    """File name of shard `index` of `num_shards` (`runner.shard_output` puts it in `shards_folder`)."""
     return f"shard-{index:05d}-of-{num_shards:05d}.h5"
 
 
