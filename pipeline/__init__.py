@@ -24,7 +24,7 @@ __all__ = ["__version__", "extract", "open_store", "render"]
 def extract(images: str, out: str, **options):
     """Extract feature maps of every image below `images` into `out` (see ExtractConfig)."""
     from .config import ExtractConfig
-    from .runner import extract as run
+    from .extraction.runner import extract as run
 
     return run(ExtractConfig(images=str(images), out=str(out), **options))
 
@@ -34,14 +34,14 @@ def render(path: str, stage: int, out: str | None = None, **options):
 
     `pipeline.rendering.colorize` gives one (image, stage, channel) as an RGB array instead.
     """
-    from .rendering import RenderConfig
-    from .rendering import render as run
+    from .rendering.run import RenderConfig
+    from .rendering.run import render as run
 
     return run(RenderConfig(path=str(path), stage=stage, out=None if out is None else str(out), **options))
 
 
 def open_store(path, require_complete: bool = False):
     """Open an fmpipe file lazily; see `pipeline.store.Store`."""
-    from .store import open_store as _open
+    from .storage.store import open_store as _open
 
     return _open(path, require_complete=require_complete)

@@ -100,13 +100,13 @@ def extract(
         amp=amp,
         null_writer=null_writer,
     )
-    from .runner import estimate_bytes
-    from .runner import extract as run
+    from .extraction.runner import estimate_bytes
+    from .extraction.runner import extract as run
 
     summary = run(config)
     per_image = estimate_bytes(summary.stages, dtype)
     if summary.dry_run:
-        from .info import describe_stages
+        from .storage.info import describe_stages
 
         typer.echo(
             describe_stages(
@@ -140,9 +140,9 @@ def stages(
     """List a model's stages: index, module, channels, stride, shape and MB per image."""
     import torch
 
-    from .info import describe_stages
-    from .models import resolve
-    from .taps import build
+    from .extraction.models import resolve
+    from .extraction.taps import build
+    from .storage.info import describe_stages
 
     resolved = resolve(model, random_init=True)  # shapes do not depend on the weights
     size_hw = parse_size(size) or resolved.input_hw
@@ -157,11 +157,11 @@ def info(
     """Describe an fmpipe file (model, completeness, stages, sizes, failures) or a shards folder's progress."""
     from pathlib import Path
 
-    from .info import describe_store
-    from .store import open_store
+    from .storage.info import describe_store
+    from .storage.store import open_store
 
     if Path(path).is_dir():
-        from .shards import describe_folder
+        from .jobs.shards import describe_folder
 
         typer.echo(describe_folder(path))
         return
@@ -183,7 +183,7 @@ def merge(
     ] = False,
 ) -> None:
     """Check a job array's shards (complete, same configuration, keys covered once) and combine them into OUT."""
-    from .merge import merge as run
+    from .jobs.merge import merge as run
 
     summary = run(out, copy=copy, overwrite=overwrite)
     typer.echo(
@@ -232,8 +232,8 @@ def render(
     pca_seed: Annotated[int, typer.Option(help="--layout pca: seed of the sample.")] = 0,
 ) -> None:
     """Draw one stage's feature maps as PNGs: per channel, per-image grids, overlays, or a PCA picture."""
-    from .rendering import RenderConfig
-    from .rendering import render as run
+    from .rendering.run import RenderConfig
+    from .rendering.run import render as run
 
     summary = run(
         RenderConfig(
@@ -254,7 +254,6 @@ def render(
             overwrite=overwrite,
             pca_samples=pca_samples,
             pca_seed=pca_seed,
-            html=html,
         )
     )
     typer.echo(
@@ -264,8 +263,11 @@ def render(
     )
     if summary.failed:
         typer.echo(f"{len(summary.failed)} images skipped, first: {summary.failed[0][0]}: {summary.failed[0][1]}")
-    if summary.gallery:
-        typer.echo(f"gallery: {summary.gallery.resolve().as_uri()}")
+    if html:  # the CLI orchestrates: render, then the gallery of the whole folder
+        from .site.build import GalleryConfig, write_gallery
+
+        config = GalleryConfig(str(summary.source), str(summary.out_dir), images_root, allow_partial=allow_partial)
+        typer.echo(f"gallery: {write_gallery(config).index.resolve().as_uri()}")
 
 
 @app.command()
@@ -281,7 +283,7 @@ def gallery(
     ] = False,
 ) -> None:
     """Write static HTML pages (index.html) to browse every rendered image × stage; opens from disk."""
-    from .gallery import GalleryConfig, write_gallery
+    from .site.build import GalleryConfig, write_gallery
 
     summary = write_gallery(
         GalleryConfig(path, out=out, images_root=images_root, per_page=per_page, allow_partial=allow_partial)

@@ -134,25 +134,3 @@ def describe_difference(old: dict, new: dict) -> str:
     names = sorted(set(old) | set(new))
     diffs = [f"{n}: {old.get(n)!r} → {new.get(n)!r}" for n in names if old.get(n) != new.get(n)]
     return "; ".join(diffs) if diffs else "(no visible difference)"
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    """One stage: its module, channels, stride and per-image (C, H, W) at the run's size."""
-
-    index: int
-    module: str
-    channels: int
-    stride: int
-    height: int
-    width: int
-    capture: str  # "forward_intermediates" or "forward_hook"
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Per-image (C, H, W)."""
-        return self.channels, self.height, self.width
-
-    def nbytes(self, itemsize: int = 2) -> int:
-        """Bytes per image at the given storage item size (2 for float16)."""
-        return self.channels * self.height * self.width * itemsize

@@ -55,9 +55,10 @@ def bare_forward(model_name: str, folder: Path, size: int, batch: int, device: s
     """(a) images/s of the model's tapped forward on pre-decoded, pre-normalised batches."""
     import torch
 
-    from pipeline import models, sources, taps
+    from pipeline import sources
     from pipeline.decoding import decode
-    from pipeline.loading import normalize
+    from pipeline.extraction import models, taps
+    from pipeline.extraction.loading import normalize
 
     dev = torch.device(device)
     model = models.resolve(model_name, random_init=True)
@@ -165,8 +166,8 @@ def writer_alone(stage_shapes, n: int, folder: Path, batch: int) -> dict:
     import h5py
     import hdf5plugin
 
-    from pipeline.config import StageInfo
-    from pipeline.writer import BatchResult, ShardWriter, WritePlan
+    from pipeline.records import BatchResult, StageInfo
+    from pipeline.storage.writer import ShardWriter, WritePlan
 
     maps = synthetic_maps(stage_shapes, n)
     total_mb = sum(m.nbytes for m in maps) / 1e6
@@ -188,7 +189,7 @@ def writer_alone(stage_shapes, n: int, folder: Path, batch: int) -> dict:
     out = folder / "h5py-zstd.h5"
     t0 = time.perf_counter()
     with h5py.File(out, "w") as f:
-        from pipeline.schema import chunk_channels
+        from pipeline.storage.schema import chunk_channels
 
         dsets = [
             f.create_dataset(
@@ -287,7 +288,7 @@ def main() -> None:
             print(f"[{round_index}] (c) hand-written h5py+gzip  {c:8.1f} images/s", flush=True)
     import torch
 
-    from pipeline import models, taps
+    from pipeline.extraction import models, taps
 
     resolved = models.resolve(args.model, random_init=True)
     _, infos = taps.build(resolved, (args.size, args.size), stages, torch.device("cpu"))

@@ -8,7 +8,7 @@ Shards are written by fmpipe's own ShardWriter (pooled zstd-1, direct chunk writ
 synthetic post-ReLU float16 maps shaped like efficientnet_lite0's five stages at 224×224
 (about 0.69 MB per image before compression). Then, per size:
 
-- virtual: `pipeline.merge.merge(OUT)` (median of 3), and the whole `fmpipe merge OUT` command;
+- virtual: `pipeline.jobs.merge.merge(OUT)` (median of 3), and the whole `fmpipe merge OUT` command;
 - copy: `merge(OUT, copy=True)` (median of 3, fsync included): compressed chunk MB per second;
 - plain copy: `shutil.copyfile` + fsync of every shard file (median of 3): what the disk allows;
 - decode: reading every stage through h5py (what any recompressing merge would pay at least,
@@ -37,9 +37,10 @@ import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
 
-from pipeline import merge, shards
-from pipeline.config import StageInfo
-from pipeline.writer import BatchResult, ShardWriter, WritePlan
+from pipeline.jobs import merge
+from pipeline.records import BatchResult, StageInfo
+from pipeline.storage import files
+from pipeline.storage.writer import ShardWriter, WritePlan
 
 STAGES = [  # efficientnet_lite0 at 224x224: (C, H, W) and stride
     StageInfo(0, "blocks.0", 16, 2, 112, 112, "forward_intermediates"),
@@ -85,7 +86,7 @@ def write_shards(out: Path, num_shards: int, per_shard: int, seed: int = 0) -> i
             "compression": "zstd",
         }
         plan = WritePlan(keys[start : start + per_shard], STAGES, "float16", "zstd", fingerprint, parts, attrs)
-        path = shards.shards_folder(out) / shards.shard_name(index, num_shards)
+        path = files.shards_folder(out) / files.shard_name(index, num_shards)
         writer = ShardWriter.open(path, plan, overwrite=True, threads=os.cpu_count() or 1)
         for lo in range(0, per_shard, BATCH):
             rows = np.arange(lo, min(per_shard, lo + BATCH))
@@ -97,7 +98,7 @@ def write_shards(out: Path, num_shards: int, per_shard: int, seed: int = 0) -> i
             hw = np.full((len(rows), 2), 224, np.int32)
             writer.submit(BatchResult(rows, rows, hw, [], data, stats))
         writer.finalize()
-    return sum(p.stat().st_size for p in shards.shards_folder(out).iterdir())
+    return sum(p.stat().st_size for p in files.shards_folder(out).iterdir())
 
 
 def median_seconds(fn, repeats: int = 3) -> float:
@@ -143,7 +144,7 @@ def bench(workdir: Path, num_shards: int, per_shard: int) -> dict:
     copies = [merge.merge(out, copy=True) for _ in range(3)]
     summary = copies[0]
     copy_s = statistics.median(c.seconds for c in copies)
-    plain_s = statistics.median(plain_copy_s(shards.shards_folder(out), workdir / "plain-copy") for _ in range(3))
+    plain_s = statistics.median(plain_copy_s(files.shards_folder(out), workdir / "plain-copy") for _ in range(3))
     decoded_s = decode_s(out)
     result = {
         "shards": num_shards,
@@ -157,7 +158,7 @@ def bench(workdir: Path, num_shards: int, per_shard: int) -> dict:
         "plain_copy_mb_per_s": shard_bytes / 1e6 / plain_s,
         "decode_mb_per_s": shard_bytes / 1e6 / decoded_s,
     }
-    shutil.rmtree(shards.shards_folder(out))
+    shutil.rmtree(files.shards_folder(out))
     out.unlink()
     return result
 

@@ -31,13 +31,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.colormaps import lut  # noqa: E402  (light imports only: spawned workers re-import this file)
-from pipeline.png import encode_indexed  # noqa: E402
-from pipeline.rendering import RenderConfig, render  # noqa: E402
+from pipeline.rendering.colormaps import lut  # noqa: E402  (light imports only: spawned workers re-import this file)
+from pipeline.rendering.png import encode_indexed  # noqa: E402
+from pipeline.rendering.run import RenderConfig, render  # noqa: E402
 
 PEAK = """
 import json, re, sys
-from pipeline.rendering import RenderConfig, render
+from pipeline.rendering.run import RenderConfig, render
 render(RenderConfig(sys.argv[1], 0, out=sys.argv[2], images=sys.argv[3], workers=1, layout="both"))
 status = open("/proc/self/status").read()
 print(json.dumps({"peak_mb": int(re.search(r"VmHWM:\\s+(\\d+)", status).group(1)) / 1024}))
@@ -79,8 +79,8 @@ def main() -> int:
 
 def make_file(path: Path, images: int, channels: int, height: int, width: int) -> Path:
     """An fmpipe file with one stage of smooth post-ReLU float16 maps, written by the real writer."""
-    from pipeline.config import StageInfo
-    from pipeline.writer import BatchResult, ShardWriter, WritePlan
+    from pipeline.records import BatchResult, StageInfo
+    from pipeline.storage.writer import ShardWriter, WritePlan
 
     rng = np.random.default_rng(0)
     stage = StageInfo(0, "synthetic", channels, 4, height, width, "forward_hook")

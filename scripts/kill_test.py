@@ -78,7 +78,8 @@ def run_child(argv: list[str]) -> None:
     """Run `fmpipe extract ARGV` with the writer's steps announced on stdout."""
     import h5py as _h5py
 
-    from pipeline import cli, writer
+    from pipeline import cli
+    from pipeline.storage import writer
 
     def say(event: str) -> None:
         sys.stdout.write(event + "\n")

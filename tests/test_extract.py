@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import pipeline
-from pipeline import models, sources
+from pipeline import sources
 from pipeline.decoding import decode
 from pipeline.errors import ModelError, OutputExistsError, UsageError
-from pipeline.loading import normalize
+from pipeline.extraction import models
+from pipeline.extraction.loading import normalize
 
 
 def reference_maps(model_name: str, folder, keys, size_hw, modules: list[str], **resolve_kw) -> dict:

@@ -22,11 +22,11 @@ from test_pca import write_file
 
 from pipeline import extract
 from pipeline.errors import InputError, OutputExistsError
-from pipeline.gallery import GalleryConfig, write_gallery
-from pipeline.inventory import grid_layout
-from pipeline.rendering import RenderConfig, render
-from pipeline.store import open_store
-from pipeline.tiling import Grid
+from pipeline.rendering.run import RenderConfig, render
+from pipeline.rendering.tiling import Grid
+from pipeline.site.build import GalleryConfig, write_gallery
+from pipeline.site.inventory import grid_layout
+from pipeline.storage.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = ["a b#1.jpg", "dir/ü?x.png", "<script>alert(1)</script>.jpg", "plain.jpg", "q%20.jpg"]
@@ -90,7 +90,8 @@ def hostile(tmp_path_factory) -> tuple[Path, Path, Path]:
     out = base / "render"
     render(RenderConfig(str(path), 0, out=str(out), layout="both", top_k=3, workers=1))
     render(RenderConfig(str(path), 0, out=str(out), layout="grid", overlay=True, workers=1))
-    render(RenderConfig(str(path), 1, out=str(out), layout="pca", workers=1, html=True))
+    render(RenderConfig(str(path), 1, out=str(out), layout="pca", workers=1))
+    write_gallery(GalleryConfig(str(path), out=str(out)))
     return path, out, root
 
 
@@ -195,7 +196,8 @@ def test_thumbnails_are_reused_and_errors(hostile, tmp_path):
 
 
 def test_gallery_and_pca_never_import_torch():
-    code = "import sys, pipeline.cli, pipeline.gallery, pipeline.pca, pipeline.rendering; print('torch' in sys.modules)"
+    modules = "pipeline.cli, pipeline.site.build, pipeline.rendering.pca, pipeline.rendering.run"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr
 
@@ -295,7 +297,8 @@ def quick(tmp_path_factory) -> Path:
     for stage in range(5):
         render(RenderConfig(str(base / "out.h5"), stage, layout="grid", workers=1))
     render(RenderConfig(str(base / "out.h5"), 2, layout="channels", top_k=4, workers=1))
-    render(RenderConfig(str(base / "out.h5"), 3, layout="pca", workers=1, html=True))
+    render(RenderConfig(str(base / "out.h5"), 3, layout="pca", workers=1))
+    write_gallery(GalleryConfig(str(base / "out.h5")))
     return base
 
 

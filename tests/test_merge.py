@@ -17,9 +17,11 @@ import pytest
 from conftest import write_images
 
 import pipeline
-from pipeline import merge, schema, shards, sources
+from pipeline import sources
 from pipeline.errors import InputError
-from pipeline.info import describe_store
+from pipeline.jobs import merge
+from pipeline.storage import files, schema
+from pipeline.storage.info import describe_store
 
 REPO = Path(__file__).resolve().parent.parent
 # 12 images in 4 shards of 3 with batches of 3. Shards are cut in whole batches of the collection,
@@ -57,7 +59,7 @@ def collection(tmp_path_factory) -> dict:
 def sharded(collection, tmp_path) -> Path:
     """OUT in a fresh folder, with a copy of the 4 complete shards in OUT.shards/."""
     out = tmp_path / "out.h5"
-    shutil.copytree(collection["shards"], shards.shards_folder(out))
+    shutil.copytree(collection["shards"], files.shards_folder(out))
     return out
 
 
@@ -99,8 +101,8 @@ def test_four_shards_merged_equal_the_unsharded_run(collection, sharded, copy):
 
 def test_copy_keeps_the_compressed_chunks_and_stands_alone(sharded):
     summary = merge.merge(sharded, copy=True)
-    folder = shards.shards_folder(sharded)
-    with h5py.File(sharded) as merged, h5py.File(folder / shards.shard_name(1, SHARDS)) as shard:
+    folder = files.shards_folder(sharded)
+    with h5py.File(sharded) as merged, h5py.File(folder / files.shard_name(1, SHARDS)) as shard:
         start = int(shard.attrs["shard_start"])
         for name in merged[schema.STAGES]:
             dst, src = merged[f"stages/{name}/data"], shard[f"stages/{name}/data"]
@@ -144,18 +146,18 @@ def test_hdf5_1_10_tools_read_the_merged_file(collection, sharded, tmp_path):
 
 
 def test_missing_shard_is_named_exit_2(sharded):
-    (shards.shards_folder(sharded) / shards.shard_name(2, SHARDS)).unlink()
+    (files.shards_folder(sharded) / files.shard_name(2, SHARDS)).unlink()
     run = fmpipe("merge", sharded)
     assert run.returncode == 2, run.stderr
     assert "shard 2 of 4 is missing (shard-00002-of-00004.h5)" in run.stderr and "--array=2" in run.stderr
     assert "Traceback" not in run.stderr and not sharded.exists()
-    info = fmpipe("info", shards.shards_folder(sharded))
+    info = fmpipe("info", files.shards_folder(sharded))
     assert info.returncode == 0 and "3 of 4 shards complete; images done 9 of 12" in info.stdout
     assert "missing" in info.stdout
 
 
 def test_incomplete_shard_is_named_exit_2(sharded):
-    path = shards.shards_folder(sharded) / shards.shard_name(1, SHARDS)
+    path = files.shards_folder(sharded) / files.shard_name(1, SHARDS)
     with h5py.File(path, "r+") as f:  # as a task killed after its first image
         f.attrs["complete"] = False
         f["images/done"][1:] = False
@@ -163,7 +165,7 @@ def test_incomplete_shard_is_named_exit_2(sharded):
     run = fmpipe("merge", sharded)
     assert run.returncode == 2, run.stderr
     assert "shard 1 (shard-00001-of-00004.h5.partial) is incomplete (1 of 3 images done)" in run.stderr
-    info = fmpipe("info", shards.shards_folder(sharded))
+    info = fmpipe("info", files.shards_folder(sharded))
     assert "partial" in info.stdout and "1 of 3 images done" in info.stdout
 
 
@@ -180,8 +182,8 @@ def test_shards_of_different_configurations_are_refused(collection, sharded):
 
 def test_a_deleted_source_is_an_error_never_fill_values(sharded, tmp_path, monkeypatch):
     merge.merge(sharded)
-    folder = shards.shards_folder(sharded)
-    victim = folder / shards.shard_name(0, SHARDS)
+    folder = files.shards_folder(sharded)
+    victim = folder / files.shard_name(0, SHARDS)
     # A same-named stray copy in the cwd would be read silently by HDF5: the store must not allow it.
     monkeypatch.chdir(tmp_path.parent)
     stray = Path(folder.name)
@@ -211,7 +213,7 @@ def test_non_fmpipe_hdf5_files_are_refused(sharded, tmp_path):
         f["x"] = np.arange(3)
     run = fmpipe("merge", foreign)
     assert run.returncode == 2 and "not an fmpipe file" in run.stderr, run.stderr
-    shutil.copy(foreign, shards.shards_folder(sharded) / shards.shard_name(2, SHARDS))
+    shutil.copy(foreign, files.shards_folder(sharded) / files.shard_name(2, SHARDS))
     run = fmpipe("merge", sharded)
     assert run.returncode == 2 and "shard 2 (shard-00002-of-00004.h5) not an fmpipe file" in run.stderr, run.stderr
 
@@ -221,18 +223,18 @@ def test_existing_output_is_kept_unless_it_is_an_earlier_merge(collection, shard
     run = fmpipe("merge", sharded)
     assert run.returncode == 2 and "--overwrite" in run.stderr
     assert fmpipe("merge", sharded, "--overwrite").returncode == 0
-    run = fmpipe("merge", shards.shards_folder(sharded), "--copy")  # the folder names OUT too; re-merge is fine
+    run = fmpipe("merge", files.shards_folder(sharded), "--copy")  # the folder names OUT too; re-merge is fine
     assert run.returncode == 0 and "4 shards, copy" in run.stdout, run.stderr
 
 
 def test_merge_does_not_import_torch(sharded):
-    code = f"import sys, pipeline.merge as m\nm.merge({str(sharded)!r})\nassert 'torch' not in sys.modules\n"
+    code = f"import sys, pipeline.jobs.merge as m\nm.merge({str(sharded)!r})\nassert 'torch' not in sys.modules\n"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
 
 
 def test_more_shards_than_images_and_shard_names(tmp_path):
-    from pipeline.runner import shard_output
+    from pipeline.storage.files import shard_output
 
     images = tmp_path / "images"
     write_images(images, 3, size=(64, 64))
@@ -241,7 +243,7 @@ def test_more_shards_than_images_and_shard_names(tmp_path):
     assert merge.merge(out).images == 3
     with pipeline.open_store(out) as store:
         assert store.keys == sorted(p.name for p in images.iterdir()) and np.isfinite(store.stage(1).data[:]).all()
-    assert shard_output(out, 3, 5) == shards.shards_folder(out) / shards.shard_name(3, 5)
+    assert shard_output(out, 3, 5) == files.shards_folder(out) / files.shard_name(3, 5)
 
 
 @pytest.mark.parametrize(("count", "num_shards", "unit"), [(12, 4, 5), (100, 7, 16), (5, 4, 16), (33, 3, 1)])
@@ -269,5 +271,5 @@ def test_shards_cut_in_whole_batches_equal_the_unsharded_run_bit_for_bit(tmp_pat
         for sa, sb in zip(a.stages, b.stages, strict=True):
             for name in ("data", "min", "max", "mean"):
                 np.testing.assert_array_equal(bits(getattr(sa, name)[:]), bits(getattr(sb, name)[:]), err_msg=name)
-    with h5py.File(shards.shards_folder(tmp_path / "out.h5") / shards.shard_name(1, 2)) as f:
+    with h5py.File(files.shards_folder(tmp_path / "out.h5") / files.shard_name(1, 2)) as f:
         assert int(f.attrs["shard_start"]) == 6

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import models
 from pipeline.decoding import decode
 from pipeline.errors import InputError
-from pipeline.loading import normalize
+from pipeline.extraction import models
+from pipeline.extraction.loading import normalize
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

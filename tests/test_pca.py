@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import pca as pca_module
-from pipeline.config import StageInfo
 from pipeline.errors import OutputExistsError, UsageError
-from pipeline.pca import PcaFit, fit_pca, load_fit, pca_rgb
-from pipeline.rendering import RenderConfig, render
-from pipeline.store import open_store
-from pipeline.writer import BatchResult, ShardWriter, WritePlan
+from pipeline.records import BatchResult, StageInfo
+from pipeline.rendering import pca as pca_module
+from pipeline.rendering.pca import PcaFit, fit_pca, load_fit, pca_rgb
+from pipeline.rendering.run import RenderConfig, render
+from pipeline.storage.store import open_store
+from pipeline.storage.writer import ShardWriter, WritePlan
 
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 16  # map height and width: whole periods of every pattern below

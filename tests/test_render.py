@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import schema
-from pipeline.colormaps import CMAPS, lut, to_indices
-from pipeline.config import StageInfo
 from pipeline.errors import IncompleteFileError, InputError, OutputExistsError, UsageError
-from pipeline.png import encode_indexed, encode_rgb
-from pipeline.rendering import RenderConfig, colorize, render
-from pipeline.selection import FolderNamer, safe_folder
-from pipeline.store import open_store
-from pipeline.writer import BatchResult, ShardWriter, WritePlan
+from pipeline.records import BatchResult, StageInfo
+from pipeline.rendering.colormaps import CMAPS, lut, to_indices
+from pipeline.rendering.png import encode_indexed, encode_rgb
+from pipeline.rendering.run import RenderConfig, colorize, render
+from pipeline.rendering.selection import FolderNamer, safe_folder
+from pipeline.storage import schema
+from pipeline.storage.store import open_store
+from pipeline.storage.writer import ShardWriter, WritePlan
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK_KEYS = ["astronaut.jpg", "camera.png", "chelsea.jpg", "coffee.jpg", "more/rocket.jpg"]
@@ -371,7 +371,7 @@ def test_two_workers_write_the_same_bytes_as_one(quick, tmp_path):
 
 
 def test_python_api_wrapper_stays_callable(quick, tmp_path):
-    import pipeline.rendering  # importing the module must not shadow the pipeline.render function
+    import pipeline.rendering.run  # importing the module must not shadow the pipeline.render function
 
     summary = pipeline.render(quick, stage=4, out=tmp_path, images="1", channels=[0, 1], workers=1)
     assert summary.pngs == 3 and callable(pipeline.render)
@@ -381,7 +381,7 @@ def test_python_api_wrapper_stays_callable(quick, tmp_path):
 # peak, which Linux carries across fork and exec.
 PEAK_RSS = """
 import json, re, resource, sys
-from pipeline.rendering import RenderConfig, render
+from pipeline.rendering.run import RenderConfig, render
 render(RenderConfig(sys.argv[1], 0, out=sys.argv[2], images=sys.argv[3], workers=1))
 try:
     with open("/proc/self/status") as status:
@@ -418,7 +418,7 @@ def test_render_merge_and_info_do_not_import_torch_and_start_fast(quick, tmp_pat
     code = (
         "import resource, sys, time\n"
         "import pipeline.cli\n"
-        "for module in ('pipeline.merge', 'pipeline.info', 'pipeline.rendering'):\n"
+        "for module in ('pipeline.jobs.merge', 'pipeline.storage.info', 'pipeline.rendering.run'):\n"
         "    try:\n        __import__(module)\n    except ModuleNotFoundError:\n        pass\n"
         "usage = resource.getrusage(resource.RUSAGE_SELF)\n"
         "startup_cpu_s = usage.ru_utime + usage.ru_stime\n"

@@ -11,8 +11,8 @@ import pytest
 from conftest import write_images
 
 import pipeline
-from pipeline import writer
 from pipeline.errors import FingerprintMismatch, InputError
+from pipeline.storage import writer
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIONS = dict(model="resnet18", random_init=True, size=(64, 64), batch_size=2, workers=0, device="cpu")

@@ -21,9 +21,9 @@ from conftest import REPO, write_images
 from PIL import Image
 
 import pipeline
-from pipeline import loading
 from pipeline.errors import FmpipeError, InputError, RunFailure
-from pipeline.lockfile import OutputLockedError
+from pipeline.extraction import loading
+from pipeline.storage.lockfile import OutputLockedError
 
 TINY = {"model": "tiny_models:plain_net", "size": (32, 32), "workers": 0}
 
@@ -216,7 +216,7 @@ def test_unwritable_output_fails_before_any_model_work(tmp_path, small_disk, mon
     folder = tmp_path / "imgs"
     write_images(folder, 2)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    import pipeline.models as models
+    import pipeline.extraction.models as models
 
     def no_model(*a, **k):
         raise AssertionError("the model must not be built")

@@ -7,9 +7,9 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from pipeline import schema
-from pipeline.config import StageInfo
-from pipeline.writer import BatchResult, ShardWriter, WritePlan
+from pipeline.records import BatchResult, StageInfo
+from pipeline.storage import schema
+from pipeline.storage.writer import ShardWriter, WritePlan
 
 
 def _plan(keys, stages, compression="zstd", dtype="float16") -> WritePlan:

@@ -1,4 +1,4 @@
-"""Job-array shards: their file names, their state in OUT.shards/, and virtual-source checks. No torch.
+"""Job-array shards: their state in OUT.shards/ and `fmpipe info OUT.shards/`. No torch.
 
 Task I of N writes `OUT.shards/shard-0000I-of-0000N.h5` (`....h5.partial` until it is
 complete). `fmpipe merge OUT` combines them; `fmpipe info OUT.shards/` reports progress.
@@ -8,39 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import resource
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 
-from . import schema
-from .errors import InputError
+from ..errors import InputError
+from ..storage import schema
+from ..storage.files import PARTIAL_SUFFIX, SHARD_RE, merged_path, shard_name
 
 log = logging.getLogger(__name__)
-
-SHARD_RE = re.compile(r"^shard-(\d{5,})-of-(\d{5,})\.h5(\.partial)?$")
-PARTIAL_SUFFIX = ".partial"
-# File handles kept free for everything else when a virtual file opens its sources.
-SPARE_FILE_HANDLES = 64
-
-
-def shards_folder(out: str | os.PathLike) -> Path:
-    """`OUT.shards/`: where the tasks of a job array writing OUT put their shards."""
-    return Path(f"{os.fspath(out)}.shards")
-
-
-def shard_name(index: int, num_shards: int) -> str:
-    """File name of shard `index` of `num_shards` (`runner.shard_output` puts it in `shards_folder`)."""
-    return f"shard-{index:05d}-of-{num_shards:05d}.h5"
-
-
-def merged_path(folder: str | os.PathLike) -> Path | None:
-    """OUT for a shards folder `OUT.shards`; None when the name does not end in `.shards`."""
-    text = os.fspath(folder).rstrip("/")
-    return Path(text[: -len(".shards")]) if text.endswith(".shards") and len(text) > len(".shards") else None
 
 
 @dataclass(frozen=True)
@@ -152,59 +130,3 @@ def describe_folder(folder: str | os.PathLike) -> str:
     if len(complete) == found.num_shards and out is not None:
         lines.append(f"  all shards complete: run `fmpipe merge {out}`")
     return "\n".join(lines)
-
-
-def check_virtual_sources(path: Path, file: h5py.File) -> list[str]:
-    """Check every source file of the virtual datasets below /stages; returns their names.
-
-    HDF5 reads a missing source, or one it cannot open, as fill values without an error,
-    so each source must exist beside `path`, stay inside its folder, be a complete fmpipe
-    shard of the same run (fingerprint), and the process must be allowed enough open files.
-    """
-    names = set()
-    for group in file[schema.STAGES].values():
-        for dset in group.values():
-            if isinstance(dset, h5py.Dataset) and dset.is_virtual:
-                names.update(vs.file_name for vs in dset.virtual_sources())
-    names.discard(".")
-    # Lexical, not resolved: OUT.shards may be a symlink to scratch space; ".." may not escape.
-    base = Path(os.path.abspath(path)).parent
-    fingerprint = file.attrs.get(schema.ATTR_FINGERPRINT)
-    for source in sorted(names):
-        _check_source(path, base, source, fingerprint)
-    _ensure_file_handles(path, len(names))
-    return sorted(names)
-
-
-def _check_source(path: Path, base: Path, source: str, fingerprint) -> None:
-    target = Path(os.path.normpath(base / source))
-    if os.path.isabs(source) or base not in target.parents:
-        raise InputError(f"{path}: virtual source {source!r} points outside {base}; refusing to read it.")
-    hint = f"Restore it, or re-extract that shard and run `fmpipe merge {path}` again."
-    if not target.exists():
-        raise InputError(f"{path}: its shard {source!r} is missing (looked in {base}). {hint}")
-    try:
-        with h5py.File(target, "r", locking="best-effort") as shard:
-            same = shard.attrs.get(schema.ATTR_FINGERPRINT) == fingerprint
-            complete = bool(shard.attrs.get(schema.ATTR_COMPLETE))
-    except OSError as err:
-        raise InputError(f"{path}: its shard {source!r} cannot be read ({err}). {hint}") from None
-    if not same:
-        raise InputError(f"{path}: its shard {source!r} now holds a different run (fingerprint differs). {hint}")
-    if not complete:
-        raise InputError(f"{path}: its shard {source!r} is not complete. {hint}")
-
-
-def _ensure_file_handles(path: Path, sources: int) -> None:
-    """Raise the soft open-file limit if the sources need it; fail loudly if it cannot be raised."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = sources + SPARE_FILE_HANDLES
-    if soft == resource.RLIM_INFINITY or needed <= soft:
-        return
-    if hard != resource.RLIM_INFINITY and needed > hard:
-        raise InputError(
-            f"{path} reads {sources} shard files but this process may open only {hard} files. "
-            f"Raise the limit (ulimit -n {needed}) or make a self-contained file: fmpipe merge --copy."
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    log.debug("raised the open-file limit to %d for %d shard files", needed, sources)

@@ -14,10 +14,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..config import describe_difference
+from ..errors import FingerprintMismatch, InputError, OutputExistsError
+from ..records import StageInfo
 from . import schema
 from .codecs import Codec
-from .config import StageInfo, describe_difference
-from .errors import FingerprintMismatch, InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import schema
+from ..decoding import DecodeError, decode
+from ..errors import InputError, RunFailure, UsageError
+from ..storage import schema
+from ..storage.store import StageView, Store, open_store
 from .colormaps import DEFAULT_CMAP, finite_range, lut, to_indices
-from .decoding import DecodeError, decode
-from .errors import InputError, RunFailure, UsageError
 from .pca import PcaFit, project_blocks, scores_to_rgb
 from .png import encode_indexed, encode_rgb
 from .selection import select_channels, top_channels
-from .store import StageView, Store, open_store
 from .tiling import Grid, blend, upscale
 
 log = logging.getLogger(__name__)

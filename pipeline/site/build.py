@@ -24,15 +24,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import schema
-from .config import StageInfo
-from .decoding import DecodeError, decode
-from .errors import InputError, OutputExistsError, RunFailure, UsageError
+from ..decoding import DecodeError, decode
+from ..errors import InputError, OutputExistsError, RunFailure, UsageError
+from ..records import StageInfo
+from ..rendering.pca import load_fit
+from ..rendering.run import default_out_dir
+from ..rendering.selection import FolderNamer, iter_keys
+from ..storage import schema
+from ..storage.store import Store, open_store
 from .inventory import rounded, stage_block
 from .pages import GENERATOR, Entry, Site, StageMeta, image_page, index_page
-from .pca import load_fit
-from .selection import FolderNamer, iter_keys
-from .store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,7 @@ class GalleryConfig:
 
     @property
     def out_dir(self) -> Path:
-        from .rendering import RenderConfig  # one definition of the default folder
-
-        return RenderConfig(self.path, 0, out=self.out).out_dir
+        return Path(self.out) if self.out else default_out_dir(self.path)
 
 
 @dataclass

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import IncompleteFileError, InputError, OutputExistsError, UsageError
+from ..storage.store import Store, open_store
 from .colormaps import DEFAULT_CMAP, check_cmap
-from .errors import IncompleteFileError, InputError, OutputExistsError, UsageError
 from .painting import (
     NORMALIZATIONS,
     ImageResult,
@@ -39,7 +40,6 @@ from .painting import (
 )
 from .pca import DEFAULT_SAMPLES, fit_pca, save_fit
 from .selection import FolderNamer, Spec, iter_keys, select_channels, select_rows
-from .store import Store, open_store
 from .tiling import CHANNEL_MIN_SIDE, TILE_MIN_SIDE, auto_scale
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ class RenderConfig:
     overwrite: bool = False
     pca_samples: int = DEFAULT_SAMPLES  # --layout pca: channel vectors the fit sees
     pca_seed: int = 0
-    html: bool = False  # then write the gallery (index.html) of the whole output folder
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -95,11 +94,14 @@ class RenderConfig:
 
     @property
     def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        path = Path(self.path)
-        name = path.name.removesuffix(".partial")
-        return path.with_name(f"{Path(name).stem}-render")
+        return Path(self.out) if self.out else default_out_dir(self.path)
+
+
+def default_out_dir(path: str | os.PathLike) -> Path:
+    """Where render (and the gallery) write by default: `<file without .h5>-render/` beside the file."""
+    path = Path(path)
+    name = path.name.removesuffix(".partial")
+    return path.with_name(f"{Path(name).stem}-render")
 
 
 @dataclass
@@ -114,7 +116,7 @@ class RenderSummary:
     workers: int = 1
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-    gallery: Path | None = None  # index.html, when asked for (--html)
+    source: Path | None = None  # the file read (OUT, or OUT.partial with allow_partial)
 
     @property
     def ms_per_png(self) -> float:
@@ -130,7 +132,7 @@ def render(config: RenderConfig) -> RenderSummary:
         if job.pca is not None:
             save_fit(job.pca, job.out_stage / "pca.json")
         workers = max(1, min(config.workers or _cpu_count(), len(rows)))
-        summary = RenderSummary(job.out_stage.parent, job.stage, workers=workers)
+        summary = RenderSummary(job.out_stage.parent, job.stage, workers=workers, source=store.path)
         progress = _Progress(len(rows), job.pngs_per_image)
         run = _run_inline if workers == 1 else _run_pool
         # The parent keeps the store open only to stream keys; workers open their own.
@@ -144,12 +146,6 @@ def render(config: RenderConfig) -> RenderSummary:
             progress.update(summary)
         progress.close()
     summary.seconds = time.perf_counter() - t0
-    if config.html:
-        from .gallery import GalleryConfig, write_gallery
-
-        source = str(_source(config))
-        gallery = GalleryConfig(source, str(config.out_dir), config.images_root, allow_partial=config.allow_partial)
-        summary.gallery = write_gallery(gallery).index
     return summary
 
 

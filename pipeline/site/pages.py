@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .config import StageInfo
-from .gallery_assets import CSS, HEAD_JS, IMAGE_JS, INDEX_JS
+from ..records import StageInfo
+from .assets import CSS, HEAD_JS, IMAGE_JS, INDEX_JS
 
 GENERATOR = "fmpipe gallery"
 PAGER_SPAN = 3  # index page links shown on each side of the current one

@@ -21,15 +21,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__, models, shards, sources, taps
+from .. import __version__, sources
+from ..config import RESIZE_POLICY, ExtractConfig, fingerprint
+from ..errors import InputError, Interrupted, RunFailure, UsageError
+from ..records import StageInfo
+from ..storage.files import partial_path as writer_partial
+from ..storage.files import shard_output
+from ..storage.schema import ATTR_CONFIG, ATTR_NUM_SHARDS, ATTR_SHARD_INDEX
+from ..storage.writer import NullWriter, ShardWriter, WritePlan
+from . import models, taps
 from .compute import Forward, Staged, check_values
-from .config import RESIZE_POLICY, ExtractConfig, fingerprint
-from .errors import InputError, Interrupted, RunFailure, UsageError
 from .interrupts import StopSignals, batches_until_stopped
 from .loading import Batch, iter_batches
-from .schema import ATTR_CONFIG, ATTR_NUM_SHARDS, ATTR_SHARD_INDEX
-from .writer import NullWriter, ShardWriter, WritePlan
-from .writer import partial_path as writer_partial
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class ExtractSummary:
     failed: int  # failures recorded by this run
     mb_written: float
     seconds: float
-    stages: list[taps.StageInfo]
+    stages: list[StageInfo]
     input_hw: tuple[int, int]
     shard_start: int = 0  # row of this shard's first image in the whole collection
     dry_run: bool = False
@@ -87,13 +90,6 @@ class ExtractSummary:
     @property
     def images_per_s(self) -> float:
         return (self.stored + self.failed) / self.seconds if self.seconds else 0.0
-
-
-def shard_output(out: str | os.PathLike, shard_index: int, num_shards: int) -> Path:
-    """OUT itself for one shard; OUT.shards/shard-0000I-of-0000N.h5 for a job array."""
-    if num_shards == 1:
-        return Path(out)
-    return shards.shards_folder(out) / shards.shard_name(shard_index, num_shards)
 
 
 def pick_device(spec: str) -> torch.device:
@@ -320,7 +316,7 @@ def _device_note(device: torch.device) -> str:
     return ""
 
 
-def estimate_bytes(stages: list[taps.StageInfo], dtype: str) -> int:
+def estimate_bytes(stages: list[StageInfo], dtype: str) -> int:
     """Uncompressed bytes per image for these stages at the storage dtype."""
     itemsize = np.dtype(dtype).itemsize
     return sum(s.nbytes(itemsize) for s in stages)

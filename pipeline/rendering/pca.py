@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, RunFailure, UsageError
-from .store import StageView, Store
+from ..errors import InputError, RunFailure, UsageError
+from ..storage.store import StageView, Store
 
 log = logging.getLogger(__name__)
 

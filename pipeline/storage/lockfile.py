@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import FmpipeError
+from ..errors import FmpipeError
 
 log = logging.getLogger(__name__)
 

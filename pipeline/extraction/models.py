@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
 

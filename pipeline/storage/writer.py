@@ -15,35 +15,20 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from ..errors import InputError, RunFailure
+from ..records import BatchResult
 from . import schema
 from .codecs import Codec
-from .errors import InputError, RunFailure
+from .files import partial_path, publish
 from .layout import WritePlan, append_failures, check_finished, check_resumable, create_layout, drop_unfinished_failures
 from .lockfile import OutputLock
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchResult:
-    """One batch's output, on the host. Arrays are aligned with `ok_rows`."""
-
-    rows: np.ndarray  # (B,) int64 rows of the batch, failures included
-    ok_rows: np.ndarray  # (B_ok,) int64
-    orig_hw: np.ndarray  # (B, 2) int32
-    failures: list[tuple[int, str]]
-    data: dict[int, np.ndarray]  # stage → (B_ok, C, H, W) storage dtype, C-contiguous
-    stats: dict[int, np.ndarray]  # stage → (3, B_ok, C) float32: min, max, mean
-
-
-def partial_path(out: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(out)}.partial")
 
 
 class ShardWriter:
@@ -272,22 +257,6 @@ def _runs(rows: np.ndarray):
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     for part in np.split(rows, breaks):
         yield int(part[0]), int(part[-1]) + 1
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """fsync a finished file, rename it to `out` and fsync the folder: a reader (or a crash)
-    sees either no `out` or the whole file, never half of it."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, out)
-    try:
-        fd = os.open(out.parent if str(out.parent) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class NullWriter:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decoding import DEFAULT_MAX_PIXELS, DecodeError, decode
+from ..decoding import DEFAULT_MAX_PIXELS, DecodeError, decode
 
 
 @dataclass

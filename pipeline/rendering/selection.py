@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from . import schema
-from .errors import UsageError
-from .store import Store
+from ..errors import UsageError
+from ..storage import schema
+from ..storage.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from functools import cache
 
 import numpy as np
 
+from ..errors import UsageError
 from .colormap_data import TABLES
-from .errors import UsageError
 
 DEFAULT_CMAP = "viridis"
 CMAPS = ("viridis", "gray", "magma", "inferno", "plasma", "cividis", "turbo")

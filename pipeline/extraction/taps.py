@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import StageInfo, resolve_stage_indices
-from .errors import ModelError
+from ..config import resolve_stage_indices
+from ..errors import ModelError
+from ..records import StageInfo
 from .models import ResolvedModel
 
 log = logging.getLogger(__name__)

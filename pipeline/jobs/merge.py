@@ -24,11 +24,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import schema, shards
-from .config import describe_difference
-from .errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError
-from .store import open_store
-from .writer import publish
+from ..config import describe_difference
+from ..errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError
+from ..storage import schema
+from ..storage.files import merged_path, publish, shards_folder
+from ..storage.store import open_store
+from . import shards
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -
     """
     t0 = time.perf_counter()
     out = _resolve_out(Path(out))
-    found = shards.scan(shards.shards_folder(out))
+    found = shards.scan(shards_folder(out))
     _check_scan(found, out)
     _check_output(out, overwrite)
     mode = "copy" if copy else "virtual"
@@ -94,11 +95,11 @@ def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -
 def _resolve_out(out: Path) -> Path:
     """Accept OUT or its shards folder OUT.shards/."""
     if out.is_dir():
-        merged = shards.merged_path(out)
+        merged = merged_path(out)
         if merged is None:
             raise InputError(f"{out} is a folder; give the merged file OUT (its shards are in OUT.shards/).")
         return merged
-    if out.is_file() and not shards.shards_folder(out).exists() and not _is_fmpipe(out):
+    if out.is_file() and not shards_folder(out).exists() and not _is_fmpipe(out):
         raise InputError(
             f"{out} is not an fmpipe file and there is no {out}.shards/ to merge. Give the OUT that "
             "the job array's `fmpipe extract IMAGES OUT --num-shards N` used."
@@ -141,11 +142,11 @@ def _check_output(out: Path, overwrite: bool) -> None:
             merged_from = file.attrs.get(schema.ATTR_MERGED_FROM)
     except OSError:
         merged_from = None
-    if merged_from == shards.shards_folder(out).name:
+    if merged_from == shards_folder(out).name:
         log.info("replacing the earlier merge %s", out)
         return
     raise OutputExistsError(
-        f"{out} exists and is not a merge of {shards.shards_folder(out)}/; pass --overwrite to replace it."
+        f"{out} exists and is not a merge of {shards_folder(out)}/; pass --overwrite to replace it."
     )
 
 

@@ -16,10 +16,10 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the zstd filter for reading)
 import numpy as np
 
+from ..errors import IncompleteFileError, InputError
+from ..records import StageInfo
 from . import schema
-from .config import StageInfo
-from .errors import IncompleteFileError, InputError
-from .shards import check_virtual_sources
+from .virtual import check_virtual_sources
 
 # One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
 # is decoded again on every partial read).

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import RunFailure
+from ..errors import RunFailure
+from ..records import BatchResult
 from .loading import Batch, normalize
-from .writer import BatchResult
 
 log = logging.getLogger(__name__)
 

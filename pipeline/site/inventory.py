@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..rendering.png import SIGNATURE
+from ..rendering.tiling import GUTTER
 from .pages import Figure, Img, StageBlock, StageMeta
-from .png import SIGNATURE
-from .tiling import GUTTER
 
 FIGURES = (("grid.png", "grid"), ("grid-overlay.png", "overlay grid"), ("pca.png", "PCA"))
 STAT_NAMES = ("min", "max", "mean")

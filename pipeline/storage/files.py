@@ -1,0 +1,56 @@
+"""Where outputs live and how they appear: `OUT.partial` while written, `OUT.shards/` for job
+arrays, and `publish()`, which makes a finished file visible under its final name atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+SHARD_RE = re.compile(r"^shard-(\d{5,})-of-(\d{5,})\.h5(\.partial)?$")
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """`OUT.partial`: the file while it is written; renamed to OUT when complete."""
+    return Path(f"{os.fspath(out)}.partial")
+
+
+def shards_folder(out: str | os.PathLike) -> Path:
+    """`OUT.shards/`: where the tasks of a job array writing OUT put their shards."""
+    return Path(f"{os.fspath(out)}.shards")
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    """File name of shard `index` of `num_shards` (`shard_output` puts it in `shards_folder`)."""
+    return f"shard-{index:05d}-of-{num_shards:05d}.h5"
+
+
+def merged_path(folder: str | os.PathLike) -> Path | None:
+    """OUT for a shards folder `OUT.shards`; None when the name does not end in `.shards`."""
+    text = os.fspath(folder).rstrip("/")
+    return Path(text[: -len(".shards")]) if text.endswith(".shards") and len(text) > len(".shards") else None
+
+
+def shard_output(out: str | os.PathLike, shard_index: int, num_shards: int) -> Path:
+    """OUT itself for one shard; OUT.shards/shard-0000I-of-0000N.h5 for a job array."""
+    if num_shards == 1:
+        return Path(out)
+    return shards_folder(out) / shard_name(shard_index, num_shards)
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """fsync a finished file, rename it to `out` and fsync the folder: a reader (or a crash)
+    sees either no `out` or the whole file, never half of it."""
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, out)
+    try:
+        fd = os.open(out.parent if str(out.parent) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Are two fmpipe outputs the same, bit for bit? Compares every dataset (floats as raw bits, so
+NaN and -0.0 count) and every attribute, except those that name a moment (`created`, timings).
+
+    python scripts/same_output.py A.h5 B.h5          # exit 0 when identical, 1 otherwise
+    python scripts/same_output.py DIR_A DIR_B        # every *.h5 below two folders, by relative path
+    python scripts/same_output.py A B --ignore images_root   # outputs made from different folders
+
+Used to show that a refactoring changed no output (ARCHITECTURE.md, issue notes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (zstd filter)
+import numpy as np
+
+VOLATILE_ATTRS = {"created", "timings_json"}
+
+
+def contents(path: Path, ignore: set[str]) -> dict[str, object]:
+    """Every dataset's values and every attribute of `path` (but `ignore`d ones), keyed by HDF5 path."""
+    found: dict[str, object] = {}
+
+    def visit(name: str, obj) -> None:
+        for attr, value in obj.attrs.items():
+            if attr not in ignore and not isinstance(value, h5py.Reference):
+                found[f"{name}@{attr}"] = np.asarray(value)
+        if isinstance(obj, h5py.Dataset) and not isinstance(obj.dtype, h5py.Datatype):
+            value = np.asarray(obj[()])
+            found[name] = value.view(f"u{value.dtype.itemsize}") if value.dtype.kind == "f" else value
+
+    with h5py.File(path, "r") as file:
+        visit("/", file)
+        file.visititems(visit)
+    return found
+
+
+def differences(a: Path, b: Path, ignore: set[str] = VOLATILE_ATTRS) -> list[str]:
+    left, right = contents(a, ignore), contents(b, ignore)
+    out = [f"only in {a}: {name}" for name in sorted(set(left) - set(right))]
+    out += [f"only in {b}: {name}" for name in sorted(set(right) - set(left))]
+    for name in sorted(set(left) & set(right)):
+        x, y = left[name], right[name]
+        if x.shape != y.shape or x.dtype != y.dtype or not np.array_equal(x, y):
+            out.append(f"differs: {name}")
+    return out
+
+
+def pairs(a: Path, b: Path) -> list[tuple[Path, Path]]:
+    if a.is_file():
+        return [(a, b)]
+    names = sorted({p.relative_to(a) for p in a.rglob("*.h5")} | {p.relative_to(b) for p in b.rglob("*.h5")})
+    return [(a / n, b / n) for n in names]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", type=Path)
+    parser.add_argument("b", type=Path)
+    parser.add_argument("--ignore", action="append", default=[], metavar="ATTR", help="another attribute to ignore")
+    args = parser.parse_args()
+    ignore = VOLATILE_ATTRS | set(args.ignore)
+    failed = False
+    for x, y in pairs(args.a, args.b):
+        if not x.exists() or not y.exists():
+            print(f"{x if not x.exists() else y}: missing")
+            failed = True
+            continue
+        found = differences(x, y, ignore)
+        print(f"{x} == {y}" if not found else f"{x} != {y}:\n  " + "\n  ".join(found[:20]))
+        failed |= bool(found)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
