@@ -36,16 +36,36 @@ def discover(root: str | os.PathLike) -> list[str]:
     return keys
 
 
-def shard_bounds(count: int, shard_index: int, num_shards: int, unit: int = 1) -> tuple[int, int]:
+# Shards are cut at multiples of this many images, whatever --batch-size is: a shard's rows
+# depend only on (collection, index, count), so a shard resumed with another batch size
+# still holds exactly its own images. With a batch size that divides it (the default 16
+# does), a job array computes the very batches of an unsharded run (bit-identical maps).
+SHARD_UNIT = 16
+
+
+def shard_bounds(count: int, shard_index: int, num_shards: int) -> tuple[int, int]:
     """[start, stop) of shard `shard_index` of `num_shards`: balanced contiguous slices.
 
-    Slices are balanced in whole `unit`s (the batch size), so every shard starts on a
-    batch boundary of the whole collection: a sharded run then computes exactly the
-    batches an unsharded run computes, and stores bit-identical maps (CPU and GPU kernels
-    may round differently for different batch shapes). The first shards get one extra unit.
+    Slices are balanced in whole SHARD_UNITs, so every shard starts on a multiple of
+    SHARD_UNIT; the first shards get one extra unit. The bounds never depend on options
+    such as the batch size, so any rerun of a task plans the same rows.
     """
-    units = -(-count // unit)
+    units = -(-count // SHARD_UNIT)
     base, extra = divmod(units, num_shards)
     start = shard_index * base + min(shard_index, extra)
     stop = start + base + (1 if shard_index < extra else 0)
-    return min(count, start * unit), min(count, stop * unit)
+    return min(count, start * SHARD_UNIT), min(count, stop * SHARD_UNIT)
+
+
+def source_path(root: str | os.PathLike, key: str) -> Path | None:
+    """The file of image `key` below `root`, or None when the key would leave `root`.
+
+    Keys read from a file are untrusted: an absolute key, a `..` or `.` part, an empty part or
+    a NUL is refused. The check is lexical, so a symlinked image inside `root` still works.
+    """
+    if not key or "\x00" in key or os.path.isabs(key):
+        return None
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return None
+    return Path(root, *parts)

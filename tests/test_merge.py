@@ -24,10 +24,10 @@ from pipeline.storage import files, schema
 from pipeline.storage.info import describe_store
 
 REPO = Path(__file__).resolve().parent.parent
-# 12 images in 4 shards of 3 with batches of 3. Shards are cut in whole batches of the collection,
-# so each image is computed in the same batch as in the unsharded run and results are bit-identical
-# (oneDNN may round the last bits differently for other batch shapes; see docs/slurm.md).
-OPTIONS = dict(model="resnet18", random_init=True, size=(64, 64), batch_size=3, workers=0, device="cpu")
+# 52 images in 4 shards of 16, 16, 16 and 4 (shards are cut at multiples of sources.SHARD_UNIT = 16),
+# batches of 4: each image is computed in the same batch as in the unsharded run, so the results are
+# bit-identical (oneDNN may round the last bits differently for other batch shapes; see docs/slurm.md).
+OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=4, workers=0, device="cpu")
 SHARDS = 4
 
 
@@ -44,10 +44,10 @@ def extract_shards(images: Path, out: Path, num_shards: int = SHARDS, **extra) -
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> dict:
-    """12 images (one broken: a failure to re-index), one unsharded run and the 4 shards of another."""
+    """52 images (one broken: a failure to re-index), one unsharded run and the 4 shards of another."""
     root = tmp_path_factory.mktemp("merge")
     images = root / "images"
-    write_images(images, 11, size=(64, 64))
+    write_images(images, 51, size=(40, 40))
     (images / "img004b.png").write_bytes(b"not an image")
     single = root / "single.h5"
     pipeline.extract(str(images), str(single), **OPTIONS)
@@ -70,7 +70,7 @@ def bits(array: np.ndarray) -> np.ndarray:
 
 def assert_same_content(got: Path, want: Path) -> None:
     with pipeline.open_store(got, require_complete=True) as a, pipeline.open_store(want) as b:
-        assert a.keys == b.keys and len(a) == 12
+        assert a.keys == b.keys and len(a) == 52
         np.testing.assert_array_equal(a.orig_hw, b.orig_hw)
         assert a.done.all() and a.complete
         assert a.failures == b.failures == [("img004b.png", b.failures[0][1])]
@@ -88,7 +88,7 @@ def assert_same_content(got: Path, want: Path) -> None:
 @pytest.mark.parametrize("copy", [False, True], ids=["virtual", "copy"])
 def test_four_shards_merged_equal_the_unsharded_run(collection, sharded, copy):
     summary = merge.merge(sharded, copy=copy)
-    assert (summary.num_shards, summary.images, summary.failed) == (4, 12, 1)
+    assert (summary.num_shards, summary.images, summary.failed) == (4, 52, 1)
     assert_same_content(sharded, collection["single"])
     with pipeline.open_store(sharded) as store:
         attrs = store.attrs
@@ -96,7 +96,7 @@ def test_four_shards_merged_equal_the_unsharded_run(collection, sharded, copy):
         assert attrs[schema.ATTR_MERGE_MODE] == ("copy" if copy else "virtual") and bool(attrs["complete"])
         assert store.stage(0).data.is_virtual is not copy
         text = describe_store(store)
-    assert "complete" in text and f"4 of 4 merged ({summary.mode})" in text and "images done 12 of 12" in text
+    assert "complete" in text and f"4 of 4 merged ({summary.mode})" in text and "images done 52 of 52" in text
 
 
 def test_copy_keeps_the_compressed_chunks_and_stands_alone(sharded):
@@ -152,7 +152,7 @@ def test_missing_shard_is_named_exit_2(sharded):
     assert "shard 2 of 4 is missing (shard-00002-of-00004.h5)" in run.stderr and "--array=2" in run.stderr
     assert "Traceback" not in run.stderr and not sharded.exists()
     info = fmpipe("info", files.shards_folder(sharded))
-    assert info.returncode == 0 and "3 of 4 shards complete; images done 9 of 12" in info.stdout
+    assert info.returncode == 0 and "3 of 4 shards complete; images done 36 of 52" in info.stdout
     assert "missing" in info.stdout
 
 
@@ -164,9 +164,9 @@ def test_incomplete_shard_is_named_exit_2(sharded):
     path.rename(f"{path}.partial")
     run = fmpipe("merge", sharded)
     assert run.returncode == 2, run.stderr
-    assert "shard 1 (shard-00001-of-00004.h5.partial) is incomplete (1 of 3 images done)" in run.stderr
+    assert "shard 1 (shard-00001-of-00004.h5.partial) is incomplete (1 of 16 images done)" in run.stderr
     info = fmpipe("info", files.shards_folder(sharded))
-    assert "partial" in info.stdout and "1 of 3 images done" in info.stdout
+    assert "partial" in info.stdout and "1 of 16 images done" in info.stdout
 
 
 def test_shards_of_different_configurations_are_refused(collection, sharded):
@@ -246,9 +246,10 @@ def test_more_shards_than_images_and_shard_names(tmp_path):
     assert shard_output(out, 3, 5) == files.shards_folder(out) / files.shard_name(3, 5)
 
 
-@pytest.mark.parametrize(("count", "num_shards", "unit"), [(12, 4, 5), (100, 7, 16), (5, 4, 16), (33, 3, 1)])
-def test_shards_tile_the_collection_in_whole_batches(count, num_shards, unit):
-    bounds = [sources.shard_bounds(count, i, num_shards, unit) for i in range(num_shards)]
+@pytest.mark.parametrize(("count", "num_shards"), [(12, 4), (100, 7), (5, 4), (33, 3), (1000, 9)])
+def test_shards_tile_the_collection_in_whole_units(count, num_shards):
+    unit = sources.SHARD_UNIT
+    bounds = [sources.shard_bounds(count, i, num_shards) for i in range(num_shards)]
     assert bounds[0][0] == 0 and bounds[-1][1] == count
     assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     assert all(start % unit == 0 or start == count for start, _ in bounds)
@@ -256,12 +257,12 @@ def test_shards_tile_the_collection_in_whole_batches(count, num_shards, unit):
     assert max(sizes) - min(sizes) <= unit
 
 
-def test_shards_cut_in_whole_batches_equal_the_unsharded_run_bit_for_bit(tmp_path):
-    # 9 images, batches of 2, 2 shards: a split by images (5 + 4) would compute image 4 in a
-    # batch of one instead of with image 5; the split in whole batches is 6 + 3.
+def test_shards_cut_in_whole_units_equal_the_unsharded_run_bit_for_bit(tmp_path):
+    # 20 images, 2 shards: 16 + 4. Batches of 4 divide the shard unit of 16, so every batch of
+    # the single run lies inside one shard and the maps are bit-identical.
     images = tmp_path / "images"
-    write_images(images, 9, size=(64, 64))
-    options = {**OPTIONS, "batch_size": 2}
+    write_images(images, 20, size=(64, 64))
+    options = {**OPTIONS, "batch_size": 4}
     pipeline.extract(str(images), str(tmp_path / "single.h5"), **options)
     for index in range(2):
         pipeline.extract(str(images), str(tmp_path / "out.h5"), shard_index=index, num_shards=2, **options)
@@ -272,4 +273,4 @@ def test_shards_cut_in_whole_batches_equal_the_unsharded_run_bit_for_bit(tmp_pat
             for name in ("data", "min", "max", "mean"):
                 np.testing.assert_array_equal(bits(getattr(sa, name)[:]), bits(getattr(sb, name)[:]), err_msg=name)
     with h5py.File(files.shards_folder(tmp_path / "out.h5") / files.shard_name(1, 2)) as f:
-        assert int(f.attrs["shard_start"]) == 6
+        assert int(f.attrs["shard_start"]) == 16

@@ -113,7 +113,7 @@ def extract(config: ExtractConfig) -> ExtractSummary:
         raise InputError(
             f"no images found below {config.images!r} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})."
         )
-    start, stop = sources.shard_bounds(len(all_keys), config.shard_index, config.num_shards, config.batch_size)
+    start, stop = sources.shard_bounds(len(all_keys), config.shard_index, config.num_shards)
     keys = all_keys[start:stop]
     out = shard_output(config.out, config.shard_index, config.num_shards)
     _check_writable(out)

@@ -1,4 +1,4 @@
-"""The one place that names the HDF5 file's groups, datasets and attributes (schema v1).
+"""The one place that names the HDF5 file's groups, datasets and attributes (schema v2).
 
 `docs/format.md` documents every name defined here.
 """
@@ -8,13 +8,17 @@ from __future__ import annotations
 import math
 
 FORMAT = "fmpipe"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this fmpipe reads. v1 files lack the per-row source digests and chunk checksums.
+READABLE_VERSIONS = (1, 2)
 
 # Groups and datasets.
 IMAGES = "images"
 KEY = "images/key"  # (N,) utf-8 str, sorted relative POSIX paths
 ORIG_HW = "images/orig_hw"  # (N, 2) int32, height and width before resizing
 DONE = "images/done"  # (N,) bool, set after the row's batch is written and flushed
+SOURCE_SHA256 = "images/source_sha256"  # (N,) 64-byte ASCII hex sha256 of the source file's bytes ("" if unread)
+SOURCE_SIZE = "images/source_size"  # (N,) int64 bytes of the source file (-1 if unread)
 FAILURES = "failures"
 FAILURE_INDEX = "failures/index"  # (F,) int64 row in images/key
 FAILURE_KEY = "failures/key"  # (F,) utf-8 str
@@ -32,6 +36,24 @@ ATTR_NUM_SHARDS = "num_shards"
 ATTR_TIMINGS = "timings_json"
 ATTR_MERGED_FROM = "merged_from"  # merged files only: the shards folder, relative to the file
 ATTR_MERGE_MODE = "merge_mode"  # merged files only: "virtual" (VDS over the shards) or "copy"
+ATTR_FINGERPRINT_JSON = "fingerprint_json"  # the parts the fingerprint hashes, as canonical JSON
+ATTR_FMPIPE_VERSION = "fmpipe_version"
+ATTR_CREATED = "created"  # ISO 8601 UTC time the file was created
+ATTR_MODEL = "model"
+ATTR_WEIGHTS = "weights"  # where the weights came from (package, file name + file sha256, hub tag, seed)
+ATTR_WEIGHTS_SHA256 = "weights_sha256"  # sha256 of the state dict actually loaded (names, dtypes, shapes, bytes)
+ATTR_INPUT_SIZE = "input_size"  # [H, W] the model saw
+ATTR_MEAN = "mean"
+ATTR_STD = "std"
+ATTR_RESIZE_POLICY = "resize_policy"
+ATTR_DTYPE = "dtype"
+ATTR_COMPRESSION = "compression"
+ATTR_CHUNK_CHECKSUM = "chunk_checksum"  # what protects each data chunk: "zstd-xxh64", "zlib-adler32", "fletcher32"
+ATTR_AMP = "amp"
+ATTR_SHARD_START = "shard_start"  # row of this file's first image in the whole collection
+ATTR_SHARD_STOP = "shard_stop"  # one past the row of its last image
+ATTR_TOTAL_IMAGES = "total_images"  # images in the whole collection
+ATTR_IMAGES_ROOT = "images_root"  # absolute folder the keys are relative to, at extraction
 
 # Per-stage datasets, below stages/<i>/.
 DATA = "data"  # (N, C, H, W) float16 (or float32), chunks (1, k, H, W)
