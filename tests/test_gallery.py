@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_pca import write_file
+from test_render import CLASHING, crafted_root, files_below, gray_pixels, write_store
 
 from pipeline import extract
 from pipeline.errors import InputError, OutputExistsError
 from pipeline.rendering.run import RenderConfig, render
 from pipeline.rendering.tiling import Grid
+from pipeline.site import build
 from pipeline.site.build import GalleryConfig, write_gallery
 from pipeline.site.inventory import grid_layout
 from pipeline.storage.store import open_store
@@ -143,6 +145,51 @@ def test_missing_source_and_failures_show_as_text(hostile):
     index = (out / "index.html").read_text()
     assert "Failures (1)" in index and "q%20.jpg" in index and "broken on purpose" in index
     assert index.count('class="card"') == 4 and index.count("source image not found") == 1
+
+
+def test_clashing_keys_each_page_shows_its_own_pngs_and_source(tmp_path):
+    root, colours = tmp_path / "photos", {}
+    for i, key in enumerate(CLASHING):  # a.jpg, a.png, A.jpg, sub/x.png, sub/x.PNG, ...: one colour each
+        colours[key] = (30 * i, 220 - 25 * i, 60 + 10 * i)
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), colours[key]).save(root / key, "PNG")
+    maps = np.random.default_rng(9).standard_normal((len(CLASHING), 3, 6, 6), np.float32)
+    path = write_store(tmp_path / "c.h5", CLASHING, {0: maps}, root=root)
+    out = tmp_path / "render"
+    for key in reversed(CLASHING):  # asked for one at a time, so no render saw the whole list
+        render(RenderConfig(str(path), 0, out=str(out), images=key, cmap="gray", scale=1, workers=1))
+    write_gallery(GalleryConfig(str(path), out=str(out)))
+    with open_store(path) as store:
+        view = store.stage(0)
+        data, lo, hi = view.data[:], view.min[:], view.max[:]
+    for row, key in enumerate(CLASHING):
+        page = Page(out / "gallery" / f"{row:06d}.html")
+        thumb, grid = (target(page.path, a["src"]) for a in page.all("img"))
+        assert repr(key) in Image.open(grid).info["Description"], key  # painting writes the key into the grid
+        assert np.abs(np.asarray(Image.open(thumb)).mean((0, 1)) - colours[key]).max() < 3, key
+        stage = page.data()["0"]
+        assert stage["png"] == [0, 1, 2]
+        for c in stage["png"]:
+            png = np.asarray(Image.open(target(page.path, f"{stage['dir']}c{c:04d}.png")).convert("L"))
+            assert np.abs(png.astype(int) - gray_pixels(data, lo, hi, row, c)).max() <= 1, (key, c)
+
+
+def test_gallery_never_reads_a_source_outside_the_root(tmp_path, monkeypatch):
+    path, root, _ = crafted_root(tmp_path)
+    out = tmp_path / "out"
+    render(RenderConfig(str(path), 0, out=str(out), layout="grid", workers=1))
+    opened = []
+    real = build.decode
+    monkeypatch.setattr(build, "decode", lambda p, *a, **k: opened.append(Path(p).resolve()) or real(p, *a, **k))
+    before = files_below(tmp_path, out)
+    summary = write_gallery(GalleryConfig(str(path), out=str(out)))
+    assert opened == [(root / "inside.jpg").resolve()]
+    assert (summary.images, summary.sources_missing, summary.thumbs_written) == (4, 3, 1)
+    thumbs = out / "gallery" / "thumbs"
+    assert [p.relative_to(thumbs).as_posix() for p in thumbs.rglob("*") if p.is_file()] == ["inside.jpg"]
+    for row in range(3):  # ../../outside.jpg, the absolute key, a/../../b.jpg
+        assert "source image not found" in (out / "gallery" / f"{row:06d}.html").read_text()
+    assert files_below(tmp_path, out) == before  # nothing written outside --out
 
 
 def test_index_pages_and_prev_next_chain(tmp_path):

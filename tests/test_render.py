@@ -16,10 +16,11 @@ from PIL import Image
 
 from pipeline.errors import IncompleteFileError, InputError, OutputExistsError, UsageError
 from pipeline.records import BatchResult, StageInfo
+from pipeline.rendering import painting
 from pipeline.rendering.colormaps import CMAPS, lut, to_indices
 from pipeline.rendering.png import encode_indexed, encode_rgb
 from pipeline.rendering.run import RenderConfig, colorize, render
-from pipeline.rendering.selection import FolderNamer, safe_folder
+from pipeline.rendering.selection import image_folders, safe_folder
 from pipeline.storage import schema
 from pipeline.storage.store import open_store
 from pipeline.storage.writer import ShardWriter, WritePlan
@@ -124,13 +125,18 @@ def test_default_out_dir_is_beside_the_file(quick):
 # -- must show 2: gray + channel normalisation reproduce the stored data --------------------
 
 
+def gray_pixels(data: np.ndarray, lo: np.ndarray, hi: np.ndarray, row: int, c: int) -> np.ndarray:
+    """(H, W) float64 gray levels render draws for (row, channel c) with per-channel normalisation."""
+    x = data[row, c].astype(np.float64)
+    return np.clip(np.round(255 * (x - lo[row, c]) / (hi[row, c] - lo[row, c])), 0, 255)
+
+
 def test_gray_channel_pixels_equal_the_stored_map(quick, tmp_path):
     draw(quick, 2, tmp_path, cmap="gray", scale=1, layout="channels")
     data, lo, hi, _ = stored(quick, 2)
     for row, key in enumerate(QUICK_KEYS):
         for c in (0, 7, 39):
-            x = data[row, c].astype(np.float64)
-            expected = np.clip(np.round(255 * (x - lo[row, c]) / (hi[row, c] - lo[row, c])), 0, 255)
+            expected = gray_pixels(data, lo, hi, row, c)
             got = pixels(tmp_path / "stage2" / key.rsplit(".", 1)[0] / f"c{c:04d}.png", "L")
             assert np.abs(got.astype(int) - expected).max() <= 1, (key, c)
             assert got.max() >= 254 and got.min() <= 1  # the full range is used
@@ -250,13 +256,60 @@ def test_safe_folder_names():
     assert safe_folder("a\\b:c\x00.png")[0] == "a/b_c_"
     assert safe_folder("x/c0000.png.jpg")[0] == "x/c0000_png"  # never a PNG's name
     assert len(safe_folder("é" * 300 + ".jpg")[0].encode()) < 255
-    namer = FolderNamer()
-    assert [namer.folder(r, k) for r, k in enumerate(["a.jpg", "A.png", "a.png", "a_png.gif"])] == [
-        "a",
-        "A_png",
-        "a~2",
-        "a_png_gif",
-    ]
+
+
+CLASHING = sorted(["a.jpg", "a.png", "A.jpg", "a_png.gif", "b.jpg", "sub/x.png", "sub/x.PNG", "sub/X.jpg"])
+
+
+def test_folder_names_are_a_function_of_the_key_list(tmp_path):
+    path = write_store(tmp_path / "k.h5", CLASHING, {0: np.ones((len(CLASHING), 1, 2, 2), np.float32)})
+    with open_store(path) as store:
+        folders = image_folders(store)
+    names = {key: folders.folder(row, key) for row, key in enumerate(CLASHING)}
+    # Row order (sorted keys) decides: the first keeps the plain name; a_png belongs to a_png.gif.
+    assert names == {
+        "A.jpg": "A",
+        "a.jpg": "a_jpg",
+        "a.png": "a~2",
+        "a_png.gif": "a_png",
+        "b.jpg": "b",
+        "sub/X.jpg": "sub/X",
+        "sub/x.PNG": "sub/x_PNG",
+        "sub/x.png": "sub/x~7",
+    }
+    assert sorted(folders.renamed) == [1, 2, 6, 7]  # only the renamed keys are held
+    copy = write_store(tmp_path / "copy.h5", CLASHING, {0: np.zeros((len(CLASHING), 2, 3, 3), np.float32)})
+    with open_store(copy) as store:  # other maps, same keys: same names
+        assert image_folders(store) == folders
+
+
+def test_clashing_keys_render_to_one_folder_whatever_is_asked(tmp_path):
+    rng = np.random.default_rng(7)
+    path = write_store(tmp_path / "c.h5", CLASHING, {0: rng.standard_normal((len(CLASHING), 2, 6, 6), np.float32)})
+    data, lo, hi, _ = stored(path, 0)
+    options = {"cmap": "gray", "scale": 1, "layout": "both"}
+    for key in CLASHING:  # one at a time, alphabetical; never "already exists"
+        draw(path, 0, tmp_path / "forward", images=key, **options)
+    for key in reversed(CLASHING):
+        draw(path, 0, tmp_path / "reverse", images=key, **options)
+    draw(path, 0, tmp_path / "all", **options)
+    tree = sorted(p.relative_to(tmp_path / "all") for p in (tmp_path / "all").rglob("*.png"))
+    assert len(tree) == len(CLASHING) * 3
+    for other in ("forward", "reverse"):
+        assert sorted(p.relative_to(tmp_path / other) for p in (tmp_path / other).rglob("*.png")) == tree
+        for png in tree:
+            assert (tmp_path / other / png).read_bytes() == (tmp_path / "all" / png).read_bytes()
+    folders = {png.parent for png in tree}
+    assert len(folders) == len(CLASHING) == len({str(f).casefold() for f in folders})
+    for row, key in enumerate(CLASHING):
+        [folder] = [
+            f for f in folders if repr(key) in Image.open(tmp_path / "all" / f / "grid.png").info["Description"]
+        ]
+        for c in range(2):
+            got = pixels(tmp_path / "all" / folder / f"c{c:04d}.png", "L").astype(int)
+            assert np.abs(got - gray_pixels(data, lo, hi, row, c)).max() <= 1, (key, folder, c)
+            others = [r for r in range(len(CLASHING)) if r != row]
+            assert all(np.abs(got - gray_pixels(data, lo, hi, r, c)).max() > 1 for r in others)
 
 
 def test_hostile_keys_stay_inside_the_output(tmp_path):
@@ -357,6 +410,45 @@ def test_overlay_blends_onto_the_source_and_explains_a_move(tmp_path):
         draw(path, 0, tmp_path / "p", overlay=True)
     summary = draw(path, 0, tmp_path / "p", overlay=True, images_root=str(moved), images="a.png")
     assert summary.pngs == 3 and not summary.failed
+
+
+def crafted_root(base: Path) -> tuple[Path, Path, list[Path]]:
+    """(file, images root, files outside the root): a file whose keys climb out of its root, with a
+    real photo at every place those keys reach, and one honest key (inside.jpg)."""
+    root = base / "top" / "root"
+    (root / "a").mkdir(parents=True)  # so that a/../../b.jpg resolves
+    absolute = base / "abs" / "path.jpg"
+    keys = ["../../outside.jpg", str(absolute), "a/../../b.jpg", "inside.jpg"]
+    outside = [base / "outside.jpg", absolute, base / "top" / "b.jpg"]
+    rng = np.random.default_rng(8)
+    for photo in [*outside, root / "inside.jpg"]:
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(photo, "PNG")
+    maps = {0: smooth_maps(rng, len(keys), 2, 8, 8)}
+    return write_store(base / "crafted.h5", keys, maps, root=root), root, outside
+
+
+def files_below(folder: Path, but: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if but not in p.parents and p != but}
+
+
+def test_overlay_never_reads_a_key_outside_the_images_root(tmp_path, monkeypatch):
+    path, root, outside = crafted_root(tmp_path)
+    out = tmp_path / "out"
+    opened = []
+    real = painting.decode
+    monkeypatch.setattr(painting, "decode", lambda p, *a, **k: opened.append(Path(p).resolve()) or real(p, *a, **k))
+    before = files_below(tmp_path, out)
+    summary = draw(path, 0, out, overlay=True)  # workers=1: decode runs in this process
+    assert opened == [(root / "inside.jpg").resolve()]
+    assert sorted(key for key, _ in summary.failed) == sorted(["../../outside.jpg", str(outside[1]), "a/../../b.jpg"])
+    assert all("not found" in reason and "leaves the images root" in reason for _, reason in summary.failed)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "stage0/inside/c0000-overlay.png",
+        "stage0/inside/c0001-overlay.png",
+        "stage0/inside/grid-overlay.png",
+    ]
+    assert files_below(tmp_path, out) == before  # nothing written outside --out
 
 
 # -- processes, memory, imports ------------------------------------------------------------

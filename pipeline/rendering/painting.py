@@ -19,6 +19,7 @@ import numpy as np
 
 from ..decoding import DecodeError, decode
 from ..errors import InputError, RunFailure, UsageError
+from ..sources import source_path
 from ..storage import schema
 from ..storage.store import StageView, Store, open_store
 from .colormaps import DEFAULT_CMAP, finite_range, lut, to_indices
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 NORMALIZATIONS = ("channel", "image", "stage")
 STATS_BLOCK = 1024  # rows of (N, C) stats read per call when scanning a whole stage
 CACHE_CHUNKS = 2  # render reads each chunk once: cache two, not the store's 64 MB
+OUTSIDE_ROOT = "not found: the key leaves the images root (absolute, or an empty, '.' or '..' part), not read"
 _OUTPUT = re.compile(r"(c\d{4,}|grid|pca)(-overlay)?\.png")
 
 
@@ -217,7 +219,11 @@ class Painter:
             ) from err
 
     def _photo(self, key: str) -> np.ndarray:
-        return decode(os.path.join(self.job.photos, key), self.job.input_hw).pixels
+        """The source photo of `key` at the model's input size; a key that leaves the root is never read."""
+        path = source_path(self.job.photos, key)
+        if path is None:
+            raise DecodeError(OUTSIDE_ROOT)
+        return decode(path, self.job.input_hw).pixels
 
 
 def image_ranges(

@@ -1,7 +1,7 @@
 """`fmpipe render`: lazy, parallel PNG export of one stage's feature maps.
 
 parent:  open the store (complete? virtual sources present?), select images and channels,
-         the stage-wide range if asked, safe folders, refuse to clobber ──► one task per image
+         the stage-wide range if asked, every image's folder, refuse to clobber ──► one task per image
 workers: the image's stats row ─► one chunk block of channels at a time ─► table indices
          ─► per-channel PNGs and/or one grid per image (or overlays on the source photo)
 
@@ -39,7 +39,7 @@ from .painting import (
     stage_range,
 )
 from .pca import DEFAULT_SAMPLES, fit_pca, save_fit
-from .selection import FolderNamer, Spec, iter_keys, select_channels, select_rows
+from .selection import FolderMap, Spec, image_folders, iter_keys, select_channels, select_rows
 from .tiling import CHANNEL_MIN_SIDE, TILE_MIN_SIDE, auto_scale
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ def render(config: RenderConfig) -> RenderSummary:
     t0 = time.perf_counter()
     with open_store(_source(config), require_complete=not config.allow_partial) as store:
         job, rows = _plan(config, store)
-        _refuse_clobber(store, job, rows)
+        folders = image_folders(store)  # from every key of the file, so any --images names alike
+        _refuse_clobber(store, job, rows, folders)
         if job.pca is not None:
             save_fit(job.pca, job.out_stage / "pca.json")
         workers = max(1, min(config.workers or _cpu_count(), len(rows)))
@@ -136,7 +137,7 @@ def render(config: RenderConfig) -> RenderSummary:
         progress = _Progress(len(rows), job.pngs_per_image)
         run = _run_inline if workers == 1 else _run_pool
         # The parent keeps the store open only to stream keys; workers open their own.
-        for result in run(job, _tasks(store, rows), workers):
+        for result in run(job, _tasks(store, rows, folders), workers):
             summary.images += 1
             summary.pngs += result.pngs
             summary.grids += result.grids
@@ -215,18 +216,17 @@ def _photo_root(config: RenderConfig, store: Store) -> str:
     return str(root)
 
 
-def _tasks(store: Store, rows: np.ndarray) -> Iterator[ImageTask]:
-    """One task per selected image with its safe folder, streamed (keys are read in blocks)."""
-    namer = FolderNamer()
+def _tasks(store: Store, rows: np.ndarray, folders: FolderMap) -> Iterator[ImageTask]:
+    """One task per selected image with its folder, streamed (keys are read in blocks)."""
     for row, key in iter_keys(store, rows):
-        yield ImageTask(row, key, namer.folder(row, key))
+        yield ImageTask(row, key, folders.folder(row, key))
 
 
-def _refuse_clobber(store: Store, job: RenderJob, rows: np.ndarray) -> None:
+def _refuse_clobber(store: Store, job: RenderJob, rows: np.ndarray, folders: FolderMap) -> None:
     """Raise before drawing anything if this run would replace PNGs and --overwrite is off."""
     if job.overwrite or not job.out_stage.is_dir():
         return
-    for task in _tasks(store, rows):
+    for task in _tasks(store, rows, folders):
         found = existing_outputs(job, job.out_stage / task.folder)
         if found:
             raise OutputExistsError(

@@ -2,16 +2,26 @@
 
 `--images 0:4,7,cats/a.jpg` selects rows of /images/key (indices, Python-style ranges,
 keys); `--channels 5,9,16:32` selects channels; `--top-k K` picks each image's K most
-active channels by the stored mean. Output folders come from keys but can never be
-absolute or climb out of the output folder, and two images never share one.
+active channels by the stored mean.
+
+Each image renders into stage<S>/<folder>/, its folder a function of the file's whole key
+list, never of what a command asked for: render with any --images and the gallery agree,
+and so do a merged file, its --copy and the unsharded run (same keys, same rows). The
+folder is the key without its extension, made safe (`cats/a.jpg` → `cats/a`; never
+absolute, never `..`). Keys whose safe names are equal case-insensitively (`a.jpg`,
+`a.png`, `A.jpg`) are told apart in row order (keys are sorted): the first keeps the name,
+each later one takes the first free of `a_png`, `a~ROW`, `a~ROW~2`, ..., where free means
+no key's plain name and no earlier pick, case-insensitively. So no two images share a folder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -137,33 +147,93 @@ def iter_keys(store: Store, rows: Sequence[int] | np.ndarray) -> Iterator[tuple[
         if block is None or not block_start <= row < block_start + len(block):
             block_start = row
             block = dset[row : row + KEY_BLOCK]
-        key = block[row - block_start]
-        yield row, key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        yield row, _text(block[row - block_start])
 
 
-class FolderNamer:
-    """Maps image keys to distinct safe relative folders: `cats/a.jpg` → `cats/a`.
+def _text(key: bytes | str) -> str:
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
 
-    Extensions are dropped; `..`, `.`, empty parts, control characters, backslashes and
-    colons are neutralised, so a folder never leaves the output directory. A name already
-    taken (case-insensitively) gets the extension back (`a_png`), then `~ROW`.
+
+@dataclass(frozen=True)
+class FolderMap:
+    """Each image's folder below stage<S>/, a function of the file's whole key list.
+
+    Only the rows renamed because of a clash are held; every other key's folder is its
+    plain `safe_folder` name, computed when asked.
     """
 
-    def __init__(self) -> None:
-        self._used: set[str] = set()
+    renamed: dict[int, str]  # row → folder, for keys whose plain name an earlier key holds
 
     def folder(self, row: int, key: str) -> str:
+        """The folder of the image at `row`, whose key is `key` (as stored at that row)."""
+        return self.renamed.get(row) or safe_folder(key)[0]
+
+
+def image_folders(store: Store) -> FolderMap:
+    """Name every image's folder from the file's keys (see the module doc), streaming them in blocks.
+
+    One pass keeps an (N,) int64 hash of each casefolded plain name; only rows whose hash is
+    shared are named with care, comparing the strings, so a hash clash changes no name.
+    """
+    dset = store.file[schema.KEY]
+    hashes = np.empty(len(store), np.int64)
+    for start in range(0, len(hashes), KEY_BLOCK):
+        block = dset[start : start + KEY_BLOCK]
+        # Python's str hash (salted per process) only groups candidates; names come from the strings.
+        hashes[start : start + len(block)] = [hash(safe_folder(_text(key))[0].casefold()) for key in block]
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    del hashes
+    same = ordered[1:] == ordered[:-1]
+    shared = np.zeros(len(ordered), bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    renamed = _rename_clashes(store, np.sort(order[shared]), _PlainNames(store, ordered, order))
+    if renamed:
+        row, name = next(iter(renamed.items()))
+        log.warning(
+            "%d images render into a folder other than their plain name, which another image's name equals "
+            "up to case or extension (first: %r → %r)",
+            len(renamed),
+            next(iter_keys(store, [row]))[1],
+            name,
+        )
+    return FolderMap(renamed)
+
+
+def _rename_clashes(store: Store, rows: np.ndarray, plain: _PlainNames) -> dict[int, str]:
+    """Folders of the clashing `rows` (ascending) whose plain name an earlier row already has.
+
+    The first row of a name keeps it; each later one takes the first free of `NAME_EXT`,
+    `NAME~ROW`, `NAME~ROW~2`, ...: free means no key's plain name and no earlier pick, case-insensitively.
+    """
+    first_seen: set[str] = set()
+    picked: set[str] = set()
+    renamed: dict[int, str] = {}
+    for row, key in iter_keys(store, rows):
         base, ext = safe_folder(key)
-        candidates = [base, *([f"{base}_{ext}"] if ext else []), f"{base}~{row}"]
-        for name in candidates:
-            if name.casefold() not in self._used:
-                break
-        else:
-            name = f"{base}~{row}~{hashlib.sha1(key.encode('utf-8', 'replace')).hexdigest()[:8]}"
-        if name != base:
-            log.warning("image %r renders into %r: its plain name %r is taken by another image", key, name, base)
-        self._used.add(name.casefold())
-        return name
+        if base.casefold() not in first_seen:
+            first_seen.add(base.casefold())
+            continue
+        tries = ([f"{base}_{ext}"] if ext else []) + [f"{base}~{row}"]
+        names = itertools.chain(tries, (f"{base}~{row}~{i}" for i in itertools.count(2)))
+        name = next(n for n in names if n.casefold() not in picked and not plain.holds(n.casefold()))
+        picked.add(name.casefold())
+        renamed[row] = name
+    return renamed
+
+
+class _PlainNames:
+    """Whether any key's casefolded plain folder name equals a string: a hash lookup, then the keys."""
+
+    def __init__(self, store: Store, ordered: np.ndarray, order: np.ndarray):
+        self.store, self.ordered, self.order = store, ordered, order
+
+    def holds(self, folded: str) -> bool:
+        value = hash(folded)
+        lo, hi = np.searchsorted(self.ordered, value, "left"), np.searchsorted(self.ordered, value, "right")
+        rows = np.sort(self.order[lo:hi])
+        return any(safe_folder(key)[0].casefold() == folded for _, key in iter_keys(self.store, rows))
 
 
 def safe_folder(key: str) -> tuple[str, str]:

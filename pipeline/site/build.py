@@ -29,7 +29,8 @@ from ..errors import InputError, OutputExistsError, RunFailure, UsageError
 from ..records import StageInfo
 from ..rendering.pca import load_fit
 from ..rendering.run import default_out_dir
-from ..rendering.selection import FolderNamer, iter_keys
+from ..rendering.selection import image_folders, iter_keys
+from ..sources import source_path
 from ..storage import schema
 from ..storage.store import Store, open_store
 from .inventory import rounded, stage_block
@@ -143,7 +144,7 @@ class _PageWriter:
         self.store, self.site, self.rows, self.out, self.config, self.root = store, site, rows, out, config, root
         digits = max(6, len(str(max(0, len(store) - 1))))
         self.page_of = [f"gallery/{int(r):0{digits}d}.html" for r in rows]
-        self.namer, self.cards, self.written = FolderNamer(), [], set()
+        self.folders, self.cards, self.written = image_folders(store), [], set()  # render's folders
         self.thumbs_written = self.sources_missing = 0
 
     def run(self) -> set[str]:
@@ -160,7 +161,7 @@ class _PageWriter:
         first, last = int(block[0]), int(block[-1]) + 1
         hw = self.store.file[schema.ORIG_HW][first:last]  # (rows, 2) int32: one read per block
         stats = _stats(self.store, self.site.stages, first, last)
-        named = [(row, key, self.namer.folder(row, key)) for row, key in iter_keys(self.store, block)]
+        named = [(row, key, self.folders.folder(row, key)) for row, key in iter_keys(self.store, block)]
         side = self.config.thumb_side
         thumbs = [
             pool.submit(_thumb, self.out, self.root, key, folder, hw[row - first], side) for row, key, folder in named
@@ -210,7 +211,11 @@ def _thumb(out: Path, root: str | None, key: str, folder: str, hw, side: int) ->
     relative = f"gallery/thumbs/{folder}.jpg"
     if root is None:
         return None, False
-    source, target = os.path.join(root, key), out / relative
+    source = source_path(root, key)
+    if source is None:
+        log.warning("no thumbnail for %r: the key leaves %s (absolute, or a '..' part), so it is not read", key, root)
+        return None, False
+    target = out / relative
     try:
         source_mtime = os.stat(source).st_mtime
     except OSError:
