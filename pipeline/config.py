@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,16 +120,3 @@ def resolve_stage_indices(requested: Sequence[int] | None, count: int) -> list[i
             )
         resolved.add(index % count)
     return sorted(resolved)
-
-
-def fingerprint(parts: dict) -> str:
-    """Stable sha256 of everything that changes the stored values (canonical JSON)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def describe_difference(old: dict, new: dict) -> str:
-    """Human-readable list of the fingerprint parts that differ between two runs."""
-    names = sorted(set(old) | set(new))
-    diffs = [f"{n}: {old.get(n)!r} → {new.get(n)!r}" for n in names if old.get(n) != new.get(n)]
-    return "; ".join(diffs) if diffs else "(no visible difference)"

@@ -3,19 +3,27 @@
 Every mode Pillow opens is converted to 8-bit RGB the same way: EXIF orientation
 applied, 16-bit scaled (not truncated), alpha composited onto white, CMYK/YCCK via
 Pillow's converter, palette expanded, GIFs and other multi-frame files use frame 0.
+
+The file is read once into memory: its sha256 and size are taken from those bytes (the
+digest pins each stored row to the exact file it came from) and Pillow decodes them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own bomb check warns at MAX_IMAGE_PIXELS; we refuse explicitly instead.
 DEFAULT_MAX_PIXELS = 178_956_970
+# A file is read whole before decoding; larger ones are refused rather than held in memory.
+MAX_FILE_BYTES = 2 * 1024**3
 
 _RESAMPLE = Image.Resampling.BICUBIC
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -26,19 +34,51 @@ class DecodeError(Exception):
 
 
 @dataclass(frozen=True)
+class Source:
+    """A source file's bytes and their identity."""
+
+    data: bytes
+    sha256: str  # 64 hex digits
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
 class Decoded:
     pixels: np.ndarray  # (H, W, 3) uint8 at the target size
     orig_hw: tuple[int, int]  # height, width after EXIF rotation, before resizing
 
 
-def decode(path: str, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Decode `path` and resize it to exactly `size_hw` (H, W); raise DecodeError on failure."""
+def read_source(path: str | os.PathLike) -> Source:
+    """The bytes of `path` with their sha256; DecodeError when the file cannot be read."""
     try:
-        if os.path.getsize(path) == 0:
+        size = os.stat(path).st_size
+        if size > MAX_FILE_BYTES:
+            raise DecodeError(f"file too large to decode ({size / 1e9:.1f} GB > {MAX_FILE_BYTES / 1e9:.1f} GB)")
+        data = Path(path).read_bytes()
+    except PermissionError:
+        raise DecodeError("permission denied reading the file") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise DecodeError("file not found (moved, deleted, or a broken symlink)") from None
+    except IsADirectoryError:
+        raise DecodeError("a folder, not an image file") from None
+    except OSError as err:
+        raise DecodeError(f"cannot read: {err}") from None
+    return Source(data, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def decode(path: str | os.PathLike, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode `path` and resize it to exactly `size_hw` (H, W); raise DecodeError on failure."""
+    return decode_bytes(read_source(path).data, size_hw, max_pixels)
+
+
+def decode_bytes(data: bytes, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode an image file's bytes and resize to exactly `size_hw` (H, W); DecodeError on failure."""
+    try:
+        if not data:
             raise DecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 _check_pixels(img, max_pixels)
                 orig_hw = _upright_hw(img)
                 if img.format == "JPEG":
@@ -53,10 +93,6 @@ def decode(path: str, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PI
         raise DecodeError("not an image Pillow can identify (wrong content or extension)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DecodeError(f"refused as a decompression bomb: {err}") from None
-    except PermissionError:
-        raise DecodeError("permission denied reading the file") from None
-    except FileNotFoundError:
-        raise DecodeError("file not found (moved, deleted, or a broken symlink)") from None
     except OSError as err:
         raise DecodeError(f"cannot decode: {err}") from None
     except (ValueError, SyntaxError, EOFError) as err:  # Pillow raises these on corrupt data

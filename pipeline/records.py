@@ -42,3 +42,5 @@ class BatchResult:
     failures: list[tuple[int, str]]
     data: dict[int, np.ndarray]  # stage → (B_ok, C, H, W) storage dtype, C-contiguous
     stats: dict[int, np.ndarray]  # stage → (3, B_ok, C) float32: min, max, mean
+    source_sha256: np.ndarray | None = None  # (B,) S64 hex sha256 of each source file (b"" if unread)
+    source_size: np.ndarray | None = None  # (B,) int64 bytes of each source file (-1 if unread)

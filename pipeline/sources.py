@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from .errors import InputError
 
@@ -69,3 +73,44 @@ def source_path(root: str | os.PathLike, key: str) -> Path | None:
     if any(part in ("", ".", "..") for part in parts):
         return None
     return Path(root, *parts)
+
+
+HASH_THREADS = 8  # reading sources is I/O bound (and hashlib releases the GIL)
+_READ_BLOCK = 1 << 20
+
+
+def file_identity(path: Path | None) -> tuple[bytes, int]:
+    """(sha256 as 64 ASCII hex bytes, size) of a file's bytes; (b"", -1) when it cannot be read."""
+    if path is None:
+        return b"", -1
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(_READ_BLOCK):
+                digest.update(block)
+                size += len(block)
+    except OSError:
+        return b"", -1
+    return digest.hexdigest().encode("ascii"), size
+
+
+def changed_rows(
+    root: str | os.PathLike, keys: list[str], rows: np.ndarray, sha256: np.ndarray, size: np.ndarray
+) -> np.ndarray:
+    """The `rows` whose source file below `root` no longer has the recorded sha256 and size
+    (other bytes, or unreadable now but read then, or the reverse). Hashed in threads."""
+
+    def differs(i: int) -> bool:
+        path = source_path(root, keys[int(rows[i])])
+        recorded = (bytes(sha256[i]), int(size[i]))
+        if path is not None and recorded[1] >= 0:
+            try:
+                if os.stat(path).st_size != recorded[1]:
+                    return True  # no need to read it
+            except OSError:
+                return True
+        return file_identity(path) != recorded
+
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        flags = list(pool.map(differs, range(len(rows))))
+    return np.asarray(rows, dtype=np.int64)[np.asarray(flags, dtype=bool)]

@@ -177,7 +177,7 @@ def test_shards_of_different_configurations_are_refused(collection, sharded):
     run = fmpipe("merge", sharded)
     assert run.returncode == 2, run.stderr
     assert "shards 3 of 4 were made with a different configuration" in run.stderr
-    assert "dtype: 'float16' → 'float32'" in run.stderr
+    assert "(shard 3 (shard-00003-of-00004.h5): --dtype float16 (this shard: float32))" in run.stderr
 
 
 def test_a_deleted_source_is_an_error_never_fill_values(sharded, tmp_path, monkeypatch):

@@ -102,8 +102,11 @@ def test_a_different_configuration_is_refused_naming_it(images, tmp_path, monkey
     with pytest.raises(RuntimeError):
         pipeline.extract(str(images), str(out), **OPTIONS)
     monkeypatch.undo()
-    with pytest.raises(FingerprintMismatch, match=r"size: \[64, 64\] → \[48, 48\].*--overwrite"):
+    with pytest.raises(FingerprintMismatch) as refused:
         pipeline.extract(str(images), str(out), **{**OPTIONS, "size": (48, 48)})
+    message = str(refused.value)
+    assert "was started with --size 64x64 (this run: 48x48)." in message, message
+    assert "To keep its 4 done images, rerun with --size 64x64 to resume it; or pass --overwrite" in message
     summary = pipeline.extract(str(images), str(out), overwrite=True, **{**OPTIONS, "size": (48, 48)})
     assert summary.done_before == 0 and summary.stored + summary.failed == 8
     with h5py.File(out) as f:

@@ -231,21 +231,21 @@ def test_image_folder_vanishing_mid_run_stops_cleanly_and_resumes(tmp_path, monk
     write_images(folder, 8)
     hidden = tmp_path / "moved"
     calls = {"n": 0}
-    real_decode = loading.decode
+    real_read = loading.read_source
 
     def vanishing(path, *args, **kw):
         calls["n"] += 1
         if calls["n"] == 5:
             folder.rename(hidden)
-        return real_decode(path, *args, **kw)
+        return real_read(path, *args, **kw)
 
-    monkeypatch.setattr(loading, "decode", vanishing)
+    monkeypatch.setattr(loading, "read_source", vanishing)
     out = tmp_path / "v.h5"
     with pytest.raises(RunFailure, match="disappeared"):
         pipeline.extract(folder, out, batch_size=2, **TINY)
     with h5py.File(f"{out}.partial") as f:
         assert f["images/done"][:].sum() == 4 and len(f["failures/key"]) == 0
-    monkeypatch.setattr(loading, "decode", real_decode)
+    monkeypatch.setattr(loading, "read_source", real_read)
     hidden.rename(folder)
     summary = pipeline.extract(folder, out, batch_size=2, **TINY)
     assert summary.done_before == 4 and summary.stored == 4 and summary.failed == 0

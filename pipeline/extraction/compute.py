@@ -35,7 +35,7 @@ class Staged:
         b = self.batch
         data = {i: t.numpy() for i, t in self.data.items()}
         stats = {i: s.numpy() for i, s in self.stats.items()}
-        return BatchResult(b.rows, b.ok_rows, b.orig_hw, b.failures, data, stats)
+        return BatchResult(b.rows, b.ok_rows, b.orig_hw, b.failures, data, stats, b.source_sha256, b.source_size)
 
 
 class Forward:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..decoding import DEFAULT_MAX_PIXELS, DecodeError, decode
+from ..decoding import DEFAULT_MAX_PIXELS, DecodeError, decode_bytes, read_source
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Batch:
     pixels: torch.Tensor
     orig_hw: np.ndarray  # (B, 2) int32, -1 for failures
     failures: list[tuple[int, str]]
+    source_sha256: np.ndarray  # (B,) S64 hex sha256 of each source file's bytes (b"" if unread)
+    source_size: np.ndarray  # (B,) int64 bytes of each source file (-1 if unread)
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True) so the host→device copy can be async."""
@@ -44,31 +46,48 @@ class _ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> _Item:
         row = self.rows[i]
-        path = os.path.join(self.root, self.keys[row])
         try:
-            decoded = decode(path, self.size_hw, self.max_pixels)
+            source = read_source(os.path.join(self.root, self.keys[row]))
         except DecodeError as err:
-            return row, None, (-1, -1), str(err)
+            return _Item(row, reason=str(err))
+        try:
+            decoded = decode_bytes(source.data, self.size_hw, self.max_pixels)
+        except DecodeError as err:
+            return _Item(row, reason=str(err), sha256=source.sha256, size=source.size)
         except Exception as err:  # one bad image must never stop the run
-            return row, None, (-1, -1), f"unexpected decoder error: {type(err).__name__}: {err}"
-        return row, decoded.pixels, decoded.orig_hw, None
+            reason = f"unexpected decoder error: {type(err).__name__}: {err}"
+            return _Item(row, reason=reason, sha256=source.sha256, size=source.size)
+        return _Item(row, decoded.pixels, decoded.orig_hw, None, source.sha256, source.size)
 
 
-def _collate(items) -> Batch:
-    rows = np.array([it[0] for it in items], dtype=np.int64)
-    ok = [it for it in items if it[1] is not None]
+@dataclass
+class _Item:
+    """One decoded (or failed) image, as a worker hands it to the collate function."""
+
+    row: int
+    pixels: np.ndarray | None = None  # (H, W, 3) uint8
+    orig_hw: tuple[int, int] = (-1, -1)
+    reason: str | None = None  # why it failed
+    sha256: str = ""
+    size: int = -1
+
+
+def _collate(items: list[_Item]) -> Batch:
+    ok = [it for it in items if it.pixels is not None]
     if ok:
-        pixels = torch.from_numpy(np.stack([it[1] for it in ok]))
+        pixels = torch.from_numpy(np.stack([it.pixels for it in ok]))
     else:
         pixels = torch.empty((0, 0, 0, 3), dtype=torch.uint8)
     return Batch(
-        rows=rows,
-        ok_rows=np.array([it[0] for it in ok], dtype=np.int64),
+        rows=np.array([it.row for it in items], dtype=np.int64),
+        ok_rows=np.array([it.row for it in ok], dtype=np.int64),
         pixels=pixels,
-        orig_hw=np.array([it[2] for it in items], dtype=np.int32).reshape(-1, 2),
-        failures=[(it[0], it[3]) for it in items if it[1] is None],
+        orig_hw=np.array([it.orig_hw for it in items], dtype=np.int32).reshape(-1, 2),
+        failures=[(it.row, it.reason) for it in items if it.pixels is None],
+        source_sha256=np.array([it.sha256.encode("ascii") for it in items], dtype="S64"),
+        source_size=np.array([it.size for it in items], dtype=np.int64),
     )
 
 

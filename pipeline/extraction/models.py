@@ -38,7 +38,8 @@ class ResolvedModel:
 
     module: nn.Module
     name: str
-    weights_id: str  # identifies the weights for the fingerprint
+    weights_id: str  # where the weights came from (package, file name and its sha256, hub tag, seed)
+    weights_sha256: str  # of the state dict actually loaded: what the fingerprint pins
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     input_hw: tuple[int, int]
@@ -67,7 +68,23 @@ def resolve(
     elif random_init:
         weights_id = f"random-init:seed={seed}"
     module.eval()
-    return ResolvedModel(module, name, weights_id, cfg["mean"], cfg["std"], cfg["input_hw"], is_timm)
+    digest = state_dict_sha256(module)
+    return ResolvedModel(module, name, weights_id, digest, cfg["mean"], cfg["std"], cfg["input_hw"], is_timm)
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over the module's state dict: every tensor's name, dtype, shape and bytes, by name.
+
+    Pins the weights a run actually used, whatever their origin (package, hub, file, factory,
+    seeded random init): two runs with equal digests compute the same maps.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}\n".encode())
+        if value.numel():  # raw bytes through a uint8 view: works for every dtype, bfloat16 included
+            digest.update(value.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _cfg(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_hw=(224, 224)) -> dict:

@@ -22,12 +22,13 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__, sources
-from ..config import RESIZE_POLICY, ExtractConfig, fingerprint
+from ..config import RESIZE_POLICY, ExtractConfig
 from ..errors import InputError, Interrupted, RunFailure, UsageError
 from ..records import StageInfo
+from ..storage import schema
 from ..storage.files import partial_path as writer_partial
 from ..storage.files import shard_output
-from ..storage.schema import ATTR_CONFIG, ATTR_NUM_SHARDS, ATTR_SHARD_INDEX
+from ..storage.identity import fingerprint
 from ..storage.writer import NullWriter, ShardWriter, WritePlan
 from . import models, taps
 from .compute import Forward, Staged, check_values
@@ -113,8 +114,7 @@ def extract(config: ExtractConfig) -> ExtractSummary:
         raise InputError(
             f"no images found below {config.images!r} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})."
         )
-    start, stop = sources.shard_bounds(len(all_keys), config.shard_index, config.num_shards)
-    keys = all_keys[start:stop]
+    start, _ = sources.shard_bounds(len(all_keys), config.shard_index, config.num_shards)
     out = shard_output(config.out, config.shard_index, config.num_shards)
     _check_writable(out)
     device = pick_device(config.device)
@@ -124,7 +124,8 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     size_hw = config.size or model.input_hw
     tap, all_stages = taps.build(model, size_hw, config.stages, device)
     stages = [all_stages[i] for i in tap.wanted]
-    plan = _plan(config, model, size_hw, stages, all_keys, keys, start)
+    plan = _plan(config, model, size_hw, stages, all_keys, start)
+    keys = plan.keys
     summary = ExtractSummary(
         out, str(device), len(keys), 0, 0, 0, 0.0, 0.0, stages, size_hw, start, dry_run=config.dry_run
     )
@@ -138,6 +139,7 @@ def extract(config: ExtractConfig) -> ExtractSummary:
         summary.done_before = len(keys)
         return summary
     try:
+        _redo_changed_sources(writer, config.images, keys)
         pending = writer.pending_rows()
         summary.done_before = len(keys) - len(pending)
         with StopSignals() as stop:  # also covers finalize: a signal there lets it finish
@@ -161,11 +163,14 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     return summary
 
 
-def _plan(config, model, size_hw, stages, all_keys, keys, start) -> WritePlan:
+def _plan(config: ExtractConfig, model, size_hw, stages: list[StageInfo], all_keys: list[str], start: int) -> WritePlan:
+    """The shard's rows and identity. The fingerprint holds everything that changes the stored
+    maps (or the file's layout); the file's attributes repeat those parts under schema names."""
+    keys = all_keys[start : start + _shard_size(config, len(all_keys))]
     parts = {
         "model": config.model,
-        "weights": model.weights_id,
-        "stages": [(s.index, s.module, s.channels, s.height, s.width) for s in stages],
+        "weights_sha256": model.weights_sha256,
+        "stages": [[s.index, s.module, s.channels, s.height, s.width] for s in stages],
         "size": list(size_hw),
         "mean": list(model.mean),
         "std": list(model.std),
@@ -175,28 +180,61 @@ def _plan(config, model, size_hw, stages, all_keys, keys, start) -> WritePlan:
         "amp": config.amp,
         "keys_sha256": hashlib.sha256("\n".join(all_keys).encode("utf-8", "surrogateescape")).hexdigest(),
         "num_keys": len(all_keys),
-        "format_version": 1,
+        "format_version": schema.FORMAT_VERSION,
     }
-    attrs = {
-        "fmpipe_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": config.model,
-        "weights": model.weights_id,
-        "input_size": list(size_hw),
-        "mean": list(model.mean),
-        "std": list(model.std),
-        "resize_policy": RESIZE_POLICY,
-        "dtype": config.dtype,
-        "compression": config.compression,
-        "amp": config.amp,
-        ATTR_CONFIG: config.to_json(),
-        ATTR_SHARD_INDEX: config.shard_index,
-        ATTR_NUM_SHARDS: config.num_shards,
-        "shard_start": start,
-        "total_images": len(all_keys),
-        "images_root": str(Path(config.images).resolve()),
-    }
-    return WritePlan(keys, stages, config.dtype, config.compression, fingerprint(parts), parts, attrs)
+    attrs = {attr: parts[part] for attr, part in _ATTRS_FROM_PARTS.items()}
+    attrs.update(
+        {
+            schema.ATTR_FMPIPE_VERSION: __version__,
+            schema.ATTR_CREATED: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            schema.ATTR_WEIGHTS: model.weights_id,
+            schema.ATTR_CONFIG: config.to_json(),
+            schema.ATTR_SHARD_INDEX: config.shard_index,
+            schema.ATTR_NUM_SHARDS: config.num_shards,
+            schema.ATTR_SHARD_START: start,
+            schema.ATTR_SHARD_STOP: start + len(keys),
+            schema.ATTR_TOTAL_IMAGES: len(all_keys),
+            schema.ATTR_IMAGES_ROOT: str(Path(config.images).resolve()),
+        }
+    )
+    return WritePlan(keys, stages, config.dtype, config.compression, fingerprint(parts), parts, attrs, start)
+
+
+# File attributes that repeat a fingerprint part (one source for both).
+_ATTRS_FROM_PARTS = {
+    schema.ATTR_MODEL: "model",
+    schema.ATTR_WEIGHTS_SHA256: "weights_sha256",
+    schema.ATTR_INPUT_SIZE: "size",
+    schema.ATTR_MEAN: "mean",
+    schema.ATTR_STD: "std",
+    schema.ATTR_RESIZE_POLICY: "resize",
+    schema.ATTR_DTYPE: "dtype",
+    schema.ATTR_COMPRESSION: "compression",
+    schema.ATTR_AMP: "amp",
+}
+
+
+def _shard_size(config: ExtractConfig, count: int) -> int:
+    start, stop = sources.shard_bounds(count, config.shard_index, config.num_shards)
+    return stop - start
+
+
+def _redo_changed_sources(writer, root: str, keys: list[str]) -> int:
+    """Rows done by an earlier run whose source file changed since (other bytes, or gone) are
+    computed again, so a resumed file never holds maps of a file that is no longer there."""
+    rows, sha256, size = writer.done_sources()
+    if not len(rows):
+        return 0
+    t0 = time.perf_counter()
+    changed = sources.changed_rows(root, keys, rows, sha256, size)
+    log.info("checked the sources of %d done images in %.1f s", len(rows), time.perf_counter() - t0)
+    if len(changed):
+        first = keys[int(changed[0])]
+        log.warning(
+            "%d source images changed since their rows were stored (first: %s); redoing them", len(changed), first
+        )
+        writer.redo(changed)
+    return len(changed)
 
 
 def _run_batches(config, writer, tap, model, device, size_hw, keys, pending, summary, stop) -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..config import describe_difference
 from ..errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError
 from ..storage import schema
 from ..storage.files import merged_path, publish, shards_folder
+from ..storage.identity import describe_difference
 from ..storage.store import open_store
 from . import shards
 
@@ -185,7 +185,7 @@ def _check_fingerprints(found: shards.ShardScan, opened: list[h5py.File]) -> Non
         return
     ref = opened[prints.index(common)]
     odd = [(s, f) for s, f, p in zip(found.shards, opened, prints, strict=True) if p != common]
-    first = describe_difference(_parts(ref), _parts(odd[0][1]))
+    first = describe_difference(_parts(ref), _parts(odd[0][1]), now_label="this shard")
     raise FingerprintMismatch(
         f"shards {', '.join(str(s.index) for s, _ in odd)} of {found.num_shards} were made with a different "
         f"configuration than the others ({odd[0][0].label}: {first}). Re-extract them with the others' "
@@ -223,7 +223,7 @@ def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
 
 def _parts(file: h5py.File) -> dict:
     try:
-        return json.loads(file.attrs.get("fingerprint_json", "{}"))
+        return json.loads(file.attrs.get(schema.ATTR_FINGERPRINT_JSON, "{}"))
     except (TypeError, ValueError):
         return {}
 
@@ -267,22 +267,34 @@ def _write_attrs(file: h5py.File, ref: h5py.File, found: shards.ShardScan, mode:
             file.attrs[name] = value
     file.attrs[schema.ATTR_COMPLETE] = False
     file.attrs[schema.ATTR_NUM_SHARDS] = found.num_shards
-    file.attrs["shard_start"] = 0
+    file.attrs[schema.ATTR_SHARD_START] = 0
+    file.attrs[schema.ATTR_SHARD_STOP] = sum(s.images for s in found.shards)
     file.attrs[schema.ATTR_MERGED_FROM] = found.folder.name
     file.attrs[schema.ATTR_MERGE_MODE] = mode
 
 
+# Per-image datasets copied row for row: (name, dtype, fill value).
+_PER_IMAGE = (
+    (schema.ORIG_HW, "int32", -1),
+    (schema.DONE, "bool", False),
+    (schema.SOURCE_SHA256, "S64", b""),
+    (schema.SOURCE_SIZE, "int64", -1),
+)
+
+
 def _write_images(file: h5py.File, parts: list[_Shard]) -> None:
-    """images/key (N,) utf-8, images/orig_hw (N, 2) int32, images/done (N,) bool: copied."""
+    """images/key (N,) utf-8 and every per-image dataset the shards have (orig_hw, done, source digests): copied."""
     n = sum(p.count for p in parts)
     keys = np.concatenate([p.keys for p in parts]) if n else np.array([], dtype=object)
     file.create_dataset(schema.KEY, data=keys, dtype=_STR)
-    hw = file.create_dataset(schema.ORIG_HW, shape=(n, 2), dtype="int32", fillvalue=-1)
-    done = file.create_dataset(schema.DONE, shape=(n,), dtype="bool", fillvalue=False)
-    for p in parts:
-        if p.count:
-            hw[p.start : p.start + p.count] = p.file[schema.ORIG_HW][:]
-            done[p.start : p.start + p.count] = p.file[schema.DONE][:]
+    for name, dtype, fill in _PER_IMAGE:
+        if name not in parts[0].file:  # files of format v1 have no source digests
+            continue
+        shape = (n, *parts[0].file[name].shape[1:])
+        dset = file.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill)
+        for p in parts:
+            if p.count:
+                dset[p.start : p.start + p.count] = p.file[name][:]
 
 
 def _write_failures(file: h5py.File, parts: list[_Shard]) -> None:

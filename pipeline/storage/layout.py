@@ -14,15 +14,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..config import describe_difference
 from ..errors import FingerprintMismatch, InputError, OutputExistsError
 from ..records import StageInfo
-from . import schema
+from . import identity, schema
 from .codecs import Codec
 
 log = logging.getLogger(__name__)
 
 _STR = h5py.string_dtype("utf-8")
+KEY_BLOCK = 65536  # keys compared per step when checking a file's rows against a plan
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class WritePlan:
     fingerprint: str
     fingerprint_parts: dict
     attrs: dict = field(default_factory=dict)
+    start: int = 0  # row of the first key in the whole collection (a shard's offset)
 
 
 def to_utf8(text: str) -> str:
@@ -50,12 +51,15 @@ def create_layout(file: h5py.File, plan: WritePlan) -> None:
     attrs[schema.ATTR_FORMAT_VERSION] = schema.FORMAT_VERSION
     attrs[schema.ATTR_COMPLETE] = False
     attrs[schema.ATTR_FINGERPRINT] = plan.fingerprint
-    attrs["fingerprint_json"] = json.dumps(plan.fingerprint_parts, sort_keys=True)
+    attrs[schema.ATTR_FINGERPRINT_JSON] = json.dumps(identity.canonical(plan.fingerprint_parts), sort_keys=True)
+    attrs[schema.ATTR_CHUNK_CHECKSUM] = Codec(plan.compression).checksum
     for name, value in plan.attrs.items():
         attrs[name] = value
     file.create_dataset(schema.KEY, data=[to_utf8(k) for k in plan.keys], dtype=_STR)
     file.create_dataset(schema.ORIG_HW, shape=(n, 2), dtype="int32", fillvalue=-1)
     file.create_dataset(schema.DONE, shape=(n,), dtype="bool", fillvalue=False)
+    file.create_dataset(schema.SOURCE_SHA256, shape=(n,), dtype="S64", fillvalue=b"")
+    file.create_dataset(schema.SOURCE_SIZE, shape=(n,), dtype="int64", fillvalue=-1)
     for name in (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REASON):
         dtype = "int64" if name == schema.FAILURE_INDEX else _STR
         file.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dtype)
@@ -124,35 +128,81 @@ def drop_unfinished_failures(file: h5py.File) -> None:
 
 def _stored_parts(file: h5py.File) -> dict:
     try:
-        return json.loads(file.attrs.get("fingerprint_json", "{}"))
+        return json.loads(file.attrs.get(schema.ATTR_FINGERPRINT_JSON, "{}"))
     except (TypeError, ValueError):
         return {}
 
 
 def check_resumable(file: h5py.File, path: Path, plan: WritePlan) -> None:
+    """Raise before anything is written unless `file` holds exactly this plan's rows: same
+    fingerprint (model, weights, stages, size, ...), same keys in the same rows, same range of
+    the collection. Every row resumed then provably belongs to its key."""
     if file.attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
-        file.close()
         raise InputError(f"{path} exists but is not an fmpipe file; move it away or pass --overwrite.")
+    done = int(np.count_nonzero(file[schema.DONE][:])) if schema.DONE in file else 0
     if file.attrs.get(schema.ATTR_FINGERPRINT) != plan.fingerprint:
-        diff = describe_difference(_stored_parts(file), plan.fingerprint_parts)
-        file.close()
+        raise FingerprintMismatch(_mismatch(path, _stored_parts(file), plan, done))
+    problem = _rows_problem(file, plan)
+    if problem:
         raise FingerprintMismatch(
-            f"{path} was started with a different configuration ({diff}). Rerun with the "
-            "original options to resume it, or pass --overwrite to start over."
+            f"{path} cannot be resumed by this run: {problem}. Rerun the command that started it, "
+            f"or pass --overwrite to start over (discarding its {done} done images)."
         )
 
 
 def check_finished(out: Path, plan: WritePlan) -> None:
+    """Return when `out` is complete and holds exactly this plan's rows; raise otherwise."""
     try:
-        with h5py.File(out, "r", locking="best-effort") as file:
-            same = file.attrs.get(schema.ATTR_FINGERPRINT) == plan.fingerprint and bool(
-                file.attrs.get(schema.ATTR_COMPLETE)
-            )
-            diff = describe_difference(_stored_parts(file), plan.fingerprint_parts)
-    except OSError:
-        same, diff = False, "it is not a readable HDF5 file"
-    if not same:
+        with h5py.File(out, "r", locking=False) as file:
+            parts = _stored_parts(file)
+            same = file.attrs.get(schema.ATTR_FINGERPRINT) == plan.fingerprint
+            problem = _rows_problem(file, plan) if same else None
+            complete = bool(file.attrs.get(schema.ATTR_COMPLETE)) and bool(file[schema.DONE][:].all())
+    except (OSError, KeyError) as err:
         raise OutputExistsError(
-            f"{out} already exists ({diff}); pass --overwrite to replace it, or choose another output path."
+            f"{out} already exists but is not a readable fmpipe file ({err}); pass --overwrite to replace it, "
+            "or choose another output path."
+        ) from None
+    if not same:
+        found = identity.differences(parts, plan.fingerprint_parts)
+        raise OutputExistsError(
+            f"{out} already exists, made with {'; '.join(map(str, found)) or 'another configuration'}; pass "
+            "--overwrite to replace it, or choose another output path."
         )
-    log.info("%s is already complete with this configuration; nothing to do", out)
+    if problem or not complete:
+        raise OutputExistsError(
+            f"{out} already exists but {problem or 'is not complete'}; pass --overwrite to replace it, "
+            "or choose another output path."
+        )
+    log.info("%s is already complete with this configuration and these images; nothing to do", out)
+
+
+def _mismatch(path: Path, stored: dict, plan: WritePlan, done: int) -> str:
+    found = identity.differences(stored, plan.fingerprint_parts)
+    what = "; ".join(map(str, found)) or "another configuration"
+    hint = identity.rerun_hint(found)
+    again = f"rerun with {hint} to resume it" if hint else "rerun the command that started it to resume it"
+    return (
+        f"{path} was started with {what}. To keep its {done} done images, {again}; or pass --overwrite to start over."
+    )
+
+
+def _rows_problem(file: h5py.File, plan: WritePlan) -> str | None:
+    """Why the stored rows are not this plan's rows (None when they are)."""
+    start = file.attrs.get(schema.ATTR_SHARD_START)
+    if start is not None and int(start) != plan.start:
+        return f"it holds images {int(start)}.. of the collection, this shard starts at image {plan.start}"
+    stored = file[schema.KEY]
+    if stored.shape != (len(plan.keys),):
+        return f"it holds {stored.shape[0]} images, this shard has {len(plan.keys)}"
+    for lo in range(0, len(plan.keys), KEY_BLOCK):
+        got = [_text(k) for k in stored[lo : lo + KEY_BLOCK]]
+        want = [to_utf8(k) for k in plan.keys[lo : lo + KEY_BLOCK]]
+        if got != want:
+            at = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+            return f"its row {lo + at} is {got[at]!r}, this run's is {want[at]!r}"
+    return None
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

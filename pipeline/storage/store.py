@@ -60,7 +60,7 @@ class Store:
         if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
             raise InputError(f"{self.path} is an HDF5 file but not an fmpipe file (no format='fmpipe').")
         version = attrs.get(schema.ATTR_FORMAT_VERSION)
-        if version != schema.FORMAT_VERSION:
+        if version not in schema.READABLE_VERSIONS:
             raise InputError(
                 f"{self.path} has fmpipe format version {version}; this fmpipe reads version "
                 f"{schema.FORMAT_VERSION}. Upgrade fmpipe (python -m pip install -U fmpipe)."

@@ -76,6 +76,9 @@ class ShardWriter:
 
     @classmethod
     def _open_locked(cls, out: Path, plan: WritePlan, overwrite: bool, threads: int, lock: OutputLock):
+        # HDF5's own file lock is off (locking=False): OUT.lock guards the output, and an HDF5
+        # flock would be inherited by forked decode workers that outlive a killed run, which
+        # then refused an immediate rerun ("unable to lock file, errno = 11").
         partial = partial_path(out)
         if overwrite:
             for path in (out, partial):
@@ -84,28 +87,29 @@ class ShardWriter:
             check_finished(out, plan)
             lock.release()
             return None
-        if partial.exists():
-            try:
-                file = h5py.File(partial, "r+", locking="best-effort")
-            except OSError as err:
-                raise InputError(
-                    f"{partial} cannot be resumed: it is not a readable HDF5 file ({err}). "
-                    "Pass --overwrite to start this output over."
-                ) from None
-            check_resumable(file, partial, plan)
-            drop_unfinished_failures(file)
-            log.info(
-                "resuming %s: %d of %d images already done", partial, int(file[schema.DONE][:].sum()), len(plan.keys)
-            )
-        else:
-            file = h5py.File(partial, "w", libver=schema.LIBVER, locking="best-effort")
-            create_layout(file, plan)
-            file.flush()
+        file = _resume(partial, plan) if partial.exists() else _create(partial, plan)
         return cls(out, file, plan, threads=threads, lock=lock)
 
     def pending_rows(self) -> np.ndarray:
         """Rows not yet done, ascending."""
         return np.flatnonzero(~self.file[schema.DONE][:])
+
+    def done_sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, sha256, size) of the done rows: what their stored maps were computed from."""
+        rows = np.flatnonzero(self.file[schema.DONE][:])
+        if schema.SOURCE_SHA256 not in self.file:
+            return rows, np.zeros(len(rows), "S64"), np.full(len(rows), -1, np.int64)
+        return rows, self.file[schema.SOURCE_SHA256][:][rows], self.file[schema.SOURCE_SIZE][:][rows]
+
+    def redo(self, rows: np.ndarray) -> None:
+        """Mark done rows as not done (their source changed): the batch loop computes them again."""
+        if not len(rows):
+            return
+        done = self.file[schema.DONE][:]
+        done[rows] = False
+        self.file[schema.DONE][:] = done
+        self.file.flush()
+        drop_unfinished_failures(self.file)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -145,12 +149,21 @@ class ShardWriter:
 
     def _write(self, batch: BatchResult) -> None:
         t0 = time.perf_counter()
+        self._write_chunks(batch)
+        t2 = time.perf_counter()
+        self._write_rows(batch)
+        self.file.flush()
+        done = self.file[schema.DONE]
+        for lo, hi in _runs(batch.rows):
+            done[lo:hi] = True
+        self.file.flush()
+        self.timings["write_s"] += time.perf_counter() - t2
+        self.timings["writer_busy_s"] += time.perf_counter() - t0
+
+    def _write_chunks(self, batch: BatchResult) -> None:
+        """Compress each (1, k, H, W) chunk in the pool, write it raw from this thread."""
         jobs = []
-        for info in self.plan.stages:
-            array = batch.data.get(info.index)
-            if array is None or not len(batch.ok_rows):
-                continue
-            dset = self.file[f"{schema.stage_group(info.index)}/{schema.DATA}"]
+        for info, dset, array in self._stage_arrays(batch):
             k = dset.chunks[1]
             for b, row in enumerate(batch.ok_rows):
                 for c0 in range(0, info.channels, k):
@@ -163,15 +176,13 @@ class ShardWriter:
             dset.id.write_direct_chunk(offset, payload, 0)
             self.timings["write_s"] += time.perf_counter() - t1
             self.bytes_written += len(payload)
-        t2 = time.perf_counter()
-        self._write_rows(batch)
-        self.file.flush()
-        done = self.file[schema.DONE]
-        for lo, hi in _runs(batch.rows):
-            done[lo:hi] = True
-        self.file.flush()
-        self.timings["write_s"] += time.perf_counter() - t2
-        self.timings["writer_busy_s"] += time.perf_counter() - t0
+
+    def _stage_arrays(self, batch: BatchResult):
+        """(stage, its data dataset, the batch's (B_ok, C, H, W) maps) for each stage with rows to write."""
+        for info in self.plan.stages:
+            array = batch.data.get(info.index)
+            if array is not None and len(batch.ok_rows):
+                yield info, self.file[f"{schema.stage_group(info.index)}/{schema.DATA}"], array
 
     def _compress(self, block: np.ndarray) -> bytes:
         t0 = time.perf_counter()
@@ -185,10 +196,13 @@ class ShardWriter:
 
     def _write_rows(self, batch: BatchResult) -> None:
         rows = batch.rows
-        hw = self.file[schema.ORIG_HW]
-        for lo, hi in _runs(rows):
-            sel = (rows >= lo) & (rows < hi)
-            hw[lo:hi] = batch.orig_hw[sel]
+        per_row = [(schema.ORIG_HW, batch.orig_hw)]
+        if batch.source_sha256 is not None:
+            per_row += [(schema.SOURCE_SHA256, batch.source_sha256), (schema.SOURCE_SIZE, batch.source_size)]
+        for name, values in per_row:
+            dset = self.file[name]
+            for lo, hi in _runs(rows):
+                dset[lo:hi] = values[(rows >= lo) & (rows < hi)]
         for info in self.plan.stages:
             stats = batch.stats.get(info.index)
             if stats is None or not len(batch.ok_rows):
@@ -241,6 +255,38 @@ class ShardWriter:
                 self._lock_file = None
 
 
+def _create(partial: Path, plan: WritePlan) -> h5py.File:
+    """A new OUT.partial with every dataset of the plan. Built under a temporary name and renamed,
+    so a kill at any moment leaves either no OUT.partial or a readable one."""
+    building = partial.with_name(partial.name + ".new")
+    building.unlink(missing_ok=True)
+    with h5py.File(building, "w", libver=schema.LIBVER, locking=False) as file:
+        create_layout(file, plan)
+    publish(building, partial)
+    return h5py.File(partial, "r+", locking=False)
+
+
+def _resume(partial: Path, plan: WritePlan) -> h5py.File:
+    """The existing OUT.partial, checked against the plan before anything is written."""
+    try:
+        file = h5py.File(partial, "r+", locking=False)
+    except OSError as err:
+        raise InputError(
+            f"{partial} cannot be resumed: it is not a readable HDF5 file ({err}); it was damaged outside "
+            "fmpipe (fmpipe writes it so that a kill leaves it readable). Move it away, or pass --overwrite "
+            "to start this output over."
+        ) from None
+    try:
+        check_resumable(file, partial, plan)
+        drop_unfinished_failures(file)
+    except BaseException:
+        file.close()
+        raise
+    done = int(np.count_nonzero(file[schema.DONE][:]))
+    log.info("resuming %s: %d of %d images already done", partial, done, len(plan.keys))
+    return file
+
+
 def _padded(block: np.ndarray, k: int) -> np.ndarray:
     """Edge chunks must be padded to the full chunk shape (notes/hdf5.md)."""
     if block.shape[0] == k:
@@ -276,6 +322,12 @@ class NullWriter:
 
     def pending_rows(self) -> np.ndarray:
         return np.arange(len(self.plan.keys))
+
+    def done_sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.zeros(0, np.int64), np.zeros(0, "S64"), np.zeros(0, np.int64)
+
+    def redo(self, rows: np.ndarray) -> None:
+        """Nothing is ever done."""
 
     def submit(self, batch: BatchResult) -> None:
         self.bytes_written += sum(a.nbytes for a in batch.data.values())
