@@ -7,6 +7,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 import torch
+from conftest import write_images
 
 import pipeline
 from pipeline import sources
@@ -170,3 +171,37 @@ def test_bad_option_values_are_usage_errors(image_dir, tmp_path):
             parse_size(bad)
     with pytest.raises(UsageError, match="--batch-size"):
         pipeline.extract(image_dir, tmp_path / "x.h5", batch_size=0)
+
+
+def test_every_row_records_its_source_digest_and_the_weights_digest(tmp_path):
+    import hashlib
+
+    folder = tmp_path / "images"
+    keys = write_images(folder, 4, size=(20, 24))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_bytes(b"not an image at all")
+    (folder / "gone.jpg").symlink_to(folder / "nowhere.jpg")  # unreadable: no bytes, no digest
+    out = tmp_path / "out.h5"
+    pipeline.extract(folder, out, model="resnet18", random_init=True, size=(32, 32), workers=0, device="cpu")
+    with h5py.File(out) as f:
+        stored = dict(zip([k.decode() for k in f["images/key"][:]], f["images/source_sha256"][:], strict=True))
+        sizes = dict(zip([k.decode() for k in f["images/key"][:]], f["images/source_size"][:], strict=True))
+        weights = f.attrs["weights_sha256"]
+        assert f.attrs["chunk_checksum"] == "zstd-xxh64" and int(f.attrs["format_version"]) == 2
+    for key in [*keys, "empty.jpg", "text.png"]:
+        data = (folder / key).read_bytes()
+        assert stored[key].decode() == hashlib.sha256(data).hexdigest() and sizes[key] == len(data), key
+    assert stored["gone.jpg"] == b"" and sizes["gone.jpg"] == -1
+    assert weights == models.resolve("resnet18", random_init=True).weights_sha256
+
+
+def test_state_dict_digest_changes_with_any_weight_and_not_with_the_file(tmp_path):
+    model = models.resolve("resnet18", random_init=True)
+    before = models.state_dict_sha256(model.module)
+    for name in ("a.pt", "b.pt"):
+        torch.save(model.module.state_dict(), tmp_path / name)
+    assert models.resolve("resnet18", weights=str(tmp_path / "a.pt")).weights_sha256 == before
+    assert models.resolve("resnet18", weights=str(tmp_path / "b.pt")).weights_sha256 == before
+    with torch.no_grad():
+        model.module.layer1[0].bn1.running_mean[3] += 1e-3  # a buffer, not a parameter
+    assert models.state_dict_sha256(model.module) != before

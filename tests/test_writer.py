@@ -79,3 +79,48 @@ def test_finalize_refuses_an_unfinished_shard(tmp_path):
     assert not out.exists() and (tmp_path / "u.h5.partial").exists()
     with h5py.File(tmp_path / "u.h5.partial") as f:
         assert not bool(f.attrs["complete"]) and f["images/done"][:].tolist() == [True, False]
+
+
+def test_uncompressed_chunks_carry_hdf5s_own_fletcher32(tmp_path):
+    # Our Fletcher-32 must be byte-identical to what HDF5's filter writes, for odd sizes and for
+    # words of 0xffff (the sums' worst case); HDF5 then verifies it on every read.
+    from pipeline.storage.codecs import Codec
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 3, 7, 5), (1, 64, 56, 56), (1, 1, 1, 361)]:
+        for fill in (None, 0xFFFF):
+            x = rng.standard_normal(shape).astype(np.float16)
+            if fill is not None:
+                x.view(np.uint16)[:] = fill
+            with h5py.File(tmp_path / "f.h5", "w") as f:
+                dset = f.create_dataset("d", shape=shape, chunks=shape, dtype="float16", fletcher32=True)
+                dset[...] = x
+                _, by_hdf5 = dset.id.read_direct_chunk((0, 0, 0, 0))
+            assert Codec("none").compress(x.tobytes()) == by_hdf5, (shape, fill)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_a_damaged_chunk_fails_every_read(tmp_path, compression):
+    stage = StageInfo(0, "synthetic", 4, 1, 16, 16, "forward_hook")
+    out = tmp_path / "c.h5"
+    writer = ShardWriter.open(out, _plan(["a"], [stage], compression))
+    data = np.linspace(0, 1, 4 * 16 * 16, dtype=np.float16).reshape(1, 4, 16, 16)
+    writer.submit(
+        BatchResult(
+            np.arange(1),
+            np.arange(1),
+            np.full((1, 2), 16, np.int32),
+            [],
+            {0: data},
+            {0: np.zeros((3, 1, 4), np.float32)},
+        )
+    )
+    writer.finalize()
+    with h5py.File(out, "r+") as f:
+        dset = f["stages/0/data"]
+        mask, raw = dset.id.read_direct_chunk((0, 0, 0, 0))
+        damaged = bytearray(raw)
+        damaged[len(damaged) // 2] ^= 0x5A
+        dset.id.write_direct_chunk((0, 0, 0, 0), bytes(damaged), mask)
+    with h5py.File(out) as f, pytest.raises(OSError):
+        f["stages/0/data"][0]
