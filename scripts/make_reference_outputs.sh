@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Outputs to compare across a refactoring (scripts/same_output.py): the README's quick-start
-# file and a 4-task job array merged both ways, from the same inputs every time.
+# file and a 4-task job array merged both ways, from the same inputs every time. Runs
+# `python -m pipeline`, so PYTHONPATH=OTHER_CHECKOUT makes them with another version.
 #   bash scripts/make_reference_outputs.sh DIR      # then: python scripts/same_output.py DIR_BEFORE DIR_AFTER
 set -euo pipefail
 dir=${1:?usage: make_reference_outputs.sh DIR}
@@ -19,12 +20,12 @@ for i in range(37):
     Image.fromarray(rng.integers(0, 256, (40 + i, 56, 3), dtype=np.uint8)).save(folder / f"im{i:03d}{suffix}")
 (folder / "broken.jpg").write_bytes(b"not an image")
 PY
-fmpipe -q extract "$repo/data/images" quickstart.h5 --overwrite
+python -m pipeline -q extract "$repo/data/images" quickstart.h5 --overwrite
 opts=(--model resnet18 --random-init --size 64 --batch-size 4 --workers 0 --device cpu)
 for i in 0 1 2 3; do
-    fmpipe -q extract images array.h5 "${opts[@]}" --shard-index "$i" --num-shards 4
+    python -m pipeline -q extract images array.h5 "${opts[@]}" --shard-index "$i" --num-shards 4
 done
-fmpipe -q merge array.h5 --overwrite
+python -m pipeline -q merge array.h5 --overwrite
 cp -r array.h5.shards copied.h5.shards
-fmpipe -q merge copied.h5 --copy --overwrite
+python -m pipeline -q merge copied.h5 --copy --overwrite
 rm -rf copied.h5.shards

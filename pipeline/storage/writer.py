@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -29,6 +30,22 @@ from .layout import WritePlan, append_failures, check_finished, check_resumable,
 from .lockfile import OutputLock
 
 log = logging.getLogger(__name__)
+
+
+class Writer(Protocol):
+    """What the batch loop writes through: a `ShardWriter`, or a `NullWriter` that discards."""
+
+    out: Path
+    timings: dict
+    bytes_written: int
+
+    def pending_rows(self) -> np.ndarray: ...
+    def done_sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def redo(self, rows: np.ndarray) -> None: ...
+    def submit(self, batch: BatchResult) -> None: ...
+    def drain(self) -> None: ...
+    def finalize(self, timings: dict | None = None) -> Path: ...
+    def close(self) -> None: ...
 
 
 class ShardWriter:
