@@ -18,7 +18,7 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+src"
 
-__all__ = ["__version__", "extract", "open_store", "render"]
+__all__ = ["__version__", "extract", "open_store", "render", "verify"]
 
 
 def extract(images: str, out: str, **options):
@@ -45,3 +45,33 @@ def open_store(path, require_complete: bool = False):
     from .storage.store import open_store as _open
 
     return _open(path, require_complete=require_complete)
+
+
+def verify(path, *, recompute: int = 0, images_root: str | None = None, seed: int = 0, workers: int = 0):
+    """Check that an fmpipe file (single, merged or copied) or a shards folder is intact and true to
+    its sources and model; returns a `VerifyReport` (`.ok`, `.problems`, counts, `.summary()`).
+
+    Every chunk of every stage is decoded with its checksum verified and compared with the stored
+    statistics; every source file is hashed and compared with its recorded digest (below
+    `images_root` if the images moved). `recompute=N` then runs N rows (picked with `seed`) through
+    the recorded model again and compares the maps. `workers`: threads (0: one per core).
+    """
+    import time
+    from pathlib import Path
+
+    from .storage.verify import VerifyConfig, VerifyReport, check_integrity
+
+    config = VerifyConfig(str(path), recompute, None if images_root is None else str(images_root), seed, workers)
+    report = VerifyReport(Path(config.path))
+    model = None
+    if config.recompute:  # rebuild the model first: a missing or different weights file fails fast
+        from .extraction.recompute import prepare
+
+        model = prepare(config)
+    check_integrity(config, report)
+    if model is not None:
+        from .extraction.recompute import recompute as run
+
+        run(model, config, report)
+    report.seconds = time.perf_counter() - report.started
+    return report

@@ -194,6 +194,36 @@ def merge(
 
 
 @app.command()
+def verify(
+    path: Annotated[
+        str, typer.Argument(help="An fmpipe file (single, merged or copied) or a job array's OUT.shards/.")
+    ],
+    recompute: Annotated[
+        int, typer.Option(help="Also run N random stored rows through the recorded model again and compare.")
+    ] = 0,
+    images_root: Annotated[
+        str | None, typer.Option(help="Where the source images are now, if they moved (default: as recorded).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the rows picked for --recompute.")] = 0,
+    workers: Annotated[int, typer.Option(help="Threads reading, decoding and hashing (0: one per core).")] = 0,
+) -> None:
+    """Check a file is intact and true to its sources and model: every chunk's checksum and statistics,
+    every source's digest, and with --recompute N the maps of N rows. Exit 1 when a problem is found."""
+    from . import verify as run
+
+    report = run(path, recompute=recompute, images_root=images_root, seed=seed, workers=workers)
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}")
+    if report.problem_count > len(report.problems):
+        typer.echo(f"... and {report.problem_count - len(report.problems)} more problems")
+    for warning in report.warnings:
+        typer.echo(f"note: {warning}", err=True)
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def render(
     path: Annotated[str, typer.Argument(help="An fmpipe HDF5 file (single, merged or copied).")],
     stage: Annotated[int, typer.Option(help="Stage to draw (0 is the first; negative counts from the last).")],

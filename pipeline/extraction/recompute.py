@@ -1,0 +1,212 @@
+"""`fmpipe verify --recompute N`: rebuild the recorded model, run N stored rows through it again with
+the extractor's own loading, tap and forward code, and compare the maps with the stored ones.
+
+This is the check that catches maps filed under the wrong image (two rows swapped together with
+their statistics pass every checksum and statistics check). Both sides are rounded to the storage
+dtype, and they come from float32 passes over batches of other shapes, so they agree only within
+a tolerance (see `maps_mismatch`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ExtractConfig
+from ..errors import InputError
+from ..sources import source_path
+from ..storage import schema
+from ..storage.verify import Problem, VerifyConfig, VerifyReport, files_to_verify, open_fmpipe
+from ..storage.virtual import check_virtual_sources
+from . import models, taps
+from .compute import Forward
+from .loading import iter_batches
+from .runner import pick_device
+
+log = logging.getLogger(__name__)
+
+# Both sides rounded to float16: half an ulp each, 2^-10 of |x| together.
+REL_TOLERANCE = 2.0**-10
+# float32 passes over other batch shapes sum in another order. Measured on the CPU (resnet18,
+# resnet50, efficientnet_lite0, convnext_atto; batch 16 vs 1 and 3): at most 7e-6 of the channel's
+# largest |x|, so 1e-3 leaves a margin of 100x. CUDA convolutions use TF32 by default (10-bit
+# mantissa): 1e-2 there (not measured here). bf16 autocast (--amp): 8-bit mantissa on both sides.
+ABS_FRACTION = {"cpu": 1e-3, "cuda": 1e-2, "amp": 2e-2}
+AMP_REL_TOLERANCE = 2.0**-7
+SUBNORMAL = 2.0**-24
+
+
+@dataclass(frozen=True)
+class Recomputer:
+    """The recorded model, rebuilt and checked against the file, ready to run rows again."""
+
+    model: models.ResolvedModel
+    forward: Forward
+    size_hw: tuple[int, int]
+    stages: list[int]
+    batch_size: int
+    tolerance: tuple[float, float]  # (relative to |x|, fraction of the channel's largest |x|)
+
+
+def prepare(config: VerifyConfig) -> Recomputer:
+    """Rebuild the model the file records; InputError when it cannot be the same model.
+
+    Refused: a weights file that is gone, weights whose state-dict sha256 differs from the
+    recorded one, other preprocessing (mean, std) or other stage shapes.
+    """
+    path = files_to_verify(Path(config.path))[0]
+    with open_fmpipe(path) as file:
+        attrs = dict(file.attrs)
+        shapes = {int(i): g[schema.DATA].shape[1:] for i, g in file[schema.STAGES].items()}
+    recorded = _recorded_config(attrs, path)
+    if recorded.weights and not Path(recorded.weights).is_file():
+        raise InputError(
+            f"{path} was extracted with --weights {recorded.weights}, which is not there now; --recompute "
+            "needs that file (run verify from the folder the extract ran in, or restore the file)."
+        )
+    device = pick_device("auto")
+    if recorded.amp and device.type != "cuda":
+        raise InputError(f"{path} was extracted with --amp (bf16 on CUDA); --recompute needs a CUDA device.")
+    model = models.resolve(recorded.model, recorded.weights, recorded.random_init, False, recorded.seed)
+    _check_model(model, attrs, path)
+    size_hw = tuple(int(v) for v in attrs[schema.ATTR_INPUT_SIZE])
+    model.module.to(device)
+    tap, probed = taps.build(model, size_hw, sorted(shapes), device)
+    for index, shape in shapes.items():
+        if (probed[index].channels, probed[index].height, probed[index].width) != tuple(shape):
+            raise InputError(
+                f"{path}: stage {index} is stored as {shape}, but the rebuilt model gives "
+                f"{(probed[index].channels, probed[index].height, probed[index].width)}."
+            )
+    forward = Forward(tap, model, device, getattr(torch, recorded.dtype), recorded.amp)
+    kind = "amp" if recorded.amp else device.type
+    rel = AMP_REL_TOLERANCE if recorded.amp else REL_TOLERANCE
+    return Recomputer(model, forward, size_hw, sorted(shapes), recorded.batch_size, (rel, ABS_FRACTION[kind]))
+
+
+def _recorded_config(attrs: dict, path: Path) -> ExtractConfig:
+    try:
+        return ExtractConfig.from_json(attrs[schema.ATTR_CONFIG])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path} has no usable extract configuration ({schema.ATTR_CONFIG}: {err}).") from None
+
+
+def _check_model(model: models.ResolvedModel, attrs: dict, path: Path) -> None:
+    recorded = attrs.get(schema.ATTR_WEIGHTS_SHA256)
+    if recorded is not None and model.weights_sha256 != recorded:
+        raise InputError(
+            f"the weights loaded now (state-dict sha256 {model.weights_sha256[:12]}…) are not the ones {path} "
+            f"was extracted with ({str(recorded)[:12]}…); restore those weights to --recompute."
+        )
+    if recorded is None and model.weights_id != attrs.get(schema.ATTR_WEIGHTS):  # format v1
+        raise InputError(f"the weights now ({model.weights_id}) are not {path}'s ({attrs.get(schema.ATTR_WEIGHTS)}).")
+    for name, now in ((schema.ATTR_MEAN, model.mean), (schema.ATTR_STD, model.std)):
+        if not np.allclose(np.asarray(attrs.get(name, now), dtype=np.float64), now, rtol=0, atol=1e-9):
+            raise InputError(f"{path} was normalised with {name} {list(attrs[name])}; the model now uses {list(now)}.")
+
+
+def recompute(rc: Recomputer, config: VerifyConfig, report: VerifyReport) -> None:
+    """Run `config.recompute` rows (seeded pick among done, not failed rows) again; problems into `report`."""
+    paths = files_to_verify(Path(config.path))
+    ok_rows = [_ok_rows(path) for path in paths]
+    total = sum(len(rows) for rows in ok_rows)
+    rng = np.random.default_rng(config.seed)
+    picks = np.arange(total) if config.recompute >= total else np.sort(rng.choice(total, config.recompute, False))
+    start, skipped = 0, 0
+    for path, rows in zip(paths, ok_rows, strict=True):
+        mine = picks[(picks >= start) & (picks < start + len(rows))] - start
+        start += len(rows)
+        if not len(mine):
+            continue
+        label = path.name if path != Path(config.path) else None
+        found = _recompute_file(rc, path, rows[mine], config.images_root)
+        for stage, key, why in found.problems:
+            report.add(Problem(why, stage, key, label))
+        report.recomputed += found.recomputed
+        skipped += found.skipped
+    if skipped:
+        report.warn(
+            f"{skipped} rows picked for --recompute were not recomputed: their sources are missing, "
+            "unreadable or changed (pass --images-root DIR if the images moved)"
+        )
+
+
+def _ok_rows(path: Path) -> np.ndarray:
+    """Rows done and not failed; none for a file the integrity checks already reported."""
+    try:
+        with open_fmpipe(path) as file:
+            ok = file[schema.DONE][:].astype(bool)
+            ok[file[schema.FAILURE_INDEX][:]] = False
+            return np.flatnonzero(ok)
+    except InputError:
+        return np.zeros(0, np.int64)
+
+
+@dataclass
+class _Found:
+    problems: list[tuple[int, str, str]] = field(default_factory=list)  # (stage, key, why)
+    recomputed: int = 0
+    skipped: int = 0  # rows whose source is missing, unreadable or changed
+
+
+def _recompute_file(rc: Recomputer, path: Path, rows: np.ndarray, images_root: str | None) -> _Found:
+    found = _Found()
+    with open_fmpipe(path) as file:
+        try:
+            check_virtual_sources(path, file)
+        except InputError:
+            found.skipped = len(rows)  # reported by the integrity checks; reading would give NaN fill
+            return found
+        root = images_root or str(file.attrs.get(schema.ATTR_IMAGES_ROOT, ""))
+        keys = [_text(file[schema.KEY][row]) for row in rows.tolist()]
+        usable = [i for i, key in enumerate(keys) if root and source_path(root, key) is not None]
+        digests = file[schema.SOURCE_SHA256][:][rows] if schema.SOURCE_SHA256 in file else None
+        found.skipped = len(rows) - len(usable)
+        for batch in iter_batches(root, [keys[i] for i in usable], range(len(usable)), rc.size_hw, rc.batch_size, 0):
+            result = rc.forward(batch).result()
+            found.skipped += len(batch.failures)
+            in_batch = {position: j for j, position in enumerate(batch.rows.tolist())}
+            for b, position in enumerate(result.ok_rows.tolist()):
+                i = usable[position]
+                read = bytes(batch.source_sha256[in_batch[position]])
+                if digests is not None and bytes(digests[i]) not in (b"", read):
+                    found.skipped += 1  # the source changed since extraction: the source check reports it
+                    continue
+                found.recomputed += 1
+                for stage in rc.stages:
+                    stored = file[f"{schema.stage_group(stage)}/{schema.DATA}"][int(rows[i])]
+                    why = maps_mismatch(stored, result.data[stage][b], rc.tolerance)
+                    if why:
+                        found.problems.append((stage, keys[i], why))
+    return found
+
+
+def maps_mismatch(stored: np.ndarray, fresh: np.ndarray, tolerance: tuple[float, float]) -> str | None:
+    """Why recomputed maps (C, H, W) do not match the stored ones, or None.
+
+    A value matches when |fresh - stored| <= rel * |stored| + frac * (the channel's largest
+    stored |x|) + 2^-24, or both are NaN.
+    """
+    rel, frac = tolerance
+    a, b = stored.astype(np.float64), fresh.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        peak = np.nan_to_num(np.nanmax(np.abs(a).reshape(len(a), -1), axis=1, initial=0.0))[:, None, None]
+        limit = rel * np.abs(a) + frac * peak + SUBNORMAL
+        good = (a == b) | (np.isnan(a) & np.isnan(b)) | (np.abs(a - b) <= limit)
+    if good.all():
+        return None
+    bad = np.argwhere(~good)
+    c, y, x = bad[0]
+    return (
+        f"recomputed maps differ from the stored ones in {len(bad)} of {a.size} values (first: channel {c}, "
+        f"stored {a[c, y, x]:.5g}, recomputed {b[c, y, x]:.5g}, tolerance {limit[c, y, x]:.2g}): these maps "
+        "are not this image's, or were altered"
+    )
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

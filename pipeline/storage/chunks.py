@@ -1,0 +1,276 @@
+"""Raw chunks of a stage's data: where every stored chunk lies on disk (also below a virtual
+dataset), and decoding one with its checksum verified. No torch.
+
+HDF5's zstd plugin does not verify a frame's content checksum on read, so a byte overwritten
+inside a chunk can read back as other numbers. Chunks are therefore read raw (`os.pread` at the
+chunk's file offset, outside h5py's global lock, so threads read and decode in parallel) and
+decoded here, where every checksum is checked: XXH64 of zstd frames, Adler-32 of zlib streams,
+HDF5's Fletcher-32 of uncompressed chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from array import array
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import zstandard
+
+from ..errors import InputError
+from .codecs import fletcher32
+
+# HDF5 filter ids of the pipelines fmpipe writes: zstd (hdf5plugin), deflate, Fletcher-32.
+KINDS = {(): "none", (32015,): "zstd", (1,): "gzip", (3,): "fletcher32"}
+CHECKSUMS = {"zstd": "zstd checksum", "gzip": "zlib Adler-32 checksum", "fletcher32": "Fletcher-32 checksum"}
+
+
+class ChunkError(Exception):
+    """A chunk that does not decode to what was stored; the message says why ("fails its zstd checksum")."""
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """A physical dataset whose chunks are read raw: its file and its filter pipeline."""
+
+    fd: int  # os-level descriptor of its file, read with os.pread
+    kind: str  # "zstd", "gzip", "fletcher32" or "none"
+    label: str  # its file, for messages
+
+
+# Columns of ChunkIndex.table.
+ROW, C0, SOURCE, OFFSET, SIZE, MASK = range(6)
+
+
+@dataclass(frozen=True)
+class ChunkIndex:
+    """Every stored chunk of one stage, in the verified file's rows, sorted by (row, first channel).
+
+    Chunks are (1, k, H, W) blocks of the (N, C, H, W) data. `table` is (M, 6) int64, one row
+    per chunk: ROW (in the verified file), C0 (first channel), SOURCE (index into `sources`),
+    OFFSET and SIZE (its bytes in that source's file), MASK (HDF5 filter mask, 0: all applied).
+    """
+
+    table: np.ndarray
+    sources: list[RawSource]
+    k: int  # channels per chunk
+
+
+class Window:
+    """Jobs on a thread pool, at most `limit` in flight (bounded memory); each result goes to its
+    handler in the main thread, in submission order."""
+
+    def __init__(self, pool: ThreadPoolExecutor, limit: int):
+        self.pool, self.limit = pool, max(1, limit)
+        self.pending: deque[tuple[Future, Callable]] = deque()
+
+    def submit(self, handle: Callable, fn: Callable, *args) -> None:
+        self.pending.append((self.pool.submit(fn, *args), handle))
+        while len(self.pending) > self.limit:
+            self._next()
+
+    def drain(self) -> None:
+        while self.pending:
+            self._next()
+
+    def _next(self) -> None:
+        future, handle = self.pending.popleft()
+        handle(future.result())
+
+
+class RawFiles:
+    """Opens each file once for raw reads (`os.pread` is safe from many threads); closes them all."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def fd(self, path: str | os.PathLike) -> int:
+        key = os.path.abspath(path)
+        if key not in self._fds:
+            self._fds[key] = os.open(key, os.O_RDONLY)
+        return self._fds[key]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> RawFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def filter_kind(dset: h5py.Dataset) -> str:
+    """The dataset's filter pipeline as one of KINDS' names; InputError for any other."""
+    dcpl = dset.id.get_create_plist()
+    ids = tuple(dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters()))
+    if ids not in KINDS:
+        raise InputError(f"{dset.name} uses HDF5 filters {ids}, which fmpipe never writes; it cannot verify them.")
+    return KINDS[ids]
+
+
+def index_chunks(dset: h5py.Dataset, path: Path, files: RawFiles) -> ChunkIndex:
+    """The stored chunks of stage data `dset` of the file at `path` (physical or virtual).
+
+    A virtual dataset's rows are mapped to its sources' chunks (files beside `path`, already
+    checked by `virtual.check_virtual_sources`); rows no source maps have no chunks.
+    """
+    if not dset.is_virtual:
+        parts = [_physical(dset, path, files, (0, 0, dset.shape[0]))]
+    else:
+        parts = []
+        base = Path(os.path.abspath(path)).parent
+        for vmap in dset.virtual_sources():
+            rows = _block(dset, vmap)
+            source = base / vmap.file_name
+            with h5py.File(source, "r", locking=False) as file:
+                if (
+                    file[vmap.dset_name].shape[1:] != dset.shape[1:]
+                    or file[vmap.dset_name].shape[0] < rows[1] + rows[2]
+                ):
+                    raise InputError(
+                        f"{source.name}: {vmap.dset_name} is not the shape its merged file maps; re-merge."
+                    )
+                parts.append(_physical(file[vmap.dset_name], source, files, rows))
+    ks = {k for _, _, k in parts}
+    if len(ks) > 1:
+        raise InputError(f"the shards of {dset.name} are chunked differently ({sorted(ks)} channels); re-merge.")
+    tables = [np.column_stack([t[:, :SOURCE], np.full(len(t), i), t[:, SOURCE:]]) for i, (t, _, _) in enumerate(parts)]
+    table = np.concatenate(tables) if tables else np.zeros((0, 6), np.int64)
+    table = table[np.lexsort((table[:, C0], table[:, ROW]))]
+    return ChunkIndex(table, [source for _, source, _ in parts], ks.pop() if ks else dset.shape[1])
+
+
+def _block(dset: h5py.Dataset, vmap) -> tuple[int, int, int]:
+    """(first virtual row, first source row, rows) of a mapping of whole rows, as `fmpipe merge` writes."""
+    v_lo, v_hi = _bounds(vmap.vspace)
+    rows = v_hi[0] - v_lo[0] + 1
+    whole = all(lo == 0 and hi == n - 1 for lo, hi, n in zip(v_lo[1:], v_hi[1:], dset.shape[1:], strict=True))
+    if vmap.src_space.get_select_type() == h5py.h5s.SEL_ALL:  # the whole source (merge's own mappings)
+        s_lo, s_hi = (0,) * len(v_lo), tuple(np.subtract(v_hi, v_lo))
+    else:
+        s_lo, s_hi = _bounds(vmap.src_space)
+    if not whole or s_hi[0] - s_lo[0] + 1 != rows or tuple(s_lo[1:]) != tuple(v_lo[1:]):
+        raise InputError(f"{dset.name} maps its sources in a way `fmpipe merge` never writes; cannot verify it.")
+    return v_lo[0], s_lo[0], rows
+
+
+def _bounds(space) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    lo, hi = space.get_select_bounds()
+    if space.get_select_npoints() != int(np.prod(np.subtract(hi, lo) + 1)):
+        raise InputError("a virtual dataset maps a selection that is not one block; cannot verify it.")
+    return tuple(lo), tuple(hi)
+
+
+def _physical(dset: h5py.Dataset, path: Path, files: RawFiles, rows: tuple[int, int, int]):
+    """(M, 5) int64 [row, c0, offset, size, mask] of `dset`'s chunks in the source rows
+    [start, start + count) of `rows` = (first target row, start, count), rows moved to the target."""
+    chunks = dset.chunks
+    if chunks is None or chunks[0] != 1 or chunks[2:] != dset.shape[2:]:
+        raise InputError(f"{path}: {dset.name} is not chunked as (1, k, H, W); fmpipe never writes that.")
+    flat = array("q")
+
+    def visit(info) -> None:
+        flat.extend((info.chunk_offset[0], info.chunk_offset[1], info.byte_offset, info.size, info.filter_mask))
+
+    if hasattr(dset.id, "chunk_iter"):
+        dset.id.chunk_iter(visit)
+    else:  # HDF5 before 1.12.3
+        for i in range(dset.id.get_num_chunks()):
+            visit(dset.id.get_chunk_info(i))
+    table = np.frombuffer(flat, dtype=np.int64).reshape(-1, 5).copy()
+    target, start, count = rows
+    table = table[(table[:, ROW] >= start) & (table[:, ROW] < start + count)]
+    table[:, ROW] += target - start
+    return table, RawSource(files.fd(path), filter_kind(dset), path.name), chunks[1]
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+
+def read_raw(source: RawSource, offset: int, size: int) -> bytes:
+    """The stored bytes of one chunk (no HDF5 call: safe and parallel from any thread)."""
+    raw = os.pread(source.fd, size, offset)
+    if len(raw) != size:
+        raise ChunkError(f"is truncated: {len(raw)} of its {size} bytes are in {source.label}")
+    return raw
+
+
+def decode(raw: bytes, kind: str, mask: int, nbytes: int, checksum_required: bool) -> bytes:
+    """A chunk's `nbytes` uncompressed bytes, every checksum verified; ChunkError otherwise.
+
+    `checksum_required` (format v2) also refuses a chunk without a checksum: a zstd frame
+    without one, or a chunk stored unfiltered (filter mask set).
+    """
+    if mask:
+        if checksum_required:
+            raise ChunkError(f"was stored without its {kind} filter (filter mask {mask}), so no checksum protects it")
+        kind = "none"
+    if kind == "zstd":
+        data = _zstd(raw, nbytes, checksum_required)
+    elif kind == "gzip":
+        data = _zlib(raw, nbytes)
+    elif kind == "fletcher32":
+        data = _fletcher32_checked(raw)
+    else:
+        data = raw
+    if len(data) != nbytes:
+        raise ChunkError(f"decodes to {len(data)} bytes, expected {nbytes}")
+    return data
+
+
+_local = threading.local()
+
+
+def _zstd(raw: bytes, nbytes: int, checksum_required: bool) -> bytes:
+    try:
+        frame = zstandard.get_frame_parameters(raw)
+    except zstandard.ZstdError as err:
+        raise ChunkError(f"is not a zstd frame ({err})") from None
+    if checksum_required and not frame.has_checksum:
+        raise ChunkError("is a zstd frame without its checksum")
+    if frame.content_size != nbytes:  # also guards memory: a damaged header may claim any size
+        raise ChunkError(f"declares {frame.content_size} bytes, expected {nbytes}")
+    decompressor = getattr(_local, "zstd", None)
+    if decompressor is None:  # one per thread, like the compressors (notes/hdf5.md)
+        decompressor = _local.zstd = zstandard.ZstdDecompressor()
+    try:
+        return decompressor.decompress(raw)
+    except zstandard.ZstdError as err:
+        reason = "fails its zstd checksum" if "checksum" in str(err).lower() else f"does not decode ({err})"
+        raise ChunkError(reason) from None
+
+
+def _zlib(raw: bytes, nbytes: int) -> bytes:
+    stream = zlib.decompressobj()
+    try:
+        data = stream.decompress(raw, nbytes)  # bounded: a damaged stream cannot inflate without limit
+        if not stream.eof:  # the Adler-32 trailer may still be unread; more data would be an error
+            data += stream.decompress(stream.unconsumed_tail, 1)
+    except zlib.error as err:
+        reason = "fails its zlib Adler-32 checksum" if "check" in str(err) else f"does not decode ({err})"
+        raise ChunkError(reason) from None
+    if not stream.eof or stream.unused_data:
+        raise ChunkError("is a truncated or overlong zlib stream")
+    return data
+
+
+def _fletcher32_checked(raw: bytes) -> bytes:
+    if len(raw) < 4:
+        raise ChunkError("is shorter than its Fletcher-32 checksum")
+    data, stored = raw[:-4], int.from_bytes(raw[-4:], "little")
+    value = fletcher32(data)
+    # HDF5 1.6 wrote the checksum's bytes swapped in pairs; HDF5 still accepts both forms.
+    swapped = ((value & 0x00FF00FF) << 8) | ((value >> 8) & 0x00FF00FF)
+    if stored not in (value, swapped):
+        raise ChunkError("fails its Fletcher-32 checksum")
+    return data

@@ -1,0 +1,331 @@
+"""`fmpipe verify`'s integrity checks: every chunk of every stage decodes with its checksum and
+agrees with the statistics stored beside it, and every source file still has its recorded
+digest. No torch (`extraction/recompute.py` adds the model side, `--recompute`).
+
+Chunks are read raw and decoded in threads (`chunks.py`), a bounded number at a time; only
+rows that are done and not failed are checked. Format v1 files have no checksums and no
+digests: they are checked by their statistics alone, and the report says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError, UsageError
+from . import schema
+from .chunks import C0, ROW, RawFiles, Window, index_chunks
+from .digests import check_sources, recorded_rows
+from .files import SHARD_RE
+from .mapstats import ChunkRef, ChunkSpec, check_chunk
+from .virtual import check_virtual_sources
+
+log = logging.getLogger(__name__)
+
+STATS_BLOCK_BYTES = 16 * 1024 * 1024  # (3, rows, C) float32 statistics read per step
+IN_FLIGHT_PER_WORKER = 4  # chunks read or decoded at once per thread: bounded memory
+MAX_PROBLEMS_KEPT = 1000  # more are counted, not kept
+LOG_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """What `fmpipe verify` checks; `pipeline.verify` and the CLI take their defaults from here."""
+
+    path: str  # an fmpipe file (single, merged, copied) or a shards folder OUT.shards/
+    recompute: int = 0  # rows run through the model again (0: none)
+    images_root: str | None = None  # where the sources are now (default: the file's images_root)
+    seed: int = 0  # picks the rows to recompute
+    workers: int = 0  # threads reading, decoding and hashing (0: one per core)
+
+    def __post_init__(self) -> None:
+        for name in ("recompute", "workers"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
+        if self.images_root is not None and not Path(self.images_root).is_dir():
+            raise InputError(f"--images-root {self.images_root} is not a folder; give the folder the images are in.")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing found wrong: what, and where (file of a shards folder, stage, image key)."""
+
+    what: str
+    stage: int | None = None
+    key: str | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        where = [
+            self.file or "",
+            f"stage {self.stage}" if self.stage is not None else "",
+            f"image {self.key}" if self.key is not None else "",
+        ]
+        where = ", ".join(w for w in where if w)
+        return f"{where}: {self.what}" if where else self.what
+
+
+@dataclass
+class VerifyReport:
+    """What `fmpipe verify` found and how much it checked."""
+
+    path: Path
+    problems: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS_KEPT
+    problem_count: int = 0
+    warnings: list[str] = field(default_factory=list)  # what could not be checked, and why
+    files: int = 0
+    chunks: int = 0
+    rows: int = 0  # done, not failed rows whose maps were checked
+    bytes_checked: int = 0  # uncompressed bytes of maps decoded and compared with their statistics
+    sources_checked: int = 0
+    sources_unchecked: int = 0
+    recomputed: int = 0
+    seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def add(self, problem: Problem) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.problems.append(problem)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def summary(self) -> str:
+        """One line: GB of maps checked, chunks, rows, sources, seconds, GB/s, problems."""
+        gb = self.bytes_checked / 1e9
+        rate = gb / self.seconds if self.seconds else 0.0
+        recomputed = f", {self.recomputed} rows recomputed" if self.recomputed else ""
+        return (
+            f"{self.path}: {gb:.3f} GB of maps checked ({self.chunks} chunks, {self.rows} rows), "
+            f"{self.sources_checked} sources hashed ({self.sources_unchecked} not checked){recomputed}; "
+            f"{self.seconds:.1f} s, {rate:.2f} GB/s; {self.problem_count} problems"
+        )
+
+
+class Progress:
+    """A tqdm bar on a terminal, else a log line every LOG_EVERY_S seconds."""
+
+    def __init__(self, what: str, total: int, unit: str = "B"):
+        self.what, self.total, self.done, self.last = what, total, 0, time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty() and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, unit_scale=True, desc=what, dynamic_ncols=True, leave=False)
+
+    def update(self, amount: int) -> None:
+        self.done += amount
+        if self.bar is not None:
+            self.bar.update(amount)
+        elif time.perf_counter() - self.last > LOG_EVERY_S:
+            self.last = time.perf_counter()
+            log.info("%s: %.0f %% checked", self.what, 100 * self.done / max(1, self.total))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
+    """Check every file `config.path` names (a file, or a shards folder's shard files) into `report`."""
+    paths = files_to_verify(Path(config.path), report)
+    workers = config.workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(workers, thread_name_prefix="verify") as pool:
+        for path in paths:
+            label = path.name if path != Path(config.path) else None
+            try:
+                file = open_fmpipe(path)
+            except InputError as err:
+                if label is None:
+                    raise  # the one file asked for is not an fmpipe file: bad input (exit 2)
+                report.add(Problem(str(err), file=label))  # a damaged shard among others
+                continue
+            with file, RawFiles() as files:
+                window = Window(pool, workers * IN_FLIGHT_PER_WORKER)
+                _FileCheck(file, path, label, config, report, window, files).run()
+                report.files += 1
+
+
+def files_to_verify(path: Path, report: VerifyReport | None = None) -> list[Path]:
+    """[path] for a file; a shards folder's shard files (complete ones before partial ones).
+    Shards not there (yet) are noted in `report`."""
+    if not path.exists():
+        raise InputError(f"{path} does not exist.")
+    if not path.is_dir():
+        return [path]
+    found: dict[tuple[int, int], Path] = {}
+    for entry in sorted(path.iterdir()):
+        match = SHARD_RE.match(entry.name)
+        shard = (int(match.group(1)), int(match.group(2))) if match else None
+        if shard is not None and (shard not in found or found[shard].name.endswith(".partial")):
+            found[shard] = entry
+    if not found:
+        raise InputError(f"{path}/ holds no shard files (shard-0000I-of-0000N.h5); give an fmpipe file or OUT.shards/.")
+    counts = sorted({n for _, n in found})
+    missing = [i for n in counts for i in range(n) if (i, n) not in found]
+    if report is not None and len(counts) > 1:
+        report.warn(f"{path}/ holds shards of several --num-shards ({', '.join(map(str, counts))}); all were checked")
+    if report is not None and missing:
+        report.warn(f"{len(missing)} shards are not in {path}/ yet (first: shard {missing[0]}); they were not checked")
+    return [found[key] for key in sorted(found)]
+
+
+def open_fmpipe(path: Path) -> h5py.File:
+    """Open an fmpipe file of a readable version for reading; InputError for anything else."""
+    # A running task holds HDF5's lock on its partial shard; reading done rows is still safe.
+    locking = False if path.name.endswith(".partial") else "best-effort"
+    try:
+        file = h5py.File(path, "r", locking=locking)
+    except OSError as err:
+        raise InputError(f"{path} is not a readable HDF5 file ({err}).") from None
+    attrs = file.attrs
+    problem = None
+    if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
+        problem = "is an HDF5 file but not an fmpipe file (no format='fmpipe')"
+    elif attrs.get(schema.ATTR_FORMAT_VERSION) not in schema.READABLE_VERSIONS:
+        problem = f"has fmpipe format version {attrs.get(schema.ATTR_FORMAT_VERSION)}, which this fmpipe cannot read"
+    else:
+        missing = [n for n in (schema.KEY, schema.DONE, schema.FAILURE_INDEX, schema.STAGES) if n not in file]
+        problem = f"lacks /{missing[0]}" if missing else _stage_problem(file)
+    if problem:
+        file.close()
+        raise InputError(f"{path} {problem}.")
+    return file
+
+
+def _stage_problem(file: h5py.File) -> str | None:
+    n = file[schema.KEY].shape[0]
+    if file[schema.DONE].shape != (n,):
+        return f"has /{schema.DONE} of shape {file[schema.DONE].shape}, expected ({n},)"
+    for name, group in file[schema.STAGES].items():
+        if not name.isdigit() or any(d not in group for d in (schema.DATA, *schema.STAT_NAMES)):
+            return f"has a stage group {name!r} that is not an fmpipe stage"
+        shape = group[schema.DATA].shape
+        if len(shape) != 4 or shape[0] != n or any(group[s].shape != shape[:2] for s in schema.STAT_NAMES):
+            return f"has stage {name} data of shape {shape} or statistics that do not match {n} images"
+    return None
+
+
+@dataclass
+class _FileCheck:
+    file: h5py.File
+    path: Path
+    label: str | None  # the file's name when several are checked (a shards folder)
+    config: VerifyConfig
+    report: VerifyReport
+    window: Window
+    files: RawFiles
+    version: int = field(init=False, default=2)
+    ok: np.ndarray = field(init=False, default=None)  # (N,) bool: done and not failed
+
+    def run(self) -> None:
+        attrs = self.file.attrs
+        self.version = int(attrs[schema.ATTR_FORMAT_VERSION])
+        if self.version < 2:
+            self.report.warn(
+                f"{self.path.name} is format v1: no chunk checksums and no source digests; "
+                "its maps were checked against their statistics alone"
+            )
+        if any(self.file[f"{schema.stage_group(i)}/{schema.DATA}"].is_virtual for i in self._stages()):
+            try:
+                check_virtual_sources(self.path, self.file)
+            except InputError as err:
+                self.problem(str(err))
+                return
+        done = self.file[schema.DONE][:].astype(bool)
+        self.ok = done.copy()
+        self.ok[self.file[schema.FAILURE_INDEX][:]] = False
+        self.report.rows += int(self.ok.sum())
+        for index in self._stages():
+            self._check_stage(index)
+        self._check_sources(done)
+
+    def _stages(self) -> list[int]:
+        return sorted(int(name) for name in self.file[schema.STAGES])
+
+    def problem(self, what: str, stage: int | None = None, row: int | None = None) -> None:
+        key = None if row is None else _text(self.file[schema.KEY][row])
+        self.report.add(Problem(what, stage, key, self.label))
+
+    def _check_stage(self, index: int) -> None:
+        group = self.file[schema.stage_group(index)]
+        data = group[schema.DATA]
+        n, channels, height, width = data.shape
+        found = index_chunks(data, self.path, self.files)
+        checksums = self.version >= 2 and self.file.attrs.get(schema.ATTR_CHUNK_CHECKSUM) is not None
+        spec = ChunkSpec(np.dtype(data.dtype), found.k, channels, height * width, checksums)
+        self._report_missing(index, found.table, spec)
+        table = found.table[self.ok[found.table[:, ROW]]]
+        progress = Progress(f"{self.label or self.path.name} stage {index}", len(table) * spec.nbytes)
+        step = max(1, STATS_BLOCK_BYTES // (12 * channels))
+        for lo in range(0, n, step):
+            block = table[(table[:, ROW] >= lo) & (table[:, ROW] < lo + step)]
+            if not len(block):
+                continue
+            stats = np.stack([group[name][lo : lo + step] for name in schema.STAT_NAMES])  # (3, R, C)
+            for row, c0, source, offset, size, mask in block.tolist():
+                c1 = min(channels, c0 + spec.k)
+                ref = ChunkRef(found.sources[source], offset, size, mask, c0)
+                handle = self._handler(index, row, c0, c1, progress)
+                self.window.submit(handle, check_chunk, spec, ref, stats[:, row - lo, c0:c1])
+        self.window.drain()
+        progress.close()
+
+    def _handler(self, index: int, row: int, c0: int, c1: int, progress: Progress) -> Callable:
+        def handle(result: tuple[int, str | None]) -> None:
+            nbytes, why = result
+            self.report.chunks += 1
+            self.report.bytes_checked += nbytes
+            progress.update(nbytes)
+            if why:
+                self.problem(f"chunk (row {row}, channels {c0}-{c1 - 1}) {why}", index, row)
+
+        return handle
+
+    def _report_missing(self, index: int, table: np.ndarray, spec: ChunkSpec) -> None:
+        """A done, not failed row without all its chunks reads NaN where one is missing."""
+        counts = np.bincount(table[:, ROW], minlength=len(self.ok))
+        for row in np.flatnonzero(self.ok & (counts < -(-spec.channels // spec.k))).tolist():
+            present = set(table[table[:, ROW] == row, C0].tolist())
+            for lo in range(0, spec.channels, spec.k):
+                if lo not in present:
+                    hi = min(spec.channels, lo + spec.k) - 1
+                    self.problem(f"chunk (row {row}, channels {lo}-{hi}) is missing: it reads as NaN", index, row)
+
+    def _check_sources(self, done: np.ndarray) -> None:
+        rows = recorded_rows(self.file, done)
+        if rows is None:
+            if self.version >= 2:
+                self.report.warn(f"{self.path.name} records no source digests; its sources were not checked")
+            return
+        root = self.config.images_root or self.file.attrs.get(schema.ATTR_IMAGES_ROOT)
+        progress = Progress(f"{self.label or self.path.name} sources", len(rows), unit="file")
+        found = check_sources(self.file, rows, root, self.window, progress.update)
+        progress.close()
+        for row, what in found.problems:
+            self.problem(what, None, row)
+        for text in found.warnings:
+            self.report.warn(f"{self.label}: {text}" if self.label else text)
+        self.report.sources_checked += found.checked
+        self.report.sources_unchecked += found.unchecked
+        if self.config.images_root is not None and found.unchecked and not found.checked:
+            # The user named the folder to check against and nothing in it matched: say so loudly.
+            self.problem(f"none of the {found.unchecked} recorded sources was found below --images-root {root}")
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
