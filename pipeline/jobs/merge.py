@@ -165,9 +165,9 @@ def _check_shards(found: shards.ShardScan, opened: list[h5py.File], out: Path) -
         if _stage_layout(file) != layout:
             raise InputError(f"{state.label} stores other stages or chunking than shard 0; re-extract it.")
         count = int(file[schema.KEY].shape[0])
-        if int(attrs.get("shard_start", -1)) != start:
+        if int(attrs.get(schema.ATTR_SHARD_START, -1)) != start:
             raise InputError(
-                f"{state.label} starts at image {attrs.get('shard_start')}, expected {start}: "
+                f"{state.label} starts at image {attrs.get(schema.ATTR_SHARD_START)}, expected {start}: "
                 "the shards do not tile the collection. Re-extract it (--overwrite)."
             )
         keys = file[schema.KEY][:]
@@ -206,7 +206,7 @@ def _stage_layout(file: h5py.File) -> dict:
 
 
 def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
-    total = int(ref.attrs.get("total_images", -1))
+    total = int(ref.attrs.get(schema.ATTR_TOTAL_IMAGES, -1))
     count = sum(p.count for p in parts)
     if count != total:
         raise InputError(f"the shards of {out} hold {count} images, their collection {total}; re-extract them.")

@@ -102,7 +102,7 @@ def read_state(path: Path, index: int) -> ShardState:
                 return ShardState(index, path, "unreadable", reason="not an fmpipe file")
             done = int(file[schema.DONE][:].sum())
             images = int(file[schema.DONE].shape[0])
-            total = attrs.get("total_images")
+            total = attrs.get(schema.ATTR_TOTAL_IMAGES)
             complete = bool(attrs.get(schema.ATTR_COMPLETE)) and not path.name.endswith(PARTIAL_SUFFIX)
     except (OSError, KeyError, ValueError) as err:
         return ShardState(index, path, "unreadable", reason=f"cannot be read ({err})")

@@ -173,7 +173,7 @@ def _plan(config: RenderConfig, store: Store) -> tuple[RenderJob, np.ndarray]:
         scale=config.scale or auto_scale(view.height, view.width, CHANNEL_MIN_SIDE),
         grid_scale=config.scale or auto_scale(view.height, view.width, TILE_MIN_SIDE),
         photos=photos,
-        input_hw=tuple(int(v) for v in store.attrs.get("input_size", (view.height, view.width))),
+        input_hw=store.run.input_size or (view.height, view.width),
         out_stage=config.out_dir / f"stage{view.index}",
         overwrite=config.overwrite,
         pca=pca,
@@ -204,7 +204,7 @@ def _cpu_count() -> int:
 
 
 def _photo_root(config: RenderConfig, store: Store) -> str:
-    recorded = store.attrs.get("images_root")
+    recorded = store.run.images_root
     root = Path(config.images_root or recorded or "")
     if not config.images_root and not recorded:
         raise InputError(f"{store.path} does not record where its images are; pass --images-root DIR.")

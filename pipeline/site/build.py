@@ -97,7 +97,7 @@ def write_gallery(config: GalleryConfig) -> GallerySummary:
         pages = max(1, -(-len(rows) // config.per_page))
         site = Site(
             config.path,
-            str(store.attrs.get("model", "?")),
+            store.run.model or "?",
             len(store),
             len(rows),
             tuple(store.failures),
@@ -106,7 +106,7 @@ def write_gallery(config: GalleryConfig) -> GallerySummary:
         )
         summary = GallerySummary(out / "index.html", len(rows), pages, [s.index for s in stages if s.rendered])
         summary.failures = len(site.failures)
-        root = config.images_root or store.attrs.get("images_root")
+        root = config.images_root or store.run.images_root
         writer = _PageWriter(store, site, rows, out, config, root)
         written = writer.run()
         summary.thumbs_written, summary.sources_missing = writer.thumbs_written, writer.sources_missing

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from .store import Store
 
 MB = 1e6
@@ -11,25 +9,25 @@ MB = 1e6
 
 def describe_store(store: Store, failures_shown: int = 10) -> str:
     """Multi-line description of an fmpipe file: run, completeness, stages, failures."""
-    a = store.attrs
+    run = store.run
     n, done = len(store), store.done_count
     failures = store.failures
     state = "complete" if store.complete else f"INCOMPLETE ({done} of {n} images done)"
+    checksum = f", chunks checked by {run.chunk_checksum}" if run.chunk_checksum else ", no chunk checksums"
     lines = [
-        f"{store.path}: fmpipe format v{a.get('format_version')}, {state}",
-        f"  model      {a.get('model')}  (weights: {a.get('weights')})",
-        f"  input      {_hw(a.get('input_size'))}, {a.get('resize_policy')}, "
-        f"mean {_floats(a.get('mean'))}, std {_floats(a.get('std'))}",
-        f"  storage    {a.get('dtype')}, {a.get('compression')}",
+        f"{store.path}: fmpipe format v{run.format_version}, {state}",
+        f"  model      {run.model}  (weights: {run.weights}; state dict sha256 {(run.weights_sha256 or '?')[:16]}…)",
+        f"  input      {_hw(run.input_size)}, {run.resize_policy}, mean {_floats(run.mean)}, std {_floats(run.std)}",
+        f"  storage    {run.dtype}, {run.compression}{checksum}",
         f"  images     {n - len(failures)} stored, {len(failures)} failed, {n} in all",
     ]
-    if a.get("merged_from"):
+    if run.merged:
         lines.append(
-            f"  shards     {a.get('num_shards')} of {a.get('num_shards')} merged ({a.get('merge_mode')}) from "
-            f"{a.get('merged_from')}/; images done {done} of {n}"
+            f"  shards     {run.num_shards} of {run.num_shards} merged ({run.merge_mode}) from "
+            f"{run.merged_from}/; images done {done} of {n}"
         )
-    elif int(a.get("num_shards", 1)) > 1:
-        lines.append(f"  shard      {a.get('shard_index')} of {a.get('num_shards')}; images done {done} of {n}")
+    elif run.num_shards > 1:
+        lines.append(f"  shard      {run.shard_index} of {run.num_shards}; images done {done} of {n}")
     lines.append("  stage  module               channels  stride  shape (C, H, W)      MB/image  stored MB  ratio")
     for s in store.stages:
         raw = s.data.size * s.data.dtype.itemsize
@@ -48,9 +46,8 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
             f"  ... and {len(failures) - failures_shown} more failures "
             "(pipeline.open_store(path).failures lists them all)"
         )
-    timings = a.get("timings_json")
-    if timings:
-        t = json.loads(timings)
+    t = run.timings
+    if t:
         phases = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in t.items() if k.endswith("_s"))
         bound = f"; bound by {t['bound_by']}" if "bound_by" in t else ""
         lines.append(f"  timings    {phases}{bound}")

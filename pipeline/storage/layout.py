@@ -71,14 +71,14 @@ def create_layout(file: h5py.File, plan: WritePlan) -> None:
 def _create_stage(file: h5py.File, info: StageInfo, n: int, dtype: str, codec: Codec) -> None:
     group = file.create_group(schema.stage_group(info.index))
     for name, value in (
-        ("index", info.index),
-        ("module", info.module),
-        ("channels", info.channels),
-        ("stride", info.stride),
-        ("height", info.height),
-        ("width", info.width),
-        ("capture", info.capture),
-        ("layout", "NCHW"),
+        (schema.ATTR_STAGE_INDEX, info.index),
+        (schema.ATTR_STAGE_MODULE, info.module),
+        (schema.ATTR_CHANNELS, info.channels),
+        (schema.ATTR_STRIDE, info.stride),
+        (schema.ATTR_HEIGHT, info.height),
+        (schema.ATTR_WIDTH, info.width),
+        (schema.ATTR_CAPTURE, info.capture),
+        (schema.ATTR_LAYOUT, "NCHW"),
     ):
         group.attrs[name] = value
     itemsize = np.dtype(dtype).itemsize

@@ -55,6 +55,16 @@ ATTR_SHARD_STOP = "shard_stop"  # one past the row of its last image
 ATTR_TOTAL_IMAGES = "total_images"  # images in the whole collection
 ATTR_IMAGES_ROOT = "images_root"  # absolute folder the keys are relative to, at extraction
 
+# Per-stage group attributes, on stages/<i>/.
+ATTR_STAGE_INDEX = "index"
+ATTR_STAGE_MODULE = "module"
+ATTR_CHANNELS = "channels"
+ATTR_STRIDE = "stride"
+ATTR_HEIGHT = "height"
+ATTR_WIDTH = "width"
+ATTR_CAPTURE = "capture"  # "forward_intermediates" or "forward_hook"
+ATTR_LAYOUT = "layout"  # always "NCHW"
+
 # Per-stage datasets, below stages/<i>/.
 DATA = "data"  # (N, C, H, W) float16 (or float32), chunks (1, k, H, W)
 STAT_MIN = "min"  # (N, C) float32

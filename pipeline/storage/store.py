@@ -7,7 +7,6 @@ fill values for a missing source.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from ..errors import IncompleteFileError, InputError
 from ..records import StageInfo
 from . import schema
+from .metadata import RunInfo, run_info
 from .virtual import check_virtual_sources
 
 # One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
@@ -92,7 +92,8 @@ class Store:
         if data.ndim != 4 or data.shape[0] != n:
             raise InputError(f"{self.path}: stage {index} data has shape {data.shape}, expected ({n}, C, H, W).")
         try:
-            declared = tuple(int(group.attrs[a]) for a in ("channels", "height", "width", "stride", "index"))
+            names = (schema.ATTR_CHANNELS, schema.ATTR_HEIGHT, schema.ATTR_WIDTH, schema.ATTR_STRIDE)
+            declared = tuple(int(group.attrs[a]) for a in (*names, schema.ATTR_STAGE_INDEX))
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"{self.path}: stage {index} has a missing or malformed attribute ({err}).") from None
         if declared[:3] != data.shape[1:] or declared[4] != index:
@@ -115,7 +116,13 @@ class Store:
 
     @property
     def attrs(self) -> dict:
+        """The raw root attributes; prefer the typed `run`."""
         return dict(self.file.attrs)
+
+    @property
+    def run(self) -> RunInfo:
+        """The run that wrote this file: model, weights, input size, storage, shards, images root."""
+        return run_info(self.file.attrs)
 
     @property
     def complete(self) -> bool:
@@ -123,7 +130,7 @@ class Store:
 
     @property
     def config(self) -> dict:
-        return json.loads(self.file.attrs.get(schema.ATTR_CONFIG, "{}"))
+        return self.run.config
 
     @property
     def keys(self) -> list[str]:
@@ -174,13 +181,13 @@ class Store:
         group = self.file[schema.stage_group(index)]
         a = group.attrs
         return StageView(
-            int(a["index"]),
-            str(a["module"]),
-            int(a["channels"]),
-            int(a["stride"]),
-            int(a["height"]),
-            int(a["width"]),
-            str(a.get("capture", "")),
+            int(a[schema.ATTR_STAGE_INDEX]),
+            str(a[schema.ATTR_STAGE_MODULE]),
+            int(a[schema.ATTR_CHANNELS]),
+            int(a[schema.ATTR_STRIDE]),
+            int(a[schema.ATTR_HEIGHT]),
+            int(a[schema.ATTR_WIDTH]),
+            str(a.get(schema.ATTR_CAPTURE, "")),
             group[schema.DATA],
             group[schema.STAT_MIN],
             group[schema.STAT_MAX],
