@@ -59,7 +59,8 @@ def verify(path, *, recompute: int = 0, images_root: str | None = None, seed: in
     import time
     from pathlib import Path
 
-    from .storage.verify import VerifyConfig, VerifyReport, check_integrity
+    from .storage.findings import VerifyConfig, VerifyReport
+    from .storage.verify import check_integrity
 
     config = VerifyConfig(str(path), recompute, None if images_root is None else str(images_root), seed, workers)
     report = VerifyReport(Path(config.path))

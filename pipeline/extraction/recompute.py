@@ -20,7 +20,8 @@ from ..config import ExtractConfig
 from ..errors import InputError
 from ..sources import source_path
 from ..storage import schema
-from ..storage.verify import Problem, VerifyConfig, VerifyReport, files_to_verify, open_fmpipe
+from ..storage.findings import Problem, VerifyConfig, VerifyReport
+from ..storage.verify import files_to_verify, open_fmpipe
 from ..storage.virtual import check_virtual_sources
 from . import models, taps
 from .compute import Forward

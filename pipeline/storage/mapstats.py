@@ -106,16 +106,17 @@ def _reduce(floats: np.ndarray) -> np.ndarray:
 
 
 def as_float32(values: np.ndarray) -> np.ndarray:
-    """float16 → float32 by bit arithmetic: numpy's cast is 5× slower on zeros (measured 1.1 vs 0.2 ms a
-    512 KiB chunk). Exact for finite values (subnormals too); inf and NaN come out as |x| ≥ 65536."""
+    """float16 → float32 by bit arithmetic, in 4 passes: numpy's cast is 5× slower on zeros (measured
+    1.1 vs 0.2 ms a 512 KiB chunk). Exact for finite values (subnormals too); inf and NaN come out as
+    |x| ≥ 65536 (callers fall back to the cast)."""
     if values.dtype != np.float16:
         return values
-    bits = values.view(np.uint16).astype(np.uint32)
-    sign = bits & 0x8000
-    sign <<= 16
-    bits &= 0x7FFF
-    bits <<= 13  # exponent and mantissa into float32's places, exponent still biased by 15
-    bits |= sign
+    bits = values.view(np.int16).astype(np.int32)  # sign-extended: a negative value sets bits 31..15
+    bits <<= 13  # the 5-bit exponent and 10-bit mantissa into float32's places; bits 31..28 = sign
+    bits &= _SIGN_EXPONENT_LOW  # keep the sign in bit 31, clear bits 30..28 (the exponent's high bits)
     out = bits.view(np.float32)
     out *= np.float32(2.0**112)  # rebias the exponent 15 → 127 (also scales subnormals exactly)
     return out
+
+
+_SIGN_EXPONENT_LOW = np.uint32(0x8FFFFFFF).view(np.int32)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,11 +19,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError
 from . import schema
 from .chunks import C0, ROW, RawFiles, Window, index_chunks
 from .digests import check_sources, recorded_rows
 from .files import SHARD_RE
+from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
 from .mapstats import ChunkRef, ChunkSpec, check_chunk
 from .virtual import check_virtual_sources
 
@@ -33,117 +32,13 @@ log = logging.getLogger(__name__)
 
 STATS_BLOCK_BYTES = 16 * 1024 * 1024  # (3, rows, C) float32 statistics read per step
 IN_FLIGHT_PER_WORKER = 4  # chunks read or decoded at once per thread: bounded memory
-MAX_PROBLEMS_KEPT = 1000  # more are counted, not kept
-LOG_EVERY_S = 30.0
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    """What `fmpipe verify` checks; `pipeline.verify` and the CLI take their defaults from here."""
-
-    path: str  # an fmpipe file (single, merged, copied) or a shards folder OUT.shards/
-    recompute: int = 0  # rows run through the model again (0: none)
-    images_root: str | None = None  # where the sources are now (default: the file's images_root)
-    seed: int = 0  # picks the rows to recompute
-    workers: int = 0  # threads reading, decoding and hashing (0: one per core)
-
-    def __post_init__(self) -> None:
-        for name in ("recompute", "workers"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
-        if self.images_root is not None and not Path(self.images_root).is_dir():
-            raise InputError(f"--images-root {self.images_root} is not a folder; give the folder the images are in.")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing found wrong: what, and where (file of a shards folder, stage, image key)."""
-
-    what: str
-    stage: int | None = None
-    key: str | None = None
-    file: str | None = None
-
-    def __str__(self) -> str:
-        where = [
-            self.file or "",
-            f"stage {self.stage}" if self.stage is not None else "",
-            f"image {self.key}" if self.key is not None else "",
-        ]
-        where = ", ".join(w for w in where if w)
-        return f"{where}: {self.what}" if where else self.what
-
-
-@dataclass
-class VerifyReport:
-    """What `fmpipe verify` found and how much it checked."""
-
-    path: Path
-    problems: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS_KEPT
-    problem_count: int = 0
-    warnings: list[str] = field(default_factory=list)  # what could not be checked, and why
-    files: int = 0
-    chunks: int = 0
-    rows: int = 0  # done, not failed rows whose maps were checked
-    bytes_checked: int = 0  # uncompressed bytes of maps decoded and compared with their statistics
-    sources_checked: int = 0
-    sources_unchecked: int = 0
-    recomputed: int = 0
-    seconds: float = 0.0
-    started: float = field(default_factory=time.perf_counter, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.problem_count == 0
-
-    def add(self, problem: Problem) -> None:
-        self.problem_count += 1
-        if len(self.problems) < MAX_PROBLEMS_KEPT:
-            self.problems.append(problem)
-
-    def warn(self, text: str) -> None:
-        self.warnings.append(text)
-
-    def summary(self) -> str:
-        """One line: GB of maps checked, chunks, rows, sources, seconds, GB/s, problems."""
-        gb = self.bytes_checked / 1e9
-        rate = gb / self.seconds if self.seconds else 0.0
-        recomputed = f", {self.recomputed} rows recomputed" if self.recomputed else ""
-        return (
-            f"{self.path}: {gb:.3f} GB of maps checked ({self.chunks} chunks, {self.rows} rows), "
-            f"{self.sources_checked} sources hashed ({self.sources_unchecked} not checked){recomputed}; "
-            f"{self.seconds:.1f} s, {rate:.2f} GB/s; {self.problem_count} problems"
-        )
-
-
-class Progress:
-    """A tqdm bar on a terminal, else a log line every LOG_EVERY_S seconds."""
-
-    def __init__(self, what: str, total: int, unit: str = "B"):
-        self.what, self.total, self.done, self.last = what, total, 0, time.perf_counter()
-        self.bar = None
-        if sys.stderr.isatty() and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit=unit, unit_scale=True, desc=what, dynamic_ncols=True, leave=False)
-
-    def update(self, amount: int) -> None:
-        self.done += amount
-        if self.bar is not None:
-            self.bar.update(amount)
-        elif time.perf_counter() - self.last > LOG_EVERY_S:
-            self.last = time.perf_counter()
-            log.info("%s: %.0f %% checked", self.what, 100 * self.done / max(1, self.total))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
     """Check every file `config.path` names (a file, or a shards folder's shard files) into `report`."""
     paths = files_to_verify(Path(config.path), report)
     workers = config.workers or os.cpu_count() or 1
+    runs: dict[str, list[str]] = {}  # fingerprint → files: the shards of a folder must be one run
     with ThreadPoolExecutor(workers, thread_name_prefix="verify") as pool:
         for path in paths:
             label = path.name if path != Path(config.path) else None
@@ -154,10 +49,14 @@ def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
                     raise  # the one file asked for is not an fmpipe file: bad input (exit 2)
                 report.add(Problem(str(err), file=label))  # a damaged shard among others
                 continue
+            runs.setdefault(str(file.attrs.get(schema.ATTR_FINGERPRINT)), []).append(path.name)
             with file, RawFiles() as files:
                 window = Window(pool, workers * IN_FLIGHT_PER_WORKER)
                 _FileCheck(file, path, label, config, report, window, files).run()
                 report.files += 1
+    if len(runs) > 1:
+        odd = sorted(runs.values(), key=len)[0]
+        report.add(Problem(f"{', '.join(odd)} belong to another run than the other shards (fingerprint differs)"))
 
 
 def files_to_verify(path: Path, report: VerifyReport | None = None) -> list[Path]:
@@ -248,7 +147,11 @@ class _FileCheck:
                 return
         done = self.file[schema.DONE][:].astype(bool)
         self.ok = done.copy()
-        self.ok[self.file[schema.FAILURE_INDEX][:]] = False
+        failed = self.file[schema.FAILURE_INDEX][:]
+        if len(failed) and (failed.min() < 0 or failed.max() >= len(done)):
+            self.problem(f"/{schema.FAILURE_INDEX} lists rows outside 0..{len(done) - 1}")
+            failed = failed[(failed >= 0) & (failed < len(done))]
+        self.ok[failed] = False
         self.report.rows += int(self.ok.sum())
         for index in self._stages():
             self._check_stage(index)
@@ -258,7 +161,8 @@ class _FileCheck:
         return sorted(int(name) for name in self.file[schema.STAGES])
 
     def problem(self, what: str, stage: int | None = None, row: int | None = None) -> None:
-        key = None if row is None else _text(self.file[schema.KEY][row])
+        kept = len(self.report.problems) < MAX_PROBLEMS_KEPT  # past that only counted: no key to read
+        key = _text(self.file[schema.KEY][row]) if row is not None and kept else None
         self.report.add(Problem(what, stage, key, self.label))
 
     def _check_stage(self, index: int) -> None:
@@ -273,7 +177,7 @@ class _FileCheck:
         progress = Progress(f"{self.label or self.path.name} stage {index}", len(table) * spec.nbytes)
         step = max(1, STATS_BLOCK_BYTES // (12 * channels))
         for lo in range(0, n, step):
-            block = table[(table[:, ROW] >= lo) & (table[:, ROW] < lo + step)]
+            block = table[np.searchsorted(table[:, ROW], lo) : np.searchsorted(table[:, ROW], lo + step)]
             if not len(block):
                 continue
             stats = np.stack([group[name][lo : lo + step] for name in schema.STAT_NAMES])  # (3, R, C)
@@ -300,7 +204,7 @@ class _FileCheck:
         """A done, not failed row without all its chunks reads NaN where one is missing."""
         counts = np.bincount(table[:, ROW], minlength=len(self.ok))
         for row in np.flatnonzero(self.ok & (counts < -(-spec.channels // spec.k))).tolist():
-            present = set(table[table[:, ROW] == row, C0].tolist())
+            present = set(table[np.searchsorted(table[:, ROW], row) : np.searchsorted(table[:, ROW], row + 1), C0])
             for lo in range(0, spec.channels, spec.k):
                 if lo not in present:
                     hi = min(spec.channels, lo + spec.k) - 1

@@ -1,0 +1,121 @@
+"""What `fmpipe verify` ran with and what it found: `VerifyConfig`, each `Problem`, the `VerifyReport`
+with its counts and summary line, and the progress display. No torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError, UsageError
+
+log = logging.getLogger(__name__)
+
+MAX_PROBLEMS_KEPT = 1000  # more are counted, not kept
+LOG_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """What `fmpipe verify` checks; `pipeline.verify` and the CLI take their defaults from here."""
+
+    path: str  # an fmpipe file (single, merged, copied) or a shards folder OUT.shards/
+    recompute: int = 0  # rows run through the model again (0: none)
+    images_root: str | None = None  # where the sources are now (default: the file's images_root)
+    seed: int = 0  # picks the rows to recompute
+    workers: int = 0  # threads reading, decoding and hashing (0: one per core)
+
+    def __post_init__(self) -> None:
+        for name in ("recompute", "workers"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
+        if self.images_root is not None and not Path(self.images_root).is_dir():
+            raise InputError(f"--images-root {self.images_root} is not a folder; give the folder the images are in.")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing found wrong: what, and where (file of a shards folder, stage, image key)."""
+
+    what: str
+    stage: int | None = None
+    key: str | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        where = [
+            self.file or "",
+            f"stage {self.stage}" if self.stage is not None else "",
+            f"image {self.key}" if self.key is not None else "",
+        ]
+        where = ", ".join(w for w in where if w)
+        return f"{where}: {self.what}" if where else self.what
+
+
+@dataclass
+class VerifyReport:
+    """What `fmpipe verify` found and how much it checked."""
+
+    path: Path
+    problems: list[Problem] = field(default_factory=list)  # the first MAX_PROBLEMS_KEPT
+    problem_count: int = 0
+    warnings: list[str] = field(default_factory=list)  # what could not be checked, and why
+    files: int = 0
+    chunks: int = 0
+    rows: int = 0  # done, not failed rows whose maps were checked
+    bytes_checked: int = 0  # uncompressed bytes of maps decoded and compared with their statistics
+    sources_checked: int = 0
+    sources_unchecked: int = 0
+    recomputed: int = 0
+    seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def add(self, problem: Problem) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.problems.append(problem)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+    def summary(self) -> str:
+        """One line: GB of maps checked, chunks, rows, sources, seconds, GB/s, problems."""
+        gb = self.bytes_checked / 1e9
+        rate = gb / self.seconds if self.seconds else 0.0
+        recomputed = f", {self.recomputed} rows recomputed" if self.recomputed else ""
+        return (
+            f"{self.path}: {gb:.3f} GB of maps checked ({self.chunks} chunks, {self.rows} rows), "
+            f"{self.sources_checked} sources hashed ({self.sources_unchecked} not checked){recomputed}; "
+            f"{self.seconds:.1f} s, {rate:.2f} GB/s; {self.problem_count} problems"
+        )
+
+
+class Progress:
+    """A tqdm bar on a terminal, else a log line every LOG_EVERY_S seconds."""
+
+    def __init__(self, what: str, total: int, unit: str = "B"):
+        self.what, self.total, self.done, self.last = what, total, 0, time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty() and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, unit_scale=True, desc=what, dynamic_ncols=True, leave=False)
+
+    def update(self, amount: int) -> None:
+        self.done += amount
+        if self.bar is not None:
+            self.bar.update(amount)
+        elif time.perf_counter() - self.last > LOG_EVERY_S:
+            self.last = time.perf_counter()
+            log.info("%s: %.0f %% checked", self.what, 100 * self.done / max(1, self.total))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
