@@ -29,6 +29,7 @@ from ..storage import schema
 from ..storage.files import merged_path, publish, shards_folder
 from ..storage.identity import describe_difference
 from ..storage.store import open_store
+from ..storage.toplists import merge_top_lists
 from . import shards
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,7 @@ def _write(tmp: Path, parts: list[_Shard], found: shards.ShardScan, mode: str) -
                     copied += _copy_dataset(group, dset, parts, path)
                 else:
                     _virtual_dataset(group, dset, parts, path)
+        merge_top_lists(file, [(p.file, p.start) for p in parts])
         file.attrs[schema.ATTR_COMPLETE] = True
     return copied
 

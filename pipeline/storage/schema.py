@@ -71,6 +71,13 @@ STAT_MIN = "min"  # (N, C) float32
 STAT_MAX = "max"  # (N, C) float32
 STAT_MEAN = "mean"  # (N, C) float32
 STAT_NAMES = (STAT_MIN, STAT_MAX, STAT_MEAN)
+# stages/<i>/top/: per-channel top lists (storage/toplists.py). For by in ("max", "mean"):
+# {by}_rows (C, k) int64 and {by}_values (C, k) float32, best first, -1/NaN padded;
+# {by}_response (C,) float32, the channel's mean over images of their per-image {by};
+# {by}_counts (C,) int64, the images that mean is over.
+TOP = "top"
+ATTR_TOP_K = "k"  # entries per channel
+ATTR_TOP_ROWS = "rows"  # images the lists were computed over (done, not failed)
 
 # Chunking: one image and a block of k channels, about CHUNK_TARGET_BYTES.
 CHUNK_TARGET_BYTES = 512 * 1024

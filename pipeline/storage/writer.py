@@ -28,6 +28,7 @@ from .codecs import Codec
 from .files import partial_path, publish
 from .layout import WritePlan, append_failures, check_finished, check_resumable, create_layout, drop_unfinished_failures
 from .lockfile import OutputLock
+from .toplists import write_top_lists
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ class ShardWriter:
         pending = self.pending_rows()
         if len(pending):
             raise RunFailure(f"{len(pending)} images are not done; the file stays partial.")
+        write_top_lists(self.file)
         attrs = self.file.attrs
         attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
         attrs[schema.ATTR_COMPLETE] = True
