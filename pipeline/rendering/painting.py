@@ -187,10 +187,7 @@ class Painter:
         return Grid(count, tile_h, tile_w), None if photo is None else _resized(photo, tile_h, tile_w)
 
     def _channel_png(self, indices: np.ndarray, photo: np.ndarray | None) -> bytes:
-        """(H, W) uint8 indices → PNG: indexed colour, upscaled; or RGB blended onto the photo."""
-        if photo is None:
-            return encode_indexed(upscale(indices, self.job.scale), self.table)
-        return encode_rgb(blend(photo, indices, self.table))
+        return channel_png(indices, self.table, self.job.scale, photo)
 
     def _tile(self, indices: np.ndarray, tile_photo: np.ndarray | None) -> np.ndarray:
         """(H, W) uint8 indices → (tile_h, tile_w, 3) uint8 grid tile."""
@@ -224,6 +221,15 @@ class Painter:
         if path is None:
             raise DecodeError(OUTSIDE_ROOT)
         return decode(path, self.job.input_hw).pixels
+
+
+def channel_png(indices: np.ndarray, table: np.ndarray, scale: int, photo: np.ndarray | None = None) -> bytes:
+    """A per-channel PNG as render writes it (and `fmpipe view` serves it) from (H, W) uint8 table indices:
+    indexed colour upscaled by `scale`; or, with `photo` ((h, w, 3) uint8 source at the model's input
+    size), RGB blended onto it."""
+    if photo is None:
+        return encode_indexed(upscale(indices, scale), table)
+    return encode_rgb(blend(photo, indices, table))
 
 
 def image_ranges(
