@@ -40,55 +40,89 @@ class ChunkSpec:
 
 @dataclass(frozen=True)
 class ChunkRef:
-    """Where one stored chunk lies: its file, byte range, filter mask and first channel."""
+    """Where one stored chunk lies (file, byte range, filter mask), its first channel and the
+    stored statistics of its n real channels (the rest of the chunk is padding)."""
 
     source: RawSource
     offset: int
     size: int
     mask: int
     c0: int
+    stored: np.ndarray  # (3, n) float32 min, max, mean
 
 
-def check_chunk(spec: ChunkSpec, ref: ChunkRef, stored: np.ndarray) -> tuple[int, str | None]:
-    """(bytes checked, why it is wrong or None) for one chunk; runs in a worker thread.
+def check_chunks(spec: ChunkSpec, refs: list[ChunkRef]) -> list[tuple[int, str | None]]:
+    """(bytes checked, why it is wrong or None) per chunk; runs in a worker thread.
 
-    `stored`: (3, n) float32 min, max, mean of the chunk's n real channels (the rest is padding).
+    Small chunks come several to a job: their statistics are computed in one go, so numpy's
+    per-call overhead is paid once (a 7x7 stage's chunk cost 0.13 ms alone).
     """
-    n = stored.shape[1]
-    try:
-        data = decode(
-            read_raw(ref.source, ref.offset, ref.size), ref.source.kind, ref.mask, spec.nbytes, spec.checksum_required
-        )
-    except ChunkError as err:
-        return n * spec.hw * spec.dtype.itemsize, str(err)
-    values = np.frombuffer(data, dtype=spec.dtype).reshape(spec.k, spec.hw)[:n]
-    return values.nbytes, stats_mismatch(values, stored, ref.c0)
+    results: list[tuple[int, str | None]] = []
+    blocks: list[np.ndarray] = []
+    for ref in refs:
+        n = ref.stored.shape[1]
+        try:
+            raw = read_raw(ref.source, ref.offset, ref.size)
+            data = decode(raw, ref.source.kind, ref.mask, spec.nbytes, spec.checksum_required)
+        except ChunkError as err:
+            results.append((n * spec.hw * spec.dtype.itemsize, str(err)))
+            continue
+        blocks.append(np.frombuffer(data, dtype=spec.dtype).reshape(spec.k, spec.hw)[:n])
+        results.append((blocks[-1].nbytes, None))
+    if not blocks:
+        return results
+    decoded = [ref for ref, (_, why) in zip(refs, results, strict=True) if why is None]
+    values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    stored = np.concatenate([ref.stored for ref in decoded], axis=1)
+    found = channel_stats(values)
+    bad = mismatches(found, stored, values.dtype)
+    start, b = 0, 0
+    for i, (nbytes, why) in enumerate(results):
+        if why is None:
+            n = decoded[b].stored.shape[1]
+            results[i] = (
+                nbytes,
+                describe(
+                    bad[:, start : start + n], found[:, start : start + n], stored[:, start : start + n], decoded[b].c0
+                ),
+            )
+            start, b = start + n, b + 1
+    return results
 
 
 def stats_mismatch(values: np.ndarray, stored: np.ndarray, c0: int = 0) -> str | None:
     """Why the stored statistics (3, n) float32 do not describe `values` (n, H*W), or None.
+    `c0` is the first channel's index, for the message."""
+    found = channel_stats(values)
+    return describe(mismatches(found, stored, values.dtype), found, stored, c0)
 
-    `c0` is the first channel's index, for the message.
+
+def mismatches(found: np.ndarray, stored: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """(3, n) bool: which stored min, max, mean (float32) disagree with the data's `found` ones.
 
     The statistics were computed from the float32 activations before the storage cast, so
     min and max may differ from the data's by half a storage ulp (rounding is monotonic);
     the mean by at most half an ulp of the channel's largest |x| (MEAN_TOLERANCE: twice that).
     """
-    found = channel_stats(values)
     peak = np.maximum(np.abs(found[0]), np.abs(found[1]))
     with np.errstate(invalid="ignore", over="ignore"):
-        ulp = np.spacing(np.abs(found[:2]).astype(values.dtype)).astype(np.float64)
+        ulp = np.spacing(np.abs(found[:2]).astype(dtype)).astype(np.float64)
         tolerance = np.concatenate([0.5 * ulp + TINY, (MEAN_TOLERANCE * peak + SUBNORMAL)[None]])
         stored64 = stored.astype(np.float64)
         good = (stored64 == found) | (np.isnan(stored64) & np.isnan(found)) | (np.abs(stored64 - found) <= tolerance)
-    bad = np.argwhere(~good)
-    if not len(bad):
+    return ~good
+
+
+def describe(bad: np.ndarray, found: np.ndarray, stored: np.ndarray, c0: int) -> str | None:
+    """The message for one chunk's (3, n) `bad` mask, or None when nothing is bad."""
+    where = np.argwhere(bad)
+    if not len(where):
         return None
-    which, channel = bad[0]
-    name = schema.STAT_NAMES[which]
+    which, channel = where[0]
     return (
-        f"disagrees with its stored statistics in {len(set(bad[:, 1].tolist()))} channels (first: channel "
-        f"{c0 + channel}, {name} stored {stored[which, channel]:.6g}, in the data {found[which, channel]:.6g})"
+        f"disagrees with its stored statistics in {len(set(where[:, 1].tolist()))} channels (first: channel "
+        f"{c0 + channel}, {schema.STAT_NAMES[which]} stored {stored[which, channel]:.6g}, in the data "
+        f"{found[which, channel]:.6g})"
     )
 
 
@@ -102,7 +136,11 @@ def channel_stats(values: np.ndarray) -> np.ndarray:
 
 
 def _reduce(floats: np.ndarray) -> np.ndarray:
-    return np.stack([floats.min(1), floats.max(1), floats.sum(1, dtype=np.float64) / floats.shape[1]])
+    # numpy sums a contiguous row pairwise: float32 error ~log2(H*W) ulps of the sum of |x|, far inside
+    # MEAN_TOLERANCE, and 1.8x faster than accumulating in float64.
+    found = np.stack([floats.min(1), floats.max(1), floats.sum(1)]).astype(np.float64)
+    found[2] /= floats.shape[1]
+    return found
 
 
 def as_float32(values: np.ndarray) -> np.ndarray:

@@ -25,13 +25,14 @@ from .chunks import C0, ROW, RawFiles, Window, index_chunks
 from .digests import check_sources, recorded_rows
 from .files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
-from .mapstats import ChunkRef, ChunkSpec, check_chunk
+from .mapstats import ChunkRef, ChunkSpec, check_chunks
 from .virtual import check_virtual_sources
 
 log = logging.getLogger(__name__)
 
 STATS_BLOCK_BYTES = 16 * 1024 * 1024  # (3, rows, C) float32 statistics read per step
-IN_FLIGHT_PER_WORKER = 4  # chunks read or decoded at once per thread: bounded memory
+IN_FLIGHT_PER_WORKER = 4  # jobs read or decoded at once per thread: bounded memory
+JOB_BYTES = 256 * 1024  # uncompressed bytes of chunks checked in one job (at least one chunk)
 
 
 def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
@@ -174,29 +175,34 @@ class _FileCheck:
         spec = ChunkSpec(np.dtype(data.dtype), found.k, channels, height * width, checksums)
         self._report_missing(index, found.table, spec)
         table = found.table[self.ok[found.table[:, ROW]]]
-        progress = Progress(f"{self.label or self.path.name} stage {index}", len(table) * spec.nbytes)
+        valid = int(np.minimum(channels - table[:, C0], spec.k).sum()) * spec.hw * spec.dtype.itemsize
+        progress = Progress(f"{self.label or self.path.name} stage {index}", valid)
         step = max(1, STATS_BLOCK_BYTES // (12 * channels))
         for lo in range(0, n, step):
             block = table[np.searchsorted(table[:, ROW], lo) : np.searchsorted(table[:, ROW], lo + step)]
             if not len(block):
                 continue
             stats = np.stack([group[name][lo : lo + step] for name in schema.STAT_NAMES])  # (3, R, C)
-            for row, c0, source, offset, size, mask in block.tolist():
-                c1 = min(channels, c0 + spec.k)
-                ref = ChunkRef(found.sources[source], offset, size, mask, c0)
-                handle = self._handler(index, row, c0, c1, progress)
-                self.window.submit(handle, check_chunk, spec, ref, stats[:, row - lo, c0:c1])
+            per_job = max(1, JOB_BYTES // spec.nbytes)  # small chunks go several to a job
+            for first in range(0, len(block), per_job):
+                jobs = block[first : first + per_job].tolist()
+                refs = [
+                    ChunkRef(found.sources[src], off, size, mask, c0, stats[:, row - lo, c0 : c0 + spec.k])
+                    for row, c0, src, off, size, mask in jobs
+                ]
+                self.window.submit(self._handler(index, spec, jobs, progress), check_chunks, spec, refs)
         self.window.drain()
         progress.close()
 
-    def _handler(self, index: int, row: int, c0: int, c1: int, progress: Progress) -> Callable:
-        def handle(result: tuple[int, str | None]) -> None:
-            nbytes, why = result
-            self.report.chunks += 1
-            self.report.bytes_checked += nbytes
-            progress.update(nbytes)
-            if why:
-                self.problem(f"chunk (row {row}, channels {c0}-{c1 - 1}) {why}", index, row)
+    def _handler(self, index: int, spec: ChunkSpec, jobs: list, progress: Progress) -> Callable:
+        def handle(results: list[tuple[int, str | None]]) -> None:
+            for (row, c0, *_), (nbytes, why) in zip(jobs, results, strict=True):
+                self.report.chunks += 1
+                self.report.bytes_checked += nbytes
+                progress.update(nbytes)
+                if why:
+                    c1 = min(spec.channels, c0 + spec.k)
+                    self.problem(f"chunk (row {row}, channels {c0}-{c1 - 1}) {why}", index, row)
 
         return handle
 
