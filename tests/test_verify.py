@@ -186,6 +186,13 @@ def test_swapped_rows_pass_integrity_and_fail_recompute(single):
     assert all("recomputed maps differ from the stored ones" in p.what for p in report.problems)
 
 
+@pytest.mark.parametrize("kind", ["merged", "shards"])
+def test_recompute_reads_merged_files_and_shards_folders(made, kind):
+    path = shards_folder(made["merged"]) if kind == "shards" else made["merged"]
+    report = pipeline.verify(path, recompute=4, seed=1)
+    assert report.ok and report.recomputed == 4, [str(p) for p in report.problems]
+
+
 def test_recompute_passes_a_clean_file_and_picks_rows_by_seed(single):
     report = pipeline.verify(single, recompute=100)
     assert report.ok and report.recomputed == 19

@@ -165,7 +165,7 @@ def _recompute_file(rc: Recomputer, path: Path, rows: np.ndarray, images_root: s
         root = images_root or str(file.attrs.get(schema.ATTR_IMAGES_ROOT, ""))
         keys = [_text(file[schema.KEY][row]) for row in rows.tolist()]
         usable = [i for i, key in enumerate(keys) if root and source_path(root, key) is not None]
-        digests = file[schema.SOURCE_SHA256][:][rows] if schema.SOURCE_SHA256 in file else None
+        digests = file[schema.SOURCE_SHA256][rows.tolist()] if schema.SOURCE_SHA256 in file else None  # rows ascend
         found.skipped = len(rows) - len(usable)
         for batch in iter_batches(root, [keys[i] for i in usable], range(len(usable)), rc.size_hw, rc.batch_size, 0):
             result = rc.forward(batch).result()
