@@ -1,0 +1,168 @@
+"""One stage's maps as decoded chunk blocks: `(n, H, W)` channels c0..c0+n of one image.
+
+A chunk is read raw (`read_direct_chunk`: one short call under h5py's global lock) and
+decompressed here, outside that lock, so threads decode in parallel; the zstd frame's
+checksum is verified on the way (`storage.chunks.decode`). A merged file's rows are mapped
+to its shards' datasets (`virtual_sources()`, whole rows as `fmpipe merge` writes them).
+Anything else (a filter fmpipe never writes, another mapping, a chunk not stored) falls back
+to a plain h5py read of the same block. No torch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import InputError
+from ..storage import schema
+from ..storage.chunks import ChunkError, decode, filter_kind
+
+log = logging.getLogger(__name__)
+
+MAX_OPEN_SHARDS = 32  # shard files of a merged file kept open for raw reads
+FALLBACK_CACHE_BYTES = 4 << 20  # HDF5's own chunk cache of the stage, used only by h5py reads
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Rows [first, stop) of the stage, stored in `name` of `file` from row `source_row` on."""
+
+    first: int
+    stop: int
+    source_row: int
+    file: str  # absolute path of the file holding them
+    name: str  # dataset path in that file
+
+
+class StageBlocks:
+    """Decoded (n, H, W) chunk blocks of one stage of an open fmpipe file."""
+
+    def __init__(self, file: h5py.File, path: Path, stage: int, checksum_required: bool):
+        self.name = f"{schema.stage_group(stage)}/{schema.DATA}"
+        self.dset = _small_cache_dataset(file, self.name)
+        self.path, self.stage, self.checksum_required = path, stage, checksum_required
+        _, self.channels, self.height, self.width = self.dset.shape
+        chunks = self.dset.chunks
+        whole_rows = chunks is not None and chunks[0] == 1 and chunks[2:] == self.dset.shape[2:]
+        self.dtype = self.dset.dtype
+        self.k = chunks[1] if whole_rows else self.channels
+        self.nbytes = self.k * self.height * self.width * self.dtype.itemsize  # a stored chunk, padding included
+        self.parts = _parts(self.dset, path) if whole_rows else []
+        self._starts = [p.first for p in self.parts]
+        self._open: OrderedDict[str, tuple[h5py.File | None, h5py.Dataset, str | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._own = file
+        self.raw_reads = self.fallback_reads = 0
+
+    def block(self, row: int, c0: int) -> np.ndarray:
+        """(n, H, W) float16/float32 maps of channels c0..c0+n of `row` (c0 a multiple of k), read-only."""
+        n = min(self.k, self.channels - c0)
+        part = self._part(row)
+        raw = self._read_raw(part, row, c0) if part is not None else None
+        if raw is None:
+            self.fallback_reads += 1
+            data = self.dset[row, c0 : c0 + n]
+        else:
+            self.raw_reads += 1
+            kind, mask, stored = raw
+            try:
+                flat = decode(stored, kind, mask, self.nbytes, self.checksum_required)
+            except ChunkError as err:
+                raise InputError(
+                    f"{self.path}: the chunk of stage {self.stage}, row {row}, channels {c0}.. {err}; "
+                    f"check the file with `fmpipe verify {self.path}`."
+                ) from None
+            data = np.frombuffer(flat, dtype=self.dtype).reshape(self.k, self.height, self.width)[:n]
+        data.setflags(write=False)
+        return data
+
+    def _part(self, row: int) -> _Part | None:
+        i = bisect.bisect_right(self._starts, row) - 1
+        if i >= 0 and self.parts[i].first <= row < self.parts[i].stop:
+            return self.parts[i]
+        return None
+
+    def _read_raw(self, part: _Part, row: int, c0: int) -> tuple[str, int, bytes] | None:
+        """(filter kind, filter mask, stored bytes) of one chunk; None when it must be read through h5py."""
+        offset = (row - part.first + part.source_row, c0, 0, 0)
+        with self._lock:  # an evicted shard file is closed under this lock, never mid-read
+            try:
+                _, dset, kind = self._dataset(part)
+                if kind is None:
+                    return None
+                mask, stored = dset.id.read_direct_chunk(offset)
+            except (OSError, KeyError, ValueError, RuntimeError) as err:  # not stored, or unreadable raw
+                log.debug("raw read of %s %s failed (%s); reading through h5py", part.name, offset, err)
+                return None
+        return kind, mask, stored
+
+    def _dataset(self, part: _Part) -> tuple[h5py.File | None, h5py.Dataset, str | None]:
+        """(file opened here or None, dataset, filter kind or None) of a part; an LRU of open shard files."""
+        if part.file in self._open:
+            self._open.move_to_end(part.file)
+            return self._open[part.file]
+        own = os.path.abspath(self.path) == part.file
+        file = None if own else h5py.File(part.file, "r", locking="best-effort")
+        dset = (self._own if own else file)[part.name]
+        try:
+            kind = filter_kind(dset)
+        except InputError:
+            kind = None
+        self._open[part.file] = (file, dset, kind)
+        while len(self._open) > MAX_OPEN_SHARDS:
+            old, _, _ = self._open.popitem(last=False)[1]
+            if old is not None:
+                old.close()
+        return self._open[part.file]
+
+    def close(self) -> None:
+        with self._lock:
+            for file, _, _ in self._open.values():
+                if file is not None:
+                    file.close()
+            self._open.clear()
+
+
+def _parts(dset: h5py.Dataset, path: Path) -> list[_Part]:
+    """Where each row of the stage is stored: this file, or (merged) its shards' datasets."""
+    own = os.path.abspath(path)
+    if not dset.is_virtual:
+        return [_Part(0, dset.shape[0], 0, own, dset.name)]
+    base = Path(own).parent
+    parts = []
+    for vmap in dset.virtual_sources():
+        v_lo, v_hi = vmap.vspace.get_select_bounds()
+        rows = v_hi[0] - v_lo[0] + 1
+        whole = all(lo == 0 and hi == n - 1 for lo, hi, n in zip(v_lo[1:], v_hi[1:], dset.shape[1:], strict=True))
+        if vmap.src_space.get_select_type() == h5py.h5s.SEL_ALL:
+            s_lo = 0
+        else:
+            s_bounds = vmap.src_space.get_select_bounds()
+            s_lo = s_bounds[0][0]
+            whole = whole and s_bounds[1][0] - s_lo + 1 == rows and tuple(s_bounds[0][1:]) == (0, 0, 0)
+        if not whole:
+            log.info("%s maps its sources in a way fmpipe merge never writes; reading it through h5py", dset.name)
+            return []
+        source = own if vmap.file_name == "." else os.path.abspath(base / vmap.file_name)
+        parts.append(_Part(int(v_lo[0]), int(v_hi[0]) + 1, int(s_lo), source, vmap.dset_name))
+    return sorted(parts, key=lambda p: p.first)
+
+
+def _small_cache_dataset(file: h5py.File, name: str) -> h5py.Dataset:
+    """The stage's data opened with a small HDF5 chunk cache, before anyone else opens it.
+
+    HDF5 shares one open dataset (and its chunk cache) between every handle of it and ignores
+    the cache settings of later opens, so this bounds the cache of the PCA fit's and fallback
+    reads too; the store's default (64 MB per stage) would stay filled while the viewer runs.
+    """
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    dapl.set_chunk_cache(521, FALLBACK_CACHE_BYTES, 1.0)
+    return h5py.Dataset(h5py.h5d.open(file.id, name.encode(), dapl))

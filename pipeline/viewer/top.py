@@ -1,0 +1,178 @@
+"""`fmpipe top`: the images that drive one channel most (dataset examples), and a figure of them.
+
+The ranking is `storage.toplists.top_images` (per-channel top lists written at finalise and by
+merge; never a scan of the maps): the K done, non-failed images whose map of the channel has
+the largest stored max (or mean), best first, ties to the lower row. `--json` prints exactly
+what the viewer's `/api/top` returns; `--out grid.png` draws the K maps over their sources in
+one labelled grid (a map alone where the source is not found). No torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..decoding import DecodeError
+from ..errors import OutputExistsError, RunFailure, UsageError
+from ..rendering.colormaps import DEFAULT_CMAP, lut
+from ..rendering.png import encode_rgb
+from ..rendering.tiling import blend
+from .catalog import BYS, Catalog
+from .tiles import TileOptions, indices
+
+DEFAULT_K = 9
+MAX_K = 1000
+CELL_SIDE = 224  # the longer side of each picture in --out's grid, pixels
+LABEL_HEIGHT = 30  # two lines of text under each picture
+TITLE_HEIGHT = 22
+GUTTER = 6
+BACKGROUND = (255, 255, 255)
+INK = (20, 20, 20)
+
+
+@dataclass(frozen=True)
+class TopConfig:
+    """What `fmpipe top` needs; defaults are the CLI's."""
+
+    path: str
+    stage: int
+    channel: int
+    k: int = DEFAULT_K
+    by: str = "max"
+    out: str | None = None  # write the labelled grid of the K overlays here (PNG)
+    images_root: str | None = None  # where the sources are now (default: as recorded)
+    cmap: str = DEFAULT_CMAP
+    normalize: str = "channel"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_k_by(self.k, self.by)
+        TileOptions(self.cmap, self.normalize)  # validates both
+
+
+def check_k_by(k: int, by: str) -> None:
+    if not 1 <= k <= MAX_K:
+        raise UsageError(f"-k must be 1 to {MAX_K}, got {k}.")
+    if by not in BYS:
+        raise UsageError(f"--by must be one of {', '.join(BYS)}, got {by!r}.")
+
+
+@dataclass(frozen=True)
+class TopItem:
+    row: int
+    key: str
+    value: float  # the image's stored max (or mean) of the channel
+
+
+@dataclass(frozen=True)
+class TopResult:
+    """The ranking of one channel, best first; `out`: the grid written, if asked."""
+
+    path: Path
+    stage: int
+    channel: int
+    by: str
+    items: tuple[TopItem, ...]
+    out: Path | None = None
+
+    def to_json(self) -> str:
+        """Exactly the body `/api/top` returns for the same stage, channel, k and by."""
+        return items_json(self.items)
+
+    def table(self) -> str:
+        """The ranking as aligned text lines (rank, row, value, key)."""
+        head = f"stage {self.stage}, channel {self.channel}: top {len(self.items)} images by {self.by} ({self.path})"
+        lines = [head, f"{'rank':>4}  {'row':>8}  {self.by:>12}  key"]
+        lines += [f"{i:>4}  {t.row:>8}  {t.value:>12.5g}  {t.key}" for i, t in enumerate(self.items, 1)]
+        return "\n".join(lines)
+
+
+def top_items(catalog: Catalog, stage: int, channel: int, k: int, by: str) -> tuple[TopItem, ...]:
+    """The k images that drive `channel` of `stage` most, best first, with their keys."""
+    check_k_by(k, by)
+    ranked = catalog.top(stage, channel, k, by)
+    keys = dict(zip(sorted(r for r, _ in ranked), catalog.keys(sorted(r for r, _ in ranked)), strict=True))
+    return tuple(TopItem(int(row), keys[row], float(value)) for row, value in ranked)
+
+
+def items_json(items: tuple[TopItem, ...] | list[TopItem]) -> str:
+    """`{"items": [{"row": ..., "key": ..., "value": ...}, ...]}`; a non-finite value is null."""
+    payload = [{"row": t.row, "key": t.key, "value": t.value if math.isfinite(t.value) else None} for t in items]
+    return json.dumps({"items": payload}, ensure_ascii=False, allow_nan=False)
+
+
+def top(config: TopConfig) -> TopResult:
+    """Rank the images of one channel (see the module doc); write the grid when `config.out` is set."""
+    out = Path(config.out) if config.out else None
+    if out is not None and out.exists() and not config.overwrite:
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
+    with Catalog(config.path, config.images_root) as catalog:
+        catalog.channel(config.stage, config.channel)
+        items = top_items(catalog, config.stage, config.channel, config.k, config.by)
+        if out is not None:
+            _write(out, figure(catalog, config, items))
+        return TopResult(catalog.path, config.stage, config.channel, config.by, items, out)
+
+
+def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...]) -> bytes:
+    """PNG of the K pictures in a grid, each labelled with its rank, value and key; a title on top."""
+    view = catalog.stage(config.stage)
+    cols = max(1, math.ceil(math.sqrt(len(items))))
+    rows = max(1, math.ceil(len(items) / cols))
+    height, width = catalog.input_hw
+    fit = CELL_SIDE / max(height, width)
+    cell_h, cell_w = max(1, round(height * fit)), max(1, round(width * fit))
+    canvas = Image.new(
+        "RGB",
+        (cols * (cell_w + GUTTER) + GUTTER, TITLE_HEIGHT + rows * (cell_h + LABEL_HEIGHT + GUTTER) + GUTTER),
+        BACKGROUND,
+    )
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    title = f"stage {view.index} ({view.module}) · channel {config.channel} · top {len(items)} by {config.by}"
+    draw.text((GUTTER, 5), _fit(draw, font, f"{title} · {catalog.model}", canvas.width - 2 * GUTTER), INK, font)
+    for n, item in enumerate(items):
+        y = TITLE_HEIGHT + (n // cols) * (cell_h + LABEL_HEIGHT + GUTTER)
+        x = GUTTER + (n % cols) * (cell_w + GUTTER)
+        canvas.paste(Image.fromarray(_picture(catalog, config, item.row)).resize((cell_w, cell_h)), (x, y))
+        label = f"#{n + 1}  {config.by} {item.value:.4g}  row {item.row}"
+        draw.text((x, y + cell_h + 2), label, INK, font)
+        draw.text((x, y + cell_h + 15), _fit(draw, font, item.key, cell_w), INK, font)
+    text = json.loads(items_json(items))
+    description = f"fmpipe top, stage {view.index}, channel {config.channel}, by {config.by}: {json.dumps(text)}"
+    return encode_rgb(np.asarray(canvas), text=description)
+
+
+def _picture(catalog: Catalog, config: TopConfig, row: int) -> np.ndarray:
+    """(h, w, 3) uint8: the map over its source at the model's input size, or the map alone."""
+    table = lut(config.cmap)
+    index = indices(catalog, config.stage, row, config.channel, config.normalize)
+    try:
+        return blend(catalog.photo(row), index, table)
+    except DecodeError:
+        height, width = catalog.input_hw
+        return np.asarray(Image.fromarray(table[index]).resize((width, height), Image.Resampling.NEAREST))
+
+
+def _fit(draw: ImageDraw.ImageDraw, font, text: str, width: int) -> str:
+    """`text`, shortened from the left with '…' until it fits in `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("…" + text, font=font) > width:
+        text = text[1:]
+    return "…" + text
+
+
+def _write(out: Path, png: bytes) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(png)
+        os.replace(tmp, out)
+    except OSError as err:
+        raise RunFailure(f"writing {out} failed: {err}. Fix the cause and rerun.") from err
