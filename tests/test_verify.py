@@ -197,8 +197,8 @@ def test_recompute_passes_a_clean_file_and_picks_rows_by_seed(single):
     report = pipeline.verify(single, recompute=100)
     assert report.ok and report.recomputed == 19
     swap_rows(single, 0, 1)
-    found = [{p.key for p in pipeline.verify(single, recompute=10, seed=seed).problems} for seed in range(8)]
-    assert found == [{p.key for p in pipeline.verify(single, recompute=10, seed=seed).problems} for seed in range(8)]
+    found = [{p.key for p in pipeline.verify(single, recompute=10, seed=seed).problems} for seed in range(4)]
+    assert found == [{p.key for p in pipeline.verify(single, recompute=10, seed=seed).problems} for seed in range(4)]
     assert {"img000.jpg", "img001.png"} in found and len({frozenset(f) for f in found}) > 1
 
 
