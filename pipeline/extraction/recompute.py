@@ -117,6 +117,7 @@ def recompute(rc: Recomputer, config: VerifyConfig, report: VerifyReport) -> Non
     total = sum(len(rows) for rows in ok_rows)
     rng = np.random.default_rng(config.seed)
     picks = np.arange(total) if config.recompute >= total else np.sort(rng.choice(total, config.recompute, False))
+    log.info("recomputing %d of %d rows with %s on %s", len(picks), total, rc.model.name, rc.forward.device)
     start, skipped = 0, 0
     for path, rows in zip(paths, ok_rows, strict=True):
         mine = picks[(picks >= start) & (picks < start + len(rows))] - start

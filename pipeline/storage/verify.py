@@ -154,6 +154,7 @@ class _FileCheck:
             failed = failed[(failed >= 0) & (failed < len(done))]
         self.ok[failed] = False
         self.report.rows += int(self.ok.sum())
+        log.info("%s: checking %d stages of %d rows", self.path, len(self._stages()), int(self.ok.sum()))
         for index in self._stages():
             self._check_stage(index)
         self._check_sources(done)
