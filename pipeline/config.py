@@ -23,6 +23,8 @@ class ExtractConfig:
     out: str
     model: str = DEFAULT_MODEL
     weights: str | None = None
+    weights_key: str | None = None  # dotted key of the state dict inside a training checkpoint
+    weights_prefix: str | None = None  # take the tensors under this prefix (stripped), e.g. backbone.0.body.
     random_init: bool = False
     stages: tuple[int, ...] | None = None  # None: all of the model's stages
     size: tuple[int, int] | None = None  # None: the model's own input size
@@ -56,6 +58,9 @@ class ExtractConfig:
             )
         if self.weights and self.random_init:
             raise UsageError("--weights and --random-init exclude each other; pick one.")
+        for option, value in (("--weights-key", self.weights_key), ("--weights-prefix", self.weights_prefix)):
+            if value and not self.weights:
+                raise UsageError(f"{option} {value} picks tensors of a weights file; give the file: --weights FILE.")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

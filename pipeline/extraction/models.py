@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError
+from . import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,20 @@ class ResolvedModel:
 
 
 def resolve(
-    name: str, weights: str | None = None, random_init: bool = False, unsafe_pickle: bool = False, seed: int = 0
+    name: str,
+    weights: str | None = None,
+    random_init: bool = False,
+    unsafe_pickle: bool = False,
+    seed: int = 0,
+    *,
+    weights_key: str | None = None,
+    weights_prefix: str | None = None,
 ) -> ResolvedModel:
-    """Build the model; weights come from `weights`, the default package, a hub, or `seed`."""
+    """Build the model; weights come from `weights`, the default package, a hub, or `seed`.
+
+    A weights file may be a training checkpoint: `weights_key` names the nested state dict (dotted),
+    `weights_prefix` takes the sub-tree under a prefix (see `checkpoints.load_weights`).
+    """
     torch.manual_seed(seed)  # random init (and any random buffers) are reproducible
     pretrained = not (random_init or weights)
     if name.startswith("tv:"):
@@ -64,7 +76,7 @@ def resolve(
         module, weights_id, cfg = _timm(name, pretrained)
         is_timm = True
     if weights:
-        weights_id = load_weights_file(module, weights, unsafe_pickle)
+        weights_id = load_weights_file(module, weights, unsafe_pickle, key=weights_key, prefix=weights_prefix)
     elif random_init:
         weights_id = f"random-init:seed={seed}"
     module.eval()
@@ -191,41 +203,16 @@ def _factory(spec: str):
     return module, "factory", _cfg(**cfg)
 
 
-def load_weights_file(module: nn.Module, path: str, unsafe_pickle: bool = False) -> str:
-    """Load a state dict file into `module` (strict); returns an id with the file's sha256.
+def load_weights_file(
+    module: nn.Module, path: str, unsafe_pickle: bool = False, *, key: str | None = None, prefix: str | None = None
+) -> str:
+    """Load a weights file into `module` (strict); returns an id with the file's sha256 and what was
+    taken (`file:ckpt.pth:sha256=...:key=model:prefix=backbone.0.body.`).
 
     Only tensors and plain containers are unpickled (`weights_only=True`) unless
     `unsafe_pickle` is set: an arbitrary pickle can run code on this machine.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"--weights {path!r} is not a file.")
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=not unsafe_pickle)
-    except Exception as err:
-        if not unsafe_pickle and "weights_only" in str(err).lower():
-            raise InputError(
-                f"--weights {path!r} holds more than tensors (arbitrary Python objects), so it "
-                "was refused: unpickling it could run code. Re-save it as a plain state dict "
-                "(torch.save(model.state_dict(), FILE)); only if you trust its origin, pass "
-                "--unsafe-pickle."
-            ) from None
-        raise InputError(f"--weights {path!r} cannot be read: {_short(err)}") from None
-    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        for wrapper in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-                break
-    if isinstance(state, nn.Module):
-        state = state.state_dict()
-    if not isinstance(state, dict):
-        raise InputError(f"--weights {path!r} is a {type(state).__name__}, not a state dict.")
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise InputError(f"--weights {path!r} does not fit the model: {_short(err, 600)}") from None
-    return f"file:{file.name}:sha256={digest}"
+    return checkpoints.load_weights(module, path, key=key, prefix=prefix, unsafe_pickle=unsafe_pickle)
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
