@@ -72,10 +72,10 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, 
                 target = ".".join(anchor + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            out.append((target, node.lineno))
-            for alias in node.names:  # `from . import schema` imports a module
-                if f"{target}.{alias.name}" in known:
-                    out.append((f"{target}.{alias.name}", node.lineno))
+            submodules = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known]
+            # `from . import schema` depends on the module schema, not on the package's __init__
+            # (which Python runs first for every submodule anyway).
+            out += [(m, node.lineno) for m in submodules] or [(target, node.lineno)]
     return out
 
 

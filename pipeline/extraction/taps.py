@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from torch import nn
 from ..config import resolve_stage_indices
 from ..errors import ModelError
 from ..records import StageInfo
-from .models import ResolvedModel
+from .models import ResolvedModel, resolve
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,24 @@ def build(
     stages = [_stage_info(i, names[i], declared[i], shapes.get(i), size_hw, use_intermediates) for i in everything]
     wanted = resolve_stage_indices(requested, len(stages))
     return Tap(model.module, names, wanted, use_intermediates), stages
+
+
+@dataclass(frozen=True)
+class ModelStages:
+    """What `fmpipe stages` lists: a model's stages at one input size."""
+
+    model: str
+    size_hw: tuple[int, int]
+    stages: list[StageInfo]
+
+
+def probe_stages(model: str, size_hw: tuple[int, int] | None = None) -> ModelStages:
+    """Every stage of `model` at `size_hw` (default: its own input size), probed on the CPU
+    with random weights: shapes do not depend on the weights, and nothing is downloaded."""
+    resolved = resolve(model, random_init=True)
+    size_hw = size_hw or resolved.input_hw
+    _, found = build(resolved, size_hw, None, torch.device("cpu"))
+    return ModelStages(model, size_hw, found)
 
 
 def _stage_info(index, name, decl, shape, size_hw, use_intermediates) -> StageInfo:

@@ -23,6 +23,7 @@ from ..sources import source_path
 from ..storage import schema
 from ..storage.store import StageView, Store, open_store
 from .colormaps import DEFAULT_CMAP, finite_range, lut, to_indices
+from .config import NORMALIZATIONS
 from .pca import PcaFit, project_blocks, scores_to_rgb
 from .png import encode_indexed, encode_rgb
 from .selection import select_channels, top_channels
@@ -30,7 +31,6 @@ from .tiling import Grid, blend, upscale
 
 log = logging.getLogger(__name__)
 
-NORMALIZATIONS = ("channel", "image", "stage")
 STATS_BLOCK = 1024  # rows of (N, C) stats read per call when scanning a whole stage
 CACHE_CHUNKS = 2  # render reads each chunk once: cache two, not the store's 64 MB
 OUTSIDE_ROOT = "not found: the key leaves the images root (absolute, or an empty, '.' or '..' part), not read"

@@ -22,11 +22,11 @@ import numpy as np
 
 from ..errors import InputError, RunFailure, UsageError
 from ..storage.store import StageView, Store
+from .config import PCA_SAMPLES
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = 3  # one per colour channel: R, G, B
-DEFAULT_SAMPLES = 20_000  # channel vectors the fit sees
 MAX_FIT_IMAGES = 256  # images the sample is drawn from (each costs one read of its whole row)
 MAX_SAMPLE_VALUES = 1 << 24  # samples × C cap: 64 MB of float32 for the sample matrix
 PERCENTILES = (1.0, 99.0)  # a component's colour range: robust to a few extreme positions
@@ -61,7 +61,7 @@ class PcaFit:
 
 
 def fit_pca(
-    store: Store, stage: int, samples: int = DEFAULT_SAMPLES, seed: int = 0, max_images: int = MAX_FIT_IMAGES
+    store: Store, stage: int, samples: int = PCA_SAMPLES, seed: int = 0, max_images: int = MAX_FIT_IMAGES
 ) -> PcaFit:
     """Fit the three-component PCA of stage `stage` over the whole file (failed rows skipped).
 

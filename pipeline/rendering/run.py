@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import IncompleteFileError, InputError, OutputExistsError, UsageError
+from ..errors import IncompleteFileError, InputError, OutputExistsError
 from ..storage.store import Store, open_store
-from .colormaps import DEFAULT_CMAP, check_cmap
+from .config import RenderConfig, default_out_dir
 from .painting import (
-    NORMALIZATIONS,
     ImageResult,
     ImageTask,
     Painter,
@@ -38,70 +37,16 @@ from .painting import (
     existing_outputs,
     stage_range,
 )
-from .pca import DEFAULT_SAMPLES, fit_pca, save_fit
-from .selection import FolderMap, Spec, image_folders, iter_keys, select_channels, select_rows
+from .pca import fit_pca, save_fit
+from .selection import FolderMap, image_folders, iter_keys, select_channels, select_rows
 from .tiling import CHANNEL_MIN_SIDE, TILE_MIN_SIDE, auto_scale
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RenderConfig", "RenderSummary", "colorize", "render"]
+__all__ = ["RenderConfig", "RenderSummary", "colorize", "default_out_dir", "render"]
 
-LAYOUTS = ("channels", "grid", "both", "pca")
 LOG_EVERY_S = 30.0
 IN_FLIGHT_PER_WORKER = 2  # queued tasks per worker: keeps workers busy, memory flat
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """Everything `fmpipe render` needs; built by the CLI or by `pipeline.render`."""
-
-    path: str
-    stage: int
-    out: str | None = None  # default: <file without .h5>-render/ beside the file
-    images: Spec = None  # indices, ranges, keys; None: every stored image
-    channels: Spec = None  # indices and ranges; None: every channel (or --top-k)
-    top_k: int | None = None
-    layout: str = "both"
-    cmap: str = DEFAULT_CMAP
-    normalize: str = "channel"
-    overlay: bool = False
-    images_root: str | None = None  # where the source photos are now (default: as recorded)
-    scale: int = 0  # 0: automatic
-    workers: int = 0  # 0: all cores
-    allow_partial: bool = False
-    overwrite: bool = False
-    pca_samples: int = DEFAULT_SAMPLES  # --layout pca: channel vectors the fit sees
-    pca_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}.")
-        if self.layout == "pca" and (self.channels is not None or self.top_k is not None or self.overlay):
-            raise UsageError("--layout pca uses every channel and draws no overlay; drop --channels/--top-k/--overlay.")
-        if self.pca_samples < 3:
-            raise UsageError(f"--pca-samples must be at least 3, got {self.pca_samples}.")
-        if self.normalize not in NORMALIZATIONS:
-            raise UsageError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}.")
-        check_cmap(self.cmap)
-        if self.channels is not None and self.top_k is not None:
-            raise UsageError("--channels and --top-k exclude each other; pick one.")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}.")
-        if self.scale < 0:
-            raise UsageError(f"--scale must be 0 (automatic) or a positive integer, got {self.scale}.")
-        if self.workers < 0:
-            raise UsageError(f"--workers must be 0 (all cores) or more, got {self.workers}.")
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else default_out_dir(self.path)
-
-
-def default_out_dir(path: str | os.PathLike) -> Path:
-    """Where render (and the gallery) write by default: `<file without .h5>-render/` beside the file."""
-    path = Path(path)
-    name = path.name.removesuffix(".partial")
-    return path.with_name(f"{Path(name).stem}-render")
 
 
 @dataclass

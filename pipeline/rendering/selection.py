@@ -28,10 +28,10 @@ import numpy as np
 from ..errors import UsageError
 from ..storage import schema
 from ..storage.store import Store
+from .config import Spec
 
 log = logging.getLogger(__name__)
 
-Spec = str | Sequence[int | str] | None
 KEY_BLOCK = 4096  # keys read per HDF5 call when scanning /images/key
 MAX_COMPONENT_BYTES = 200  # folder name parts above this are shortened (file systems allow 255)
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\\:]")

@@ -25,47 +25,23 @@ import numpy as np
 from PIL import Image
 
 from ..decoding import DecodeError, decode
-from ..errors import InputError, OutputExistsError, RunFailure, UsageError
+from ..errors import InputError, OutputExistsError, RunFailure
 from ..records import StageInfo
 from ..rendering.pca import load_fit
-from ..rendering.run import default_out_dir
 from ..rendering.selection import image_folders, iter_keys
 from ..sources import source_path
 from ..storage import schema
 from ..storage.store import Store, open_store
+from .config import GalleryConfig
 from .inventory import rounded, stage_block
 from .pages import GENERATOR, Entry, Site, StageMeta, image_page, index_page
 
 log = logging.getLogger(__name__)
 
-PER_PAGE = 100
-THUMB_SIDE = 240  # longest side of a source thumbnail, pixels
 THUMB_QUALITY = 85
 ROW_BLOCK = 512  # images whose keys, statistics and thumbnails are handled together
 _PAGE = re.compile(r"\d{6,}\.html")
 _INDEX = re.compile(r"index-(\d+)\.html")
-
-
-@dataclass(frozen=True)
-class GalleryConfig:
-    """What `fmpipe gallery` (or `fmpipe render --html`) needs."""
-
-    path: str
-    out: str | None = None  # the render folder; default: FILE-render/ beside the file, as render's
-    images_root: str | None = None  # where the source images are now (default: as recorded)
-    per_page: int = PER_PAGE
-    thumb_side: int = THUMB_SIDE
-    allow_partial: bool = False
-
-    def __post_init__(self) -> None:
-        if self.per_page < 1:
-            raise UsageError(f"--per-page must be at least 1, got {self.per_page}.")
-        if self.thumb_side < 16:
-            raise UsageError(f"--thumb-side must be at least 16 pixels, got {self.thumb_side}.")
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else default_out_dir(self.path)
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""The typer app every command registers on, the global options, and the error → exit code mapping.
+
+Exit codes: 0 done; 1 runtime failure (or `verify` found a problem); 2 bad usage or bad input.
+Tracebacks only with --debug. Commands import their library code lazily, so `--help`, `info`,
+`render` and `view` never import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import FmpipeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Extract every stage's feature maps of a vision network into one HDF5 file, and look at them.",
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s" if not sys.stderr.isatty() else "%(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def default(config: type, name: str) -> Any:
+    """A config dataclass field's default: the CLI takes every default from there, never twice."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    return field.default
+
+
+def main() -> None:
+    """Console entry point: run the app, turning FmpipeError into a message and exit code."""
+    try:
+        app()  # standalone: click reports usage errors itself, with exit code 2
+    except FmpipeError as err:
+        if _state["debug"]:
+            raise
+        typer.echo(f"fmpipe: error: {err}", err=True)
+        sys.exit(err.exit_code)

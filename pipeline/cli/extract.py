@@ -1,0 +1,131 @@
+"""`fmpipe extract` and `fmpipe stages`: the commands that run a model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..config import DEFAULT_MODEL, ExtractConfig, parse_size, parse_stages
+from .app import app, default
+
+Images = Annotated[str, typer.Argument(help="Folder of images (searched recursively).")]
+Out = Annotated[str, typer.Argument(help="Output HDF5 file.")]
+Model = Annotated[str, typer.Option(help="timm name, tv:NAME (torchvision) or module:factory.")]
+Weights = Annotated[str | None, typer.Option(help="State dict file to load into the model.")]
+RandomInit = Annotated[bool, typer.Option("--random-init", help="Random weights (seeded); no download.")]
+Stages = Annotated[str | None, typer.Option(help="Stages to keep, e.g. 0,2,-1 (default: all).")]
+Size = Annotated[
+    str | None, typer.Option(help="Resize every image to exactly HxW; S means SxS (default: the model's input size).")
+]
+BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+Dtype = Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")]
+Compression = Annotated[str, typer.Option(help="zstd, gzip or none.")]
+Workers = Annotated[int, typer.Option(help="Decoding processes (0: decode in the main process).")]
+ShardIndex = Annotated[int, typer.Option(help="This task's shard (job arrays).")]
+NumShards = Annotated[int, typer.Option(help="Number of shards (job arrays).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (and its partial file).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show the plan and size estimate; compute nothing.")]
+UnsafePickle = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-pickle",
+        help="DANGEROUS: let --weights unpickle arbitrary objects (can run code). Only for files you trust.",
+    ),
+]
+Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast on CUDA (faster, less exact; recorded in the file).")]
+NullWriter = Annotated[
+    bool, typer.Option("--null-writer", help="Benchmarking: run everything but discard the maps (writes no file).")
+]
+
+
+def _d(name: str):
+    return default(ExtractConfig, name)
+
+
+@app.command()
+def extract(
+    images: Images,
+    out: Out,
+    model: Model = _d("model"),
+    weights: Weights = _d("weights"),
+    random_init: RandomInit = _d("random_init"),
+    stages: Stages = None,
+    size: Size = None,
+    batch_size: BatchSize = _d("batch_size"),
+    device: Device = _d("device"),
+    dtype: Dtype = _d("dtype"),
+    compression: Compression = _d("compression"),
+    workers: Workers = _d("workers"),
+    shard_index: ShardIndex = _d("shard_index"),
+    num_shards: NumShards = _d("num_shards"),
+    overwrite: Overwrite = _d("overwrite"),
+    dry_run: DryRun = _d("dry_run"),
+    unsafe_pickle: UnsafePickle = _d("unsafe_pickle"),
+    amp: Amp = _d("amp"),
+    null_writer: NullWriter = _d("null_writer"),
+) -> None:
+    """Stream images through a model in batches and store every stage's activations."""
+    import pipeline
+
+    options = dict(
+        model=model,
+        weights=weights,
+        random_init=random_init,
+        stages=parse_stages(stages),
+        size=parse_size(size),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        compression=compression,
+        workers=workers,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        overwrite=overwrite,
+        dry_run=dry_run,
+        unsafe_pickle=unsafe_pickle,
+        amp=amp,
+        null_writer=null_writer,
+    )
+    summary = pipeline.extract(images, out, **options)
+    typer.echo(_describe(summary, model, dtype))
+
+
+def _describe(summary, model: str, dtype: str) -> str:
+    from ..extraction.runner import estimate_bytes
+
+    if summary.dry_run:
+        from ..storage.info import describe_stages
+
+        per_image = estimate_bytes(summary.stages, dtype)
+        return (
+            describe_stages(model, summary.input_hw, summary.stages, 2 if dtype == "float16" else 4)
+            + f"\ndry run: {summary.images} images → {summary.out}, about "
+            f"{per_image * summary.images / 1e6:.1f} MB before compression; nothing computed."
+        )
+    done = f", {summary.done_before} already done" if summary.done_before else ""
+    redone = f", {summary.redone} redone (source changed)" if summary.redone else ""
+    text = (
+        f"{summary.out}: {summary.stored} images stored, {summary.failed} failed{done}{redone}; "
+        f"{summary.mb_written:.1f} MB written in {summary.seconds:.1f} s "
+        f"({summary.images_per_s:.1f} images/s) on {summary.device}"
+    )
+    if summary.failed:
+        text += f"\n{summary.failed} images could not be used; `fmpipe info {summary.out}` lists them."
+    return text
+
+
+@app.command()
+def stages(
+    model: Annotated[str, typer.Argument(help="timm name, tv:NAME or module:factory.")] = DEFAULT_MODEL,
+    size: Annotated[str | None, typer.Option(help="Input size HxW (default: the model's own).")] = None,
+    dtype: Dtype = _d("dtype"),
+) -> None:
+    """List a model's stages: index, module, channels, stride, shape and MB per image."""
+    import pipeline
+
+    from ..storage.info import describe_stages
+
+    found = pipeline.stages(model, size=parse_size(size))
+    typer.echo(describe_stages(model, found.size_hw, found.stages, 2 if dtype == "float16" else 4))
