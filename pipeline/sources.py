@@ -1,10 +1,13 @@
-"""Finds images below a folder; keys are sorted relative POSIX paths. Selects a shard's slice."""
+"""Finds the images of a run, from a folder (keys: sorted relative POSIX paths) or a list file
+(keys in the list's order), selects a shard's slice, and maps keys back to files safely."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,36 @@ import numpy as np
 from .errors import InputError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
+
+
+@dataclass(frozen=True)
+class Collection:
+    """The images of one run, in row order."""
+
+    keys: list[str]  # relative POSIX paths below `root`, or absolute ones inside it (lists only)
+    root: str  # absolute folder the keys resolve against: the file's images_root
+    source: str  # the folder or list file given as IMAGES, absolute
+    kind: str  # "folder" or "list"
+
+    @property
+    def keys_sha256(self) -> str:
+        return keys_sha256(self.keys)
+
+
+def collect(images: str | os.PathLike) -> Collection:
+    """The images named by IMAGES: a folder (searched recursively, keys sorted) or a regular file
+    listing image paths (keys in the list's order, see `read_list`)."""
+    path = Path(images)
+    if path.is_file():
+        keys, root = read_list(path)
+        return Collection(keys, root, str(path.resolve()), "list")
+    keys = discover(path)
+    return Collection(keys, str(path.resolve()), str(path.resolve()), "folder")
+
+
+def keys_sha256(keys: list[str]) -> str:
+    """sha256 of the keys in row order (one a line): names the collection and its order."""
+    return hashlib.sha256("\n".join(keys).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def discover(root: str | os.PathLike) -> list[str]:
@@ -24,7 +57,10 @@ def discover(root: str | os.PathLike) -> list[str]:
     if not base.exists():
         raise InputError(f"image folder {str(base)!r} does not exist.")
     if not base.is_dir():
-        raise InputError(f"{str(base)!r} is not a folder; give the folder that holds the images.")
+        raise InputError(
+            f"{str(base)!r} is neither a folder nor a regular file; give the folder that holds the images "
+            "or a text file listing them."
+        )
     keys: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -38,6 +74,76 @@ def discover(root: str | os.PathLike) -> list[str]:
             keys.append((rel_dir / name).as_posix())
     keys.sort()
     return keys
+
+
+def read_list(path: Path) -> tuple[list[str], str]:
+    """(keys, root) of a list file: one image path a line, relative to the list's folder or
+    absolute; blank lines and lines starting with `#` are skipped, whitespace around a path is
+    stripped, the order is kept.
+
+    A key is its line as a normalised POSIX path (`sub/./a.png` → `sub/a.png`, `/data//b.png` →
+    `/data/b.png`, `../lists/a.png` in lists/ → `a.png`); a relative line that leads out of the
+    list's folder (`../x.png`) becomes absolute. The root is the list's folder, unless an absolute
+    key lies outside it: then the root is the deepest folder holding every listed image and every
+    key is absolute (a key must lie inside its root, see `source_path`). The same image listed
+    twice is an InputError naming both lines; a listed file that is missing or unreadable becomes
+    a failure row when it is read.
+    """
+    folder = os.path.abspath(path.parent)
+    keys: list[str] = []
+    seen: dict[str, int] = {}  # absolute path -> line number
+    for number, text in _list_lines(path):
+        key = _list_key(text, folder, path, number)
+        full = key if key.startswith("/") else posixpath.join(folder, key)
+        if full in seen:
+            raise InputError(
+                f"{path}: lines {seen[full]} and {number} both name {full}; list each image once (keys must be unique)."
+            )
+        seen[full] = number
+        keys.append(key)
+    if all(not key.startswith("/") or _inside(key, folder) for key in keys):
+        return keys, folder
+    fulls = list(seen)
+    return fulls, posixpath.commonpath([posixpath.dirname(full) for full in fulls])
+
+
+def _list_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of each line naming an image."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(
+            f"{str(path)!r} is an image file; give the folder that holds the images or a text file listing them."
+        )
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise InputError(f"cannot read the image list {str(path)!r}: {err.strerror or err}.") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise InputError(
+            f"{str(path)!r} is not a UTF-8 text file (line {line}); a list of images has one path a line."
+        ) from None
+    lines = []
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: \x0c etc. may be in names
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "\x00" in line:
+            raise InputError(f"{path}, line {number}: a NUL byte; a list of images has one path a line.")
+        lines.append((number, line))
+    return lines
+
+
+def _list_key(text: str, folder: str, path: Path, number: int) -> str:
+    """The key of one list line (see `read_list`)."""
+    key = posixpath.normpath(text)
+    if text.startswith("/"):
+        return "/" + key.lstrip("/")  # normpath keeps a leading "//"
+    if key == ".":
+        raise InputError(f"{path}, line {number}: {text!r} names the list's folder, not an image.")
+    if key == ".." or key.startswith("../"):  # climbs out, maybe back in: `../imgs/a.png` from imgs/
+        full = posixpath.normpath(posixpath.join(folder, key))
+        return posixpath.relpath(full, folder) if _inside(full, folder) else full
+    return key
 
 
 # Shards are cut at multiples of this many images, whatever --batch-size is: a shard's rows
@@ -64,15 +170,24 @@ def shard_bounds(count: int, shard_index: int, num_shards: int) -> tuple[int, in
 def source_path(root: str | os.PathLike, key: str) -> Path | None:
     """The file of image `key` below `root`, or None when the key would leave `root`.
 
-    Keys read from a file are untrusted: an absolute key, a `..` or `.` part, an empty part or
-    a NUL is refused. The check is lexical, so a symlinked image inside `root` still works.
+    Keys read from a file are untrusted: a `..` or `.` part, an empty part, a NUL, or an absolute
+    key outside `root` is refused (a list's absolute keys lie inside its recorded root). The check
+    is lexical, so a symlinked image inside `root` still works.
     """
-    if not key or "\x00" in key or os.path.isabs(key):
+    if not key or "\x00" in key:
         return None
-    parts = key.split("/")
-    if any(part in ("", ".", "..") for part in parts):
+    absolute = key.startswith("/")
+    parts = key[1:].split("/") if absolute else key.split("/")
+    if any(part in ("", ".", "..") for part in parts) or (os.path.isabs(key) and not absolute):
         return None
+    if absolute:
+        return Path(key) if _inside(key, os.path.abspath(root)) else None
     return Path(root, *parts)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether normalised absolute `path` lies below normalised absolute `folder` (lexically)."""
+    return folder == "/" or path.startswith(folder.rstrip("/") + "/")
 
 
 HASH_THREADS = 8  # reading sources is I/O bound (and hashlib releases the GIL)

@@ -5,8 +5,6 @@ changes the stored maps, and the file attributes that repeat it, from one source
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-from pathlib import Path
 
 from .. import sources
 from ..config import RESIZE_POLICY, ExtractConfig
@@ -19,10 +17,16 @@ from .models import ResolvedModel
 
 
 def plan_shard(
-    config: ExtractConfig, model: ResolvedModel, size_hw: tuple[int, int], stages: list[StageInfo], all_keys: list[str]
+    config: ExtractConfig,
+    model: ResolvedModel,
+    size_hw: tuple[int, int],
+    stages: list[StageInfo],
+    collection: sources.Collection,
 ) -> WritePlan:
     """The shard's rows and identity. The fingerprint holds everything that changes the stored
-    maps (or the file's layout); the file's attributes repeat those parts under schema names."""
+    maps (or the file's layout), the collection's keys in row order among them; the file's
+    attributes repeat those parts under schema names."""
+    all_keys = collection.keys
     start, stop = sources.shard_bounds(len(all_keys), config.shard_index, config.num_shards)
     keys = all_keys[start:stop]
     parts = {
@@ -36,7 +40,7 @@ def plan_shard(
         "dtype": config.dtype,
         "compression": config.compression,
         "amp": config.amp,
-        "keys_sha256": hashlib.sha256("\n".join(all_keys).encode("utf-8", "surrogateescape")).hexdigest(),
+        "keys_sha256": collection.keys_sha256,
         "num_keys": len(all_keys),
         "format_version": schema.FORMAT_VERSION,
     }
@@ -52,7 +56,7 @@ def plan_shard(
             schema.ATTR_SHARD_START: start,
             schema.ATTR_SHARD_STOP: start + len(keys),
             schema.ATTR_TOTAL_IMAGES: len(all_keys),
-            schema.ATTR_IMAGES_ROOT: str(Path(config.images).resolve()),
+            schema.ATTR_IMAGES_ROOT: collection.root,
         }
     )
     return WritePlan(keys, stages, config.dtype, config.compression, fingerprint(parts), parts, attrs, start)

@@ -22,6 +22,7 @@ from .. import sources
 from ..config import ExtractConfig
 from ..errors import InputError, Interrupted, RunFailure, UsageError
 from ..records import StageInfo
+from ..storage import manifest
 from ..storage.files import partial_path, shard_output
 from ..storage.writer import NullWriter, ShardWriter, WritePlan, Writer
 from . import models, taps
@@ -106,6 +107,7 @@ class Run:
     tap: taps.Tap
     device: torch.device
     size_hw: tuple[int, int]
+    root: str  # the folder keys resolve against (the images folder, or an image list's folder)
 
     @property
     def keys(self) -> list[str]:
@@ -144,7 +146,7 @@ def extract(config: ExtractConfig) -> ExtractSummary:
     if writer is None:
         return _summary(run, Tally(done_before=len(run.keys)))
     try:
-        tally = Tally(redone=_redo_changed_sources(writer, config.images, run.keys))
+        tally = Tally(redone=_redo_changed_sources(writer, run.root, run.keys))
         pending = writer.pending_rows()
         tally.done_before = len(run.keys) - len(pending)
         with StopSignals() as stop:  # also covers finalize: a signal there lets it finish
@@ -164,21 +166,42 @@ def extract(config: ExtractConfig) -> ExtractSummary:
 
 
 def _prepare(config: ExtractConfig) -> Run:
-    """Find the images, build the model and its tap, plan this shard's rows; nothing is written."""
-    all_keys = sources.discover(config.images)
-    if not all_keys:
-        raise InputError(
-            f"no images found below {config.images!r} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})."
-        )
+    """Find the images, build the model and its tap, plan this shard's rows. Nothing is written
+    but, for a job array, the collection's manifest (by the first task to start)."""
     _check_writable(shard_output(config.out, config.shard_index, config.num_shards))
+    collection = _collection(config)
     device = pick_device(config.device)
     log.info("device: %s%s", device, device_note(device))
-    model = models.resolve(config.model, config.weights, config.random_init, config.unsafe_pickle, config.seed)
+    model = models.resolve(
+        config.model,
+        config.weights,
+        config.random_init,
+        config.unsafe_pickle,
+        config.seed,
+        weights_key=config.weights_key,
+        weights_prefix=config.weights_prefix,
+    )
     model.module.to(device)
     size_hw = config.size or model.input_hw
     tap, all_stages = taps.build(model, size_hw, config.stages, device)
-    plan = plan_shard(config, model, size_hw, [all_stages[i] for i in tap.wanted], all_keys)
-    return Run(config, plan, model, tap, device, size_hw)
+    plan = plan_shard(config, model, size_hw, [all_stages[i] for i in tap.wanted], collection)
+    return Run(config, plan, model, tap, device, size_hw, collection.root)
+
+
+def _collection(config: ExtractConfig) -> sources.Collection:
+    """The images of the run, in row order. The tasks of a job array share one discovery through
+    the manifest in OUT.shards/ (the first task to start writes it)."""
+    if config.num_shards > 1:
+        collection = manifest.collection_for(config.images, config.out, write=not config.dry_run)
+    else:
+        collection = sources.collect(config.images)
+    if not collection.keys and collection.kind == "list":
+        raise InputError(f"the image list {config.images!r} names no image (blank lines and # comments are skipped).")
+    if not collection.keys:
+        raise InputError(
+            f"no images found below {config.images!r} (looked for {', '.join(sorted(sources.IMAGE_SUFFIXES))})."
+        )
+    return collection
 
 
 def _summary(run: Run, tally: Tally, mb_written: float = 0.0, dry_run: bool = False) -> ExtractSummary:
@@ -231,7 +254,7 @@ def _run_batches(run: Run, writer: Writer, pending: np.ndarray, tally: Tally, st
     forward = Forward(run.tap, run.model, run.device, getattr(torch, config.dtype), config.amp)
     bar = _progress(tally.done_before, len(run.keys))
     batches = iter_batches(
-        config.images,
+        run.root,
         run.keys,
         pending,
         run.size_hw,
@@ -265,7 +288,7 @@ def _submit(run: Run, staged: Staged, writer: Writer, tally: Tally) -> None:
     """Wait for a batch's host copy, check its values, and queue it for the writer."""
     t0 = time.perf_counter()
     result = staged.result()
-    root = run.config.images
+    root = run.root
     if result.failures and not os.path.isdir(root):
         raise RunFailure(
             f"the image folder {root} disappeared during the run; the images done so far are "
