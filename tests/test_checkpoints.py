@@ -240,3 +240,15 @@ def test_prefix_summary_and_suggestion():
     assert prefix_summary(names, limit=1) == "backbone.0.body.stages. (4 tensors), and 2 more"
     assert suggest_prefix(names, {"stages.0.w", "stages.1.w", "stages.2.w", "stages.3.w"}) == ("backbone.0.body.", 4)
     assert suggest_prefix(names, {"stages.0.w", "a", "b", "c", "d"}) is None  # 1 of 5: not a good guess
+
+
+def test_verify_recompute_loads_the_weights_as_extract_did(tmp_path):
+    images = tmp_path / "images"
+    write_images(images, 2, size=(16, 16))
+    state = tiny_state(7)
+    torch.save({"model": {"body." + k: v for k, v in state.items()}, "epoch": 1}, tmp_path / "ckpt.pt")
+    out = tmp_path / "o.h5"
+    options = dict(model=TINY, size=(16, 16), workers=0, device="cpu")
+    pipeline.extract(images, out, weights=str(tmp_path / "ckpt.pt"), weights_prefix="body.", **options)
+    report = pipeline.verify(out, recompute=2)
+    assert report.ok and report.recomputed == 2

@@ -72,7 +72,15 @@ def prepare(config: VerifyConfig) -> Recomputer:
     device = pick_device("auto")
     if recorded.amp and device.type != "cuda":
         raise InputError(f"{path} was extracted with --amp (bf16 on CUDA); --recompute needs a CUDA device.")
-    model = models.resolve(recorded.model, recorded.weights, recorded.random_init, False, recorded.seed)
+    model = models.resolve(
+        recorded.model,
+        recorded.weights,
+        recorded.random_init,
+        False,
+        recorded.seed,
+        weights_key=recorded.weights_key,
+        weights_prefix=recorded.weights_prefix,
+    )
     _check_model(model, attrs, path)
     size_hw = tuple(int(v) for v in attrs[schema.ATTR_INPUT_SIZE])
     model.module.to(device)
