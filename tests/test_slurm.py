@@ -117,7 +117,8 @@ def test_job_array_and_dependent_merge_equal_one_run(slurm_env, tmp_path):
 
     assert out.exists(), f"merge job {merge}: {job_state(slurm_env, merge)}\n{job_logs(logs)}"
     assert job_state(slurm_env, array) in ("COMPLETED", "unknown"), job_logs(logs)
-    assert sorted(p.name for p in files.shards_folder(out).iterdir()) == [files.shard_name(i, 4) for i in range(4)]
+    shards = [files.shard_name(i, 4) for i in range(4)]
+    assert sorted(p.name for p in files.shards_folder(out).iterdir()) == ["collection.json", *shards]
     assert_same_content(out, single)
     info = subprocess.run([*fmpipe_command().split(), "info", str(out)], capture_output=True, text=True)
     assert "4 of 4 merged (virtual)" in info.stdout, info.stderr
