@@ -50,17 +50,30 @@ class StageBlocks:
         self.dset = _small_cache_dataset(file, self.name)
         self.path, self.stage, self.checksum_required = path, stage, checksum_required
         _, self.channels, self.height, self.width = self.dset.shape
-        chunks = self.dset.chunks
-        whole_rows = chunks is not None and chunks[0] == 1 and chunks[2:] == self.dset.shape[2:]
         self.dtype = self.dset.dtype
-        self.k = chunks[1] if whole_rows else self.channels
-        self.nbytes = self.k * self.height * self.width * self.dtype.itemsize  # a stored chunk, padding included
-        self.parts = _parts(self.dset, path) if whole_rows else []
-        self._starts = [p.first for p in self.parts]
         self._open: OrderedDict[str, tuple[h5py.File | None, h5py.Dataset, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._own = file
+        self.parts = _parts(self.dset, path)
+        self._starts = [p.first for p in self.parts]
+        chunks = self._stored_chunks()
+        whole_rows = chunks is not None and chunks[0] == 1 and tuple(chunks[2:]) == (self.height, self.width)
+        self.k = chunks[1] if whole_rows else self.channels
+        if not whole_rows:
+            self.parts, self._starts = [], []
+        self.nbytes = self.k * self.height * self.width * self.dtype.itemsize  # a stored chunk, padding included
         self.raw_reads = self.fallback_reads = 0
+
+    def _stored_chunks(self) -> tuple[int, ...] | None:
+        """The chunk shape of the stored data: a virtual dataset has none of its own, so its first
+        source's (merge checked that every shard is chunked alike)."""
+        if not self.dset.is_virtual or not self.parts:
+            return self.dset.chunks
+        first = self.parts[0]
+        if first.file == os.path.abspath(self.path):
+            return self._own[first.name].chunks
+        with h5py.File(first.file, "r", locking="best-effort") as file:
+            return file[first.name].chunks
 
     def block(self, row: int, c0: int) -> np.ndarray:
         """(n, H, W) float16/float32 maps of channels c0..c0+n of `row` (c0 a multiple of k), read-only."""
@@ -112,8 +125,8 @@ class StageBlocks:
         own = os.path.abspath(self.path) == part.file
         file = None if own else h5py.File(part.file, "r", locking="best-effort")
         dset = (self._own if own else file)[part.name]
-        try:
-            kind = filter_kind(dset)
+        try:  # raw reads only for the chunking and filters fmpipe writes
+            kind = filter_kind(dset) if dset.chunks == (1, self.k, self.height, self.width) else None
         except InputError:
             kind = None
         self._open[part.file] = (file, dset, kind)
@@ -124,11 +137,13 @@ class StageBlocks:
         return self._open[part.file]
 
     def close(self) -> None:
+        """Close the shard files opened here and drop the stage's handle (see `Catalog.close`)."""
         with self._lock:
             for file, _, _ in self._open.values():
                 if file is not None:
                     file.close()
             self._open.clear()
+            self.dset = None
 
 
 def _parts(dset: h5py.Dataset, path: Path) -> list[_Part]:

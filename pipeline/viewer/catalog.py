@@ -89,6 +89,11 @@ class Catalog:
     def close(self) -> None:
         for blocks in self.blocks.values():
             blocks.close()
+        # Drop every dataset handle before the file goes: h5py caches a virtual dataset's creation
+        # property list on the handle, and one still alive when the process exits makes HDF5's
+        # own exit handler crash (seen with HDF5 2.0 on merged files).
+        self.blocks, self.stages = {}, {}
+        self._chunks.clear()
         self.store.close()
 
     def __enter__(self) -> Catalog:

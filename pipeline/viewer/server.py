@@ -142,8 +142,10 @@ def _interrupt_on_sigterm():
 
 
 def _allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """Host headers a loopback viewer answers: loopback names, with or without the port. A page
+    elsewhere that rebinds its own name to 127.0.0.1 still sends that name, and is refused."""
     names = {"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host}
-    return frozenset(f"{name}:{port}".lower() for name in names)
+    return frozenset(n.lower() for name in names for n in (name, f"{name}:{port}"))
 
 
 class _Server(ThreadingHTTPServer):

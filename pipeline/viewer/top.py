@@ -139,7 +139,7 @@ def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...]) -> b
     for n, item in enumerate(items):
         y = TITLE_HEIGHT + (n // cols) * (cell_h + LABEL_HEIGHT + GUTTER)
         x = GUTTER + (n % cols) * (cell_w + GUTTER)
-        canvas.paste(Image.fromarray(_picture(catalog, config, item.row)).resize((cell_w, cell_h)), (x, y))
+        canvas.paste(_picture(catalog, config, item.row, (cell_w, cell_h)), (x, y))
         label = f"#{n + 1}  {config.by} {item.value:.4g}  row {item.row}"
         draw.text((x, y + cell_h + 2), label, INK, font)
         draw.text((x, y + cell_h + 15), _fit(draw, font, item.key, cell_w), INK, font)
@@ -148,15 +148,15 @@ def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...]) -> b
     return encode_rgb(np.asarray(canvas), text=description)
 
 
-def _picture(catalog: Catalog, config: TopConfig, row: int) -> np.ndarray:
-    """(h, w, 3) uint8: the map over its source at the model's input size, or the map alone."""
+def _picture(catalog: Catalog, config: TopConfig, row: int, size: tuple[int, int]) -> Image.Image:
+    """The map over its source photo (at the model's input size, then resized to `size` = (w, h)),
+    or, without a source, the map alone enlarged without smoothing."""
     table = lut(config.cmap)
     index = indices(catalog, config.stage, row, config.channel, config.normalize)
     try:
-        return blend(catalog.photo(row), index, table)
+        return Image.fromarray(blend(catalog.photo(row), index, table)).resize(size, Image.Resampling.BICUBIC)
     except DecodeError:
-        height, width = catalog.input_hw
-        return np.asarray(Image.fromarray(table[index]).resize((width, height), Image.Resampling.NEAREST))
+        return Image.fromarray(table[index]).resize(size, Image.Resampling.NEAREST)
 
 
 def _fit(draw: ImageDraw.ImageDraw, font, text: str, width: int) -> str:
