@@ -28,8 +28,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import sources
 from ..errors import InputError
-from ..sources import Collection, collect, keys_sha256
+from ..sources import Collection, keys_sha256
 from .files import shards_folder
 from .lockfile import OutputLock, OutputLockedError
 
@@ -64,17 +65,17 @@ def collection_for(images: str, out: str, *, write: bool = True) -> Collection:
     path = manifest_path(out)
     found = read(path)
     if found is None and not write:
-        return collect(images)
+        return sources.collect(images)
     if found is None:
         found = _discover_once(images, path)
-        if found is None:
-            return collect(images)  # nothing to publish: the caller reports the empty collection
     collection, stamp = found
+    if not collection.keys:
+        return collection  # not published: the caller reports the empty collection
     _check_source(collection, stamp, images, path)
     return collection
 
 
-def _discover_once(images: str, path: Path) -> tuple[Collection, ListStamp | None] | None:
+def _discover_once(images: str, path: Path) -> tuple[Collection, ListStamp | None]:
     """Discover and publish under `path`'s lock; a task that finds the lock taken waits for the
     manifest instead of walking the folder too (tasks of an array start together). A holder
     that dies drops the lock, and the next task to try takes it over."""
@@ -94,9 +95,9 @@ def _discover_once(images: str, path: Path) -> tuple[Collection, ListStamp | Non
             found = read(path)  # published while this task waited for the lock
             if found is not None:
                 return found
-            collection = collect(images)
+            collection = sources.collect(images)
             if not collection.keys:
-                return None
+                return collection, None
             stamp = _stamp(Path(collection.source)) if collection.kind == "list" else None
             return publish(collection, stamp, path)
         finally:
