@@ -210,12 +210,14 @@ def test_missing_unexpected_and_misshapen_tensors_are_counted_with_examples(tmp_
     )
 
 
-def test_a_timm_backbone_without_its_classifier_loses_the_head(tmp_path):
+def test_a_timm_backbone_without_its_classifier_or_batch_counts_loads(tmp_path):
     import timm
 
     torch.manual_seed(6)
     source = timm.create_model("resnet18", num_classes=0)  # a detector's backbone: no fc
-    torch.save({"model": source.state_dict()}, tmp_path / "backbone.pt")
+    # older checkpoints have no BatchNorm num_batches_tracked: BatchNorm fills it in (0)
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"model": state}, tmp_path / "backbone.pt")
     model = models.resolve("resnet18", weights=str(tmp_path / "backbone.pt"))
     assert isinstance(model.module.fc, torch.nn.Identity)
     assert model.weights_sha256 == models.state_dict_sha256(source)

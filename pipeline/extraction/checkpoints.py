@@ -101,7 +101,8 @@ def _candidates(raw: object) -> list[str]:
 def _at_key(raw: object, key: str, path: str) -> dict[str, torch.Tensor]:
     """The state dict at dotted `key` (`model_ema.module`); InputError naming what is there instead."""
     value, walked = raw, []
-    for part in key.split("."):
+    parts = [key] if isinstance(raw, Mapping) and key in raw else key.split(".")  # a name with a dot
+    for part in parts:
         if not isinstance(value, Mapping) or part not in value:
             at = ".".join(walked) or "the top level"
             raise InputError(
@@ -147,12 +148,12 @@ def fit(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> Non
     """Raise InputError unless `state` has exactly the module's names and shapes (a timm model whose
     only missing tensors are its classifier head loses the head instead: a backbone has none)."""
     expected = {name: tuple(value.shape) for name, value in module.state_dict().items()}
-    missing = [name for name in expected if name not in state]
+    missing = _missing(expected, state)
     if missing and not set(missing) - _head_names(module) and all(name in expected for name in state):
         log.info("--weights %s has no classifier head (%s): the model's head is dropped", where, ", ".join(missing))
         module.reset_classifier(0)
         expected = {name: tuple(value.shape) for name, value in module.state_dict().items()}
-        missing = [name for name in expected if name not in state]
+        missing = _missing(expected, state)
     unexpected = [name for name in state if name not in expected]
     shapes = [name for name in state if name in expected and tuple(state[name].shape) != expected[name]]
     if not (missing or unexpected or shapes):
@@ -171,6 +172,11 @@ def fit(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> Non
         f"--weights {where} does not fit the model: {'; '.join(problems)}. The file's tensors by prefix: "
         f"{prefix_summary(state)}.{_prefix_hint(state, set(expected))}"
     )
+
+
+def _missing(expected: dict[str, tuple], state: Mapping[str, torch.Tensor]) -> list[str]:
+    # BatchNorm fills in a missing num_batches_tracked itself (older checkpoints have none).
+    return [name for name in expected if name not in state and not name.endswith(".num_batches_tracked")]
 
 
 def prefix_summary(names: object, limit: int = PREFIXES_SHOWN) -> str:
