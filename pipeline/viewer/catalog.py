@@ -38,6 +38,8 @@ PHOTO_CACHE_BYTES = 32 << 20  # source photos at the model's input size (overlay
 THUMB_CACHE_BYTES = 16 << 20  # source thumbnails as JPEG
 SMALL_CACHE_BYTES = 16 << 20  # rankings, top lists, searches, stage ranges, PCA fits
 THUMB_QUALITY = 85
+KEY_SPAN = 256  # keys within this many rows of each other are read in one call
+SPARSE_KEYS = 1000  # up to this many scattered keys are read one by one, not in blocks of KEY_BLOCK
 
 
 def resolve_source(path: str | os.PathLike) -> Path:
@@ -132,7 +134,18 @@ class Catalog:
         return next(iter_keys(self.store, [row]))[1]
 
     def keys(self, rows) -> list[str]:
-        """Keys of ascending `rows`, read in blocks."""
+        """Keys of `rows`: one read of their span when they lie close together (a page), one read
+        each when they are few and far apart (a ranking), else blocks (rows ascending)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return []
+        dset = self.store.file[schema.KEY]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= max(KEY_SPAN, 4 * len(rows)):
+            block = dset[lo:hi]
+            return [_text(block[row - lo]) for row in rows]
+        if len(rows) <= SPARSE_KEYS:
+            return [_text(dset[int(row)]) for row in rows]
         return [key for _, key in iter_keys(self.store, rows)]
 
     def search(self, text: str) -> np.ndarray:
