@@ -5,11 +5,13 @@
     python scripts/make_readme_pictures.py --check --from out.h5   # reuse a quick-start file
 
 Steps, in a scratch folder: `fmpipe extract data/images out.h5` (the quick start), then each
-command of COMMANDS; PICTURES names the file each README picture is. The gallery screenshot
-comes from headless Chromium (`apt-get install chromium`) over GALLERY_COMMANDS' folder; --check
-compares every picture but the screenshot (fonts differ between machines) and exits 1 on a
-difference. Pixels may differ by a level or two on another CPU (float rounding in the model);
-anything more means the pictures no longer show what the commands draw: regenerate and commit.
+command of COMMANDS; PICTURES names the file each README picture is. The screenshots come from
+headless Chromium (`apt-get install chromium`): the gallery over GALLERY_COMMANDS' folder, and the
+viewer's dataset-examples page (VIEW_PAGE) from `pipeline.viewer.serve` on out.h5, on a free
+loopback port, stopped by its PID. --check compares every picture but the screenshots (fonts
+differ between machines) and exits 1 on a difference. Pixels may differ by a level or two on
+another CPU (float rounding in the model); anything more means the pictures no longer show what
+the commands draw: regenerate and commit.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -52,6 +55,8 @@ GALLERY_COMMANDS = [
     "gallery out.h5 --out tour",
 ]
 SCREENSHOT = ("gallery.png", "tour/gallery/000002.html", (1000, 1000))  # chelsea's page, window W×H
+VIEW_PAGE = ("view-examples.png", "examples/2/6", (1000, 720))  # stage 2, channel 6's dataset examples
+VIEW_SERVER = "from pipeline.viewer import ViewConfig, serve; serve(ViewConfig('out.h5', port=0))"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -95,7 +100,10 @@ def make(scratch: Path, source: str | None, screenshot: bool) -> None:
         for command in GALLERY_COMMANDS:
             fmpipe(scratch, command)
         name, page, size = SCREENSHOT
-        capture(scratch / page, scratch / name, size)
+        capture((scratch / page).resolve().as_uri(), scratch / name, size)
+        name, page, size = VIEW_PAGE
+        with viewer(scratch) as url:
+            capture(url + page, scratch / name, size)
 
 
 def fmpipe(cwd: Path, command: str) -> None:
@@ -105,8 +113,30 @@ def fmpipe(cwd: Path, command: str) -> None:
         sys.exit(f"fmpipe {command} failed with exit code {run.returncode}")
 
 
-def capture(page: Path, target: Path, size: tuple[int, int]) -> None:
-    """A headless Chromium screenshot of `page`, stored as a 128-colour PNG (small)."""
+@contextlib.contextmanager
+def viewer(scratch: Path):
+    """`fmpipe view out.h5` on a free loopback port in `scratch`; yields its URL, then stops it by PID."""
+    print("$ fmpipe view out.h5 --port 0", flush=True)
+    command = [sys.executable, "-c", VIEW_SERVER]
+    proc = subprocess.Popen(command, cwd=scratch, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        match = re.search(r"http://127\.0\.0\.1:\d+/", lines[1])
+        if not match:
+            sys.exit(f"the viewer did not start: {lines}")
+        yield match.group(0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def capture(page: str, target: Path, size: tuple[int, int]) -> None:
+    """A headless Chromium screenshot of the URL `page`, stored as a 128-colour PNG (small)."""
     binary = shutil.which("chromium")
     if binary is None:
         sys.exit("the gallery screenshot needs chromium: apt-get install chromium (or run with --check)")
@@ -119,7 +149,7 @@ def capture(page: Path, target: Path, size: tuple[int, int]) -> None:
         "--virtual-time-budget=10000",
         "--run-all-compositor-stages-before-draw",  # draw what has loaded, not a frame from before
         f"--screenshot={shot}",
-        page.resolve().as_uri(),
+        page,
     ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -135,8 +165,9 @@ def capture(page: Path, target: Path, size: tuple[int, int]) -> None:
 
 def publish(scratch: Path) -> int:
     IMAGES.mkdir(parents=True, exist_ok=True)
-    for name, produced in [*PICTURES.items(), (SCREENSHOT[0], SCREENSHOT[0])]:
-        source = scratch / "out-render" / produced if name != SCREENSHOT[0] else scratch / produced
+    shots = {SCREENSHOT[0], VIEW_PAGE[0]}
+    for name, produced in [*PICTURES.items(), *((shot, shot) for shot in sorted(shots))]:
+        source = scratch / "out-render" / produced if name not in shots else scratch / produced
         shutil.copyfile(source, IMAGES / name)
         print(f"{IMAGES / name}: {source.stat().st_size / 1024:.0f} KB")
     return 0
@@ -149,8 +180,9 @@ def check(scratch: Path) -> int:
         problem = difference(IMAGES / name, scratch / "out-render" / produced)
         if problem:
             problems.append(f"{name}: {problem}")
-    if not (IMAGES / SCREENSHOT[0]).is_file():
-        problems.append(f"{SCREENSHOT[0]}: missing")
+    for shot in (SCREENSHOT[0], VIEW_PAGE[0]):
+        if not (IMAGES / shot).is_file():
+            problems.append(f"{shot}: missing")
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
