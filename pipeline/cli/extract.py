@@ -9,10 +9,32 @@ import typer
 from ..config import DEFAULT_MODEL, ExtractConfig, parse_size, parse_stages
 from .app import app, default
 
-Images = Annotated[str, typer.Argument(help="Folder of images (searched recursively).")]
+Images = Annotated[
+    str,
+    typer.Argument(
+        help="Folder of images (searched recursively, sorted) or a text file listing image paths, one a line "
+        "(relative to the list's folder or absolute; # comments; the list's order is kept)."
+    ),
+]
 Out = Annotated[str, typer.Argument(help="Output HDF5 file.")]
 Model = Annotated[str, typer.Option(help="timm name, tv:NAME (torchvision) or module:factory.")]
-Weights = Annotated[str | None, typer.Option(help="State dict file to load into the model.")]
+Weights = Annotated[
+    str | None, typer.Option(help="State dict or training checkpoint (.pt, .pth, .safetensors) to load into the model.")
+]
+WeightsKey = Annotated[
+    str | None,
+    typer.Option(
+        help="Where the state dict is inside a training checkpoint, dotted for nesting (e.g. model_ema.module). "
+        "Default: found under state_dict, model, module, ema or model_ema."
+    ),
+]
+WeightsPrefix = Annotated[
+    str | None,
+    typer.Option(
+        help="Take only the tensors named P... and strip P, e.g. a detector's backbone: backbone.0.body. "
+        "A mismatch lists the file's prefixes."
+    ),
+]
 RandomInit = Annotated[bool, typer.Option("--random-init", help="Random weights (seeded); no download.")]
 Stages = Annotated[str | None, typer.Option(help="Stages to keep, e.g. 0,2,-1 (default: all).")]
 Size = Annotated[
@@ -50,6 +72,8 @@ def extract(
     out: Out,
     model: Model = _d("model"),
     weights: Weights = _d("weights"),
+    weights_key: WeightsKey = _d("weights_key"),
+    weights_prefix: WeightsPrefix = _d("weights_prefix"),
     random_init: RandomInit = _d("random_init"),
     stages: Stages = None,
     size: Size = None,
@@ -72,6 +96,8 @@ def extract(
     options = dict(
         model=model,
         weights=weights,
+        weights_key=weights_key,
+        weights_prefix=weights_prefix,
         random_init=random_init,
         stages=parse_stages(stages),
         size=parse_size(size),
