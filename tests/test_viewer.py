@@ -145,6 +145,35 @@ def test_tiles_equal_render_pngs(merged, kind, tmp_path):
         assert sum(b.fallback_reads for b in blocks.values()) == 0
 
 
+def test_overlay_and_pca_equal_render_pictures(merged, tmp_path):
+    path = merged["virtual"]
+    render(
+        RenderConfig(
+            str(path),
+            1,
+            out=str(tmp_path / "o"),
+            images="20",
+            channels="9",
+            layout="channels",
+            overlay=True,
+            cmap="magma",
+            normalize="image",
+            workers=1,
+        )
+    )
+    render(RenderConfig(str(path), 2, out=str(tmp_path / "p"), images="3,37", layout="pca", workers=1))
+    with running(path) as viewer:
+        (overlay,) = (tmp_path / "o").rglob("c0009-overlay.png")
+        status, _, body = get(viewer, "/overlay/1/20/9.png?cmap=magma&normalize=image")
+        assert status == 200 and body == overlay.read_bytes()
+        for row, key in ((3, "img003"), (37, "img036")):
+            status, _, body = get(viewer, f"/pca/2/{row}.png")
+            assert status == 200
+            np.testing.assert_array_equal(
+                decoded(body), decoded((tmp_path / "p" / "stage2" / key / "pca.png").read_bytes())
+            )
+
+
 def maxima_of_maps(path: Path, stage: int) -> tuple[np.ndarray, np.ndarray]:
     """((N, C) float32 max of every stored map, (N,) ok) computed from the maps themselves."""
     with open_store(path) as store:
