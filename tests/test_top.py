@@ -12,7 +12,7 @@ from test_render import smooth_maps, write_store
 
 from pipeline.errors import OutputExistsError, UsageError
 from pipeline.viewer import TopConfig, top
-from pipeline.viewer.top import CELL_SIDE, GUTTER, LABEL_HEIGHT, TITLE_HEIGHT
+from pipeline.viewer.examples import CELL_SIDE, GUTTER, LABEL_HEIGHT, TITLE_HEIGHT
 
 KEYS = [f"photo{i}.jpg" for i in range(7)]
 

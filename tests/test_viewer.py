@@ -37,7 +37,7 @@ from pipeline.storage.store import open_store
 from pipeline.viewer import TopConfig, ViewConfig, Viewer, top
 from pipeline.viewer import catalog as catalog_module
 from pipeline.viewer.cache import Lru
-from pipeline.viewer.server import DEFAULT_HOST
+from pipeline.viewer.config import DEFAULT_HOST
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=4, workers=0, device="cpu")

@@ -31,7 +31,6 @@ from .cache import Lru
 
 log = logging.getLogger(__name__)
 
-BYS = ("max", "mean")
 CHUNK_CACHE_BYTES = 96 << 20  # decoded chunk blocks (the viewer's largest cache)
 STATS_CACHE_BYTES = 8 << 20  # (3, C) statistics rows
 PHOTO_CACHE_BYTES = 32 << 20  # source photos at the model's input size (overlays)

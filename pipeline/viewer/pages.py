@@ -18,9 +18,9 @@ from ..rendering.colormaps import CMAPS
 from ..rendering.painting import NORMALIZATIONS
 from ..rendering.tiling import TILE_MIN_SIDE, auto_scale
 from ..site.pages import PAGER_SPAN, esc, placeholder
-from .catalog import BYS
+from .config import BYS
+from .examples import TopItem
 from .tiles import TileOptions
-from .top import TopItem
 
 GENERATOR = "fmpipe view"
 

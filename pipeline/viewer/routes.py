@@ -34,9 +34,10 @@ from ..rendering.selection import top_channels
 from ..rendering.tiling import TILE_MIN_SIDE, auto_scale
 from . import pages
 from .assets import ASSETS
-from .catalog import BYS, Catalog
+from .catalog import Catalog
+from .config import BYS, DEFAULT_K, MAX_K
+from .examples import items_json, top_items
 from .tiles import TileOptions, overlay_png, pca_png, tile_png
-from .top import DEFAULT_K, MAX_K, items_json, top_items
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,15 @@ import logging
 import signal
 import socket
 import threading
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..errors import UsageError
 from .catalog import Catalog
+from .config import ViewConfig
 from .routes import App, Response
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
 IDLE_TIMEOUT_S = 30  # a keep-alive connection idle this long is closed (its thread ends)
 SECURITY_HEADERS = (
     (
@@ -38,22 +36,6 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
     ("Cross-Origin-Resource-Policy", "same-origin"),
 )
-
-
-@dataclass(frozen=True)
-class ViewConfig:
-    """What `fmpipe view` needs; defaults are the CLI's."""
-
-    path: str
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT  # 0: any free port
-    images_root: str | None = None  # where the sources are now (default: as recorded in the file)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"--port must be 0 (any free port) to 65535, got {self.port}.")
-        if not self.host:
-            raise UsageError("--host must not be empty; use 127.0.0.1 (the default) to stay on this machine.")
 
 
 def is_loopback(host: str) -> bool:

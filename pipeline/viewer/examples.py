@@ -19,48 +19,20 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..decoding import DecodeError
-from ..errors import OutputExistsError, RunFailure, UsageError
-from ..rendering.colormaps import DEFAULT_CMAP, lut
+from ..errors import OutputExistsError, RunFailure
+from ..rendering.colormaps import lut
 from ..rendering.png import encode_rgb
 from ..rendering.tiling import blend
-from .catalog import BYS, Catalog
-from .tiles import TileOptions, indices
+from .catalog import Catalog
+from .config import TopConfig, check_k_by
+from .tiles import indices
 
-DEFAULT_K = 9
-MAX_K = 1000
 CELL_SIDE = 224  # the longer side of each picture in --out's grid, pixels
 LABEL_HEIGHT = 30  # two lines of text under each picture
 TITLE_HEIGHT = 22
 GUTTER = 6
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
-
-
-@dataclass(frozen=True)
-class TopConfig:
-    """What `fmpipe top` needs; defaults are the CLI's."""
-
-    path: str
-    stage: int
-    channel: int
-    k: int = DEFAULT_K
-    by: str = "max"
-    out: str | None = None  # write the labelled grid of the K overlays here (PNG)
-    images_root: str | None = None  # where the sources are now (default: as recorded)
-    cmap: str = DEFAULT_CMAP
-    normalize: str = "channel"
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        check_k_by(self.k, self.by)
-        TileOptions(self.cmap, self.normalize)  # validates both
-
-
-def check_k_by(k: int, by: str) -> None:
-    if not 1 <= k <= MAX_K:
-        raise UsageError(f"-k must be 1 to {MAX_K}, got {k}.")
-    if by not in BYS:
-        raise UsageError(f"--by must be one of {', '.join(BYS)}, got {by!r}.")
 
 
 @dataclass(frozen=True)
