@@ -85,6 +85,11 @@ def test_out_writes_one_labelled_grid_of_overlays(collection, tmp_path):
         assert image.size[0] == 2 * (cell + GUTTER) + GUTTER and '"row": 6' in image.info["Description"]
 
 
+def test_negative_stage_counts_from_the_last(collection):
+    result = top(TopConfig(str(collection["path"]), -1, 1, k=2))
+    assert result.stage == 0 and [t.row for t in result.items] == [4, 6]
+
+
 def test_sources_that_moved_are_found_with_images_root(collection, tmp_path):
     moved = tmp_path / "moved"
     collection["root"].rename(moved)

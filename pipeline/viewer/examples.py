@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,9 @@ def top(config: TopConfig) -> TopResult:
     if out is not None and out.exists() and not config.overwrite:
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
     with Catalog(config.path, config.images_root) as catalog:
+        stages = list(catalog.stages)
+        if -len(stages) <= config.stage < 0:  # negative counts from the last stored stage, as render's
+            config = replace(config, stage=stages[config.stage])
         catalog.channel(config.stage, config.channel)
         items = top_items(catalog, config.stage, config.channel, config.k, config.by)
         if out is not None:
