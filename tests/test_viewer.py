@@ -360,7 +360,8 @@ def test_traversal_and_malformed_requests_are_refused_and_the_server_keeps_servi
             "/tile/0/99999999/0.png",
             "/tile/9/0/0.png",
             "/tile/0/0/0.png?scale=-1",
-            "/tile/0/0/0.png?scale=33",
+            "/tile/0/0/0.png?scale=257",
+            "/tile/0/0/0.png?scale=256",  # 16×16 × 256: 4096×4096, over the 2048² pixel cap
             "/tile/0/0/0.png?scale=1e3",
             "/tile/0/0/0.png?cmap=../../x",
             "/tile/0/0/0.png?normalize=<script>",

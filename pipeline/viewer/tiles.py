@@ -18,10 +18,11 @@ from ..rendering.colormaps import CMAPS, DEFAULT_CMAP, lut, to_indices
 from ..rendering.painting import NORMALIZATIONS, channel_png, image_ranges
 from ..rendering.pca import project_blocks, scores_to_rgb
 from ..rendering.png import encode_rgb
-from ..rendering.tiling import CHANNEL_MIN_SIDE, MAX_SCALE, auto_scale, upscale
+from ..rendering.tiling import CHANNEL_MIN_SIDE, auto_scale, upscale
 from .catalog import Catalog
 
-MAX_TILE_PIXELS = 4096 * 4096  # a tile larger than this is refused (scale too large for the map)
+MAX_TILE_PIXELS = 2048 * 2048  # a tile larger than this is refused (scale too large for the map)
+MAX_SCALE = 256  # render takes any --scale; the viewer bounds it (and the tile's pixels) against abuse
 
 
 @dataclass(frozen=True)
