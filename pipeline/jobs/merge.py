@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError
 from ..storage import schema
+from ..storage.dims import attach_dimensions
 from ..storage.files import merged_path, publish, shards_folder
 from ..storage.identity import describe_difference
 from ..storage.store import open_store
@@ -258,6 +259,7 @@ def _write(tmp: Path, parts: list[_Shard], found: shards.ShardScan, mode: str) -
                     copied += _copy_dataset(group, dset, parts, path)
                 else:
                     _virtual_dataset(group, dset, parts, path)
+            attach_dimensions(group, file[schema.KEY][:])
         merge_top_lists(file, [(p.file, p.start) for p in parts])
         file.attrs[schema.ATTR_COMPLETE] = True
     return copied

@@ -18,6 +18,7 @@ from ..errors import FingerprintMismatch, InputError, OutputExistsError
 from ..records import StageInfo
 from . import identity, schema
 from .codecs import Codec
+from .dims import attach_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,10 @@ def create_layout(file: h5py.File, plan: WritePlan) -> None:
         dtype = "int64" if name == schema.FAILURE_INDEX else _STR
         file.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dtype)
     codec = Codec(plan.compression)
+    keys = file[schema.KEY][:]
     for info in plan.stages:
         _create_stage(file, info, n, plan.dtype, codec)
+        attach_dimensions(file[schema.stage_group(info.index)], keys)
 
 
 def _create_stage(file: h5py.File, info: StageInfo, n: int, dtype: str, codec: Codec) -> None:

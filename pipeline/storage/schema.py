@@ -71,6 +71,12 @@ STAT_MIN = "min"  # (N, C) float32
 STAT_MAX = "max"  # (N, C) float32
 STAT_MEAN = "mean"  # (N, C) float32
 STAT_NAMES = (STAT_MIN, STAT_MAX, STAT_MEAN)
+# Dimension scales in every stage group (storage/dims.py): xarray's dimension names and coordinates.
+DIM_IMAGE = "image"  # (N,) utf-8 str, the keys (a copy of images/key)
+DIM_CHANNEL = "channel"  # (C,) int32 0..C-1
+DIM_Y = "y"  # (H,) int32 0..H-1, map rows
+DIM_X = "x"  # (W,) int32 0..W-1, map columns
+DIMS = (DIM_IMAGE, DIM_CHANNEL, DIM_Y, DIM_X)  # the axes of data, in order
 # stages/<i>/top/: per-channel top lists (storage/toplists.py). For by in ("max", "mean"):
 # {by}_rows (C, k) int64 and {by}_values (C, k) float32, best first, -1/NaN padded;
 # {by}_response (C,) float32, the channel's mean over images of their per-image {by};
