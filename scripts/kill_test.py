@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
-"""Kill `fmpipe extract` with SIGKILL at random moments, rerun it, and compare with an uninterrupted run.
+"""Kill `fmpipe extract` at random moments, rerun it at once, and compare with an uninterrupted run.
 
-    python scripts/kill_test.py                 # 10 trials
+    python scripts/kill_test.py                 # 10 trials, SIGKILL, default extract options
+    python scripts/kill_test.py --trials 50 --seed 7            # docs/reliability.md
+    python scripts/kill_test.py --trials 20 --signals KILL,TERM --moments mid-batch-chunks,finalise
     python scripts/kill_test.py --trials 3 --seed 1 --workdir /tmp/kt --keep
-    python scripts/kill_test.py --trials 20 --signals KILL,TERM   # docs/reliability.md
 
-Each trial starts a fresh extract in a child process whose writer announces what it is
-doing on stdout ("batch-start 3", "flush", "done-set 3", "finalise-start", "fsync",
-"rename", ...) and is slowed down a little at each of those steps (sleeps only; the code
-path is the real one) so that a kill lands inside them. The parent waits for a randomly
-chosen batch or for the finalise step, sleeps a random fraction of a step, and sends
-SIGKILL from outside (or, with --signals, one of the listed signals picked at random:
-SIGTERM must stop the run at the next batch boundary with exit code 143, or let a finalise
-that started end). The last event the child printed classifies the moment.
+The extract runs as users run it: `--model resnet18 --random-init --size 64 --device cpu` and every
+other option at its default (batches of 16, two DataLoader decode workers) on 40 images and one file
+that is not an image (41 rows, three batches). Each trial starts it in a child process through the
+real CLI, instrumented by tests/helpers.py: the writer's steps are announced on stdout and slowed a
+little (sleeps only; every call is the real one). The parent aims at a randomly chosen moment (see
+AIMS), waits for its event, sleeps a random part of a step and sends SIGKILL to the main process (or,
+with --signals, a signal picked at random per trial). The decode workers are left to notice on their
+own, as they are when a user or the OOM killer kills the main process.
 
-After the kill: a file at OUT must be complete and identical to the reference; the partial
-file must open, and every row it marks done must already hold the reference's values (done
-is never ahead of the data; complete is never set early). Then the same extract runs again,
-uninterrupted: it must resume (stored + failed == rows not done), and the result must be
-identical to the reference, bit for bit, including the failures table.
+As soon as the child is dead the files it left are copied aside (milliseconds) and the same extract
+runs again: no sleep, orphaned decode workers may still be alive. Required: the killed run left `OUT`
+only complete and identical, and a readable `OUT.partial` whose done rows already hold their final
+values; the rerun exits 0 (never refused), writes exactly the rows that were not done (none when
+`OUT` was complete), and ends with a file identical to the uninterrupted run bit for bit: every
+dataset (maps, statistics, keys, source digests, failures) and every attribute but `created` and
+`timings_json`; every done row's source digest is its file's; no `OUT.partial`, `.partial.new` or
+`OUT.lock` is left. SIGTERM must end with 143 (stopped at a batch boundary), 0 (a finalise that had
+started ends), or die by the signal's default action before the batch loop or after finalising.
 
 Exit code 0 when every trial passed, 1 otherwise. The last line is a JSON summary.
 """
@@ -26,29 +31,78 @@ Exit code 0 when every trial passed, 1 otherwise. The last line is a JSON summar
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
-import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
-import hdf5plugin  # noqa: F401  (zstd filter)
 import numpy as np
 
-EXTRACT_OPTIONS = [
-    "--model", "resnet18", "--random-init", "--size", "64", "--batch-size", "2",
-    "--workers", "0", "--device", "cpu",
-]  # fmt: skip
-STEP_DELAY_S = 0.03  # the child sleeps this long at each announced step
-CHILD_TIMEOUT_S = 120.0
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import helpers  # tests/helpers.py: the instrumented child and the snapshots
+
+OUT = "out.h5"
+OPTIONS = ["--model", "resnet18", "--random-init", "--size", "64", "--device", "cpu"]  # the rest: defaults
+IMAGES, BATCH, STAGES = 40, 16, 5  # good images (one more row is a broken file), default --batch-size, resnet18
+STEP_DELAY_S = 0.03  # the child sleeps this long after each announced step
+CHUNK_DELAY_S = 0.004  # ... and this long after each chunk write (STAGES per image)
+POLL_S = 0.002
+
+
+@dataclass(frozen=True)
+class Aim:
+    """Where a kill is aimed: after the `nth` event named `event`, within `jitter_s`."""
+
+    kind: str
+    event: str
+    nth: int = 1
+    jitter_s: float = STEP_DELAY_S
+
+
+def aims(kind: str, rng: random.Random, rows: int) -> Aim:
+    """A random aim of the given kind (AIMS) for a run of `rows` rows."""
+    batches = -(-rows // BATCH)
+    partial, new = f"{OUT}.partial", f"{OUT}.partial.new"
+    pick = {
+        "lock": lambda: Aim(kind, rng.choice(["lock", "locked"])),
+        "file-creation": lambda: Aim(kind, rng.choice(["create-start", "layout", f"fsync {new}", f"rename {new}"])),
+        "file-created": lambda: Aim(kind, rng.choice([f"renamed {new}", "create-done"])),
+        "worker-start-up": lambda: Aim(kind, rng.choice(["loader-start", "worker-start"]), jitter_s=0.3),
+        "mid-batch-chunks": lambda: Aim(kind, "chunk", rng.randint(1, IMAGES * STAGES), CHUNK_DELAY_S * 3),
+        "mid-batch-rows": lambda: Aim(kind, rng.choice(["rows", "rows-done"]), rng.randint(1, batches)),
+        "data-before-done": lambda: Aim(kind, "flushed", 2 * rng.randrange(batches) + 1),
+        "between-batches": lambda: Aim(kind, "done-set", rng.randint(1, batches - 1)),
+        "finalise-top-lists": lambda: Aim(kind, "top-lists", jitter_s=0.1),
+        "finalise-before-fsync": lambda: Aim(
+            kind, rng.choice(["finalise-start", "top-lists-done", f"fsync {partial}"])
+        ),
+        "finalise-after-fsync": lambda: Aim(kind, rng.choice([f"fsynced {partial}", f"rename {partial}"])),
+        "finalise-after-rename": lambda: Aim(kind, f"renamed {partial}"),
+    }
+    return pick[kind]()
+
+
+AIMS = (
+    "lock",
+    "file-creation",
+    "file-created",
+    "worker-start-up",
+    "mid-batch-chunks",
+    "mid-batch-rows",
+    "data-before-done",
+    "between-batches",
+    "finalise-top-lists",
+    "finalise-before-fsync",
+    "finalise-after-fsync",
+    "finalise-after-rename",
+)  # each the moment it aims at (moment_of)
 
 
 @dataclass
@@ -56,14 +110,17 @@ class Trial:
     """One kill and rerun."""
 
     number: int
-    target: str  # "batch 3" or "finalise"
+    aim: Aim
     signal_name: str = "KILL"
-    moment: str = ""  # mid-batch, between-batches, mid-finalise, after-finish, before-writing
+    moment: str = ""  # where the child was when the signal hit (moment_of)
     last_event: str = ""
-    done_after_kill: int = 0
-    out_after_kill: bool = False  # the kill came after the rename to OUT
-    resumed_from: int = 0
-    recomputed: int = 0
+    rows: int = 0
+    done_rows: list[int] = field(default_factory=list)  # done in the file the kill left
+    out_after_kill: bool = False
+    orphans: int = 0  # decode workers of the killed child still alive when the rerun started
+    rerun_gap_ms: float = 0.0  # from the child's death to the rerun's start
+    rerun_rows: list[int] = field(default_factory=list)
+    refused: bool = False
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -71,57 +128,164 @@ class Trial:
         return not self.problems
 
 
-# -- child: the real CLI, with announced and slightly slowed write steps ---------------------
+def moment_of(events: list[str]) -> str:
+    """Where a run was after these (main-process) events: lock, file-creation (no OUT.partial yet),
+    file-created, worker-start-up (loader started, no batch written), mid-batch-chunks, mid-batch-rows,
+    data-before-done (data flushed, done markers not), between-batches, finalise-top-lists (writing
+    them), finalise-before-fsync, finalise-after-fsync (before the rename), finalise-after-rename."""
+    moment, flushes = "start-up", 0
+    for event in events:
+        word, _, rest = event.partition(" ")
+        name = rest.split(" ")[0]
+        renamed_out = moment == "finalise-after-rename"
+        if word in ("lock", "locked") or name.endswith(".lock"):
+            moment = "lock"
+        elif word in ("create-start", "layout", "layout-done") or (name.endswith(".new") and word != "renamed"):
+            moment = "file-creation"
+        elif (word == "renamed" and name.endswith(".new")) or word == "create-done":
+            moment = "file-created"
+        elif word == "loader-start":
+            moment = "worker-start-up"
+        elif word in ("batch-start", "chunk"):
+            moment, flushes = "mid-batch-chunks", 0 if word == "batch-start" else flushes
+        elif word in ("rows", "rows-done") or (word == "flush" and flushes == 0):
+            moment = "mid-batch-rows"
+        elif word in ("flush", "flushed"):
+            flushes += word == "flushed"
+            moment = "data-before-done" if flushes < 2 else "between-batches"
+        elif word == "done-set":
+            moment = "between-batches"
+        elif word == "top-lists":
+            moment = "finalise-top-lists"
+        elif word in ("finalise-start", "top-lists-done", "close", "closed") and not renamed_out:
+            moment = "finalise-before-fsync"
+        elif word in ("fsync", "fsynced", "rename") and name == f"{OUT}.partial":
+            moment = "finalise-before-fsync" if word == "fsync" else "finalise-after-fsync"
+        elif word == "renamed" and name == f"{OUT}.partial":
+            moment = "finalise-after-rename"
+    return moment
 
 
-def run_child(argv: list[str]) -> None:
-    """Run `fmpipe extract ARGV` with the writer's steps announced on stdout."""
-    import h5py as _h5py
+# -- one trial ----------------------------------------------------------------------------------
 
-    from pipeline import cli
-    from pipeline.storage import writer
 
-    def say(event: str) -> None:
-        sys.stdout.write(event + "\n")
-        sys.stdout.flush()
-        time.sleep(STEP_DELAY_S)
+def kill_at(child: helpers.Child, aim: Aim, rng: random.Random, sig: signal.Signals) -> int | None:
+    """Send `sig` a random moment after the aim's event; how many main events had been seen (None:
+    the child ended first)."""
+    deadline = time.monotonic() + helpers.CHILD_TIMEOUT_S
+    while child.process.poll() is None and time.monotonic() < deadline:
+        if sum(helpers.is_event(e, aim.event) for e in child.events()) >= aim.nth:
+            break
+        time.sleep(POLL_S)
+    time.sleep(rng.uniform(0.0, aim.jitter_s))
+    events = helpers.main_events(child.events())
+    if child.process.poll() is not None:
+        return None
+    child.process.send_signal(sig)
+    return len(events)
 
-    def wrap(owner, name: str, event: str):
-        original = getattr(owner, name)
 
-        def wrapped(*args, **kwargs):
-            say(event)
-            return original(*args, **kwargs)
-
-        setattr(owner, name, wrapped)
-
-    original_write = writer.ShardWriter._write
-
-    def write(self, batch):
-        first = int(batch.rows[0])
-        say(f"batch-start {first}")
-        original_write(self, batch)
-        say(f"done-set {first}")
-
-    writer.ShardWriter._write = write
-    wrap(writer.ShardWriter, "_write_rows", "rows")
-    wrap(_h5py.File, "flush", "flush")
-    wrap(writer.ShardWriter, "finalize", "finalise-start")
-    wrap(writer.ShardWriter, "close", "close")
-    wrap(os, "fsync", "fsync")
-    wrap(os, "replace", "rename")
-    sys.argv = ["fmpipe", "extract", *argv]
+def alive(pid: int) -> bool:
     try:
-        cli.main()
-    finally:
-        say("exit")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
-# -- parent ------------------------------------------------------------------------------
+def run_trial(trial: Trial, images: Path, folder: Path, reference: dict, rng: random.Random) -> None:
+    """Kill the child at the trial's aim, copy what it left, rerun at once, check everything."""
+    sig = signal.Signals[f"SIG{trial.signal_name}"]
+    argv = [str(images), OUT, *OPTIONS]
+    child = helpers.start_extract(argv, folder, folder / "killed.log", STEP_DELAY_S, CHUNK_DELAY_S)
+    sent_at = kill_at(child, trial.aim, rng, sig)
+    code = child.wait()
+    died = time.perf_counter()
+    aside = folder / "after-kill"
+    aside.mkdir()
+    for name in (OUT, f"{OUT}.partial"):
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, aside / name)
+    workers = [int(e.split()[-1]) for e in child.events() if e.startswith("worker-start")]
+    rerun = helpers.start_extract(argv, folder, folder / "rerun.log")
+    trial.rerun_gap_ms = (time.perf_counter() - died) * 1000
+    trial.orphans = sum(map(alive, workers))
+    events = helpers.main_events(child.events())
+    seen = events if sent_at is None or sig == signal.SIGKILL else events[:sent_at]
+    trial.moment = "after-finish" if sent_at is None else moment_of(seen)
+    trial.last_event = seen[-1] if seen else ""
+    check_exit(trial, code, events)
+    check_after_kill(trial, aside, reference)
+    finished = helpers.Finished(rerun.wait(), rerun.events(), Path(f"{rerun.log}.err").read_text())
+    check_rerun(trial, finished, folder, images, reference)
+
+
+def check_exit(trial: Trial, code: int, events: list[str]) -> None:
+    """SIGKILL: -9. SIGTERM (judged by all the child printed, as it ended): 143 when stopped before
+    finalising, 0 when a finalise ran, death by the signal's default action only outside the span where
+    fmpipe handles it (before the batch loop, after finalising)."""
+    if trial.moment == "after-finish":
+        return
+    if trial.signal_name == "KILL":
+        if code != -signal.SIGKILL:
+            trial.problems.append(f"SIGKILL but exit code {code}")
+        return
+    finalised = "finalise-start" in events
+    handled = "loader-start" in events and "finalise-done" not in events
+    expected = {0: finalised, 128 + signal.SIGTERM: not finalised, -signal.SIGTERM: not handled}
+    if not expected.get(code, False):
+        trial.problems.append(f"SIGTERM ended the run with exit code {code} after {events[-1:]}")
+
+
+def check_after_kill(trial: Trial, aside: Path, reference: dict) -> None:
+    """OUT only when complete and identical; a readable partial whose done rows hold their data."""
+    trial.rows = len(reference["images/key"])
+    if (aside / OUT).exists():
+        trial.out_after_kill = True
+        trial.done_rows = list(range(trial.rows))
+        trial.problems += [f"early OUT: {d}" for d in helpers.differences(helpers.snapshot(aside / OUT), reference)]
+        return
+    partial = aside / f"{OUT}.partial"
+    if not partial.exists():
+        return
+    try:
+        got = helpers.snapshot(partial)
+    except OSError as err:
+        trial.problems.append(f"partial file unreadable after the kill: {err}")
+        return
+    done = np.flatnonzero(got["images/done"])
+    trial.done_rows = done.tolist()
+    if bool(got["@complete"]) and len(done) < trial.rows:
+        trial.problems.append("partial marked complete with rows not done")
+    trial.problems += [f"done row without its data: {d}" for d in helpers.differences(got, reference, done)]
+
+
+def check_rerun(trial: Trial, rerun: helpers.Finished, folder: Path, images: Path, reference: dict) -> None:
+    """Exit 0; exactly the rows not done were written; identical to the reference; nothing left over."""
+    trial.rerun_rows = rerun.rows_written
+    if rerun.code != 0:
+        last = rerun.stderr.strip().splitlines()[-1:] or [""]
+        trial.refused = "being written" in rerun.stderr or "lock" in last[0]
+        trial.problems.append(f"rerun exit code {rerun.code}: {last[0]}")
+        return
+    pending = sorted(set(range(trial.rows)) - set(trial.done_rows))
+    if trial.rerun_rows != pending:
+        trial.problems.append(
+            f"rerun wrote rows {helpers.format_rows(trial.rerun_rows)}, not done were {helpers.format_rows(pending)}"
+        )
+    if trial.out_after_kill and "already complete" not in rerun.stderr:
+        trial.problems.append("rerun of a complete OUT did not say it is already complete")
+    trial.problems += helpers.differences(helpers.snapshot(folder / OUT), reference)
+    trial.problems += [f"stale source digest: {key}" for key in helpers.stale_rows(folder / OUT, images)]
+    trial.problems += [f"left over: {n}" for n in (f"{OUT}.partial", f"{OUT}.partial.new", f"{OUT}.lock")
+                       if (folder / n).exists()]  # fmt: skip
+
+
+# -- trials -------------------------------------------------------------------------------------
 
 
 def make_images(folder: Path, count: int, seed: int) -> None:
-    """`count` random 64x64 PNGs plus one broken file (a recorded failure)."""
+    """`count` random 64x64 PNGs plus one file that is not an image (a recorded failure, row 6)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -131,199 +295,95 @@ def make_images(folder: Path, count: int, seed: int) -> None:
     (folder / "img005b.png").write_bytes(b"this is not a png")
 
 
-def snapshot(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of an fmpipe file as comparable arrays (floats as raw bits, NaN-exact)."""
-    arrays: dict[str, np.ndarray] = {}
-
-    def visit(name: str, obj) -> None:
-        if not isinstance(obj, h5py.Dataset):
-            return
-        value = obj[()]
-        if value.dtype.kind == "f":
-            value = value.view(f"u{value.dtype.itemsize}")
-        arrays[name] = value
-
-    with h5py.File(path, "r") as file:
-        file.visititems(visit)
-        arrays["@complete"] = np.asarray(bool(file.attrs.get("complete")))
-    return arrays
-
-
-def differences(got: dict, want: dict, rows: np.ndarray | None = None) -> list[str]:
-    """Names of datasets that differ (only `rows` of per-image datasets when given)."""
-    out = []
-    for name, expected in want.items():
-        if name.startswith("@") or name.startswith("failures/"):
-            continue
-        actual = got.get(name)
-        if actual is None or actual.shape != expected.shape:
-            out.append(f"{name}: missing or shape {None if actual is None else actual.shape}")
-            continue
-        if rows is not None:
-            actual, expected = actual[rows], expected[rows]
-        if not np.array_equal(actual, expected):
-            out.append(f"{name}: values differ")
-    return out
-
-
-def failures_of(arrays: dict) -> list[tuple]:
-    return list(zip(*(arrays[f"failures/{n}"].tolist() for n in ("index", "key", "reason")), strict=True))
-
-
-def kill_child(
-    images: Path, out: Path, target: str, rng: random.Random, sig: signal.Signals = signal.SIGKILL
-) -> tuple[list[str], int, int | None]:
-    """Start the instrumented child, send `sig` at the target; its events, exit code, and how many
-    events it had printed when the signal was sent."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--", str(images), str(out), *EXTRACT_OPTIONS]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    events: list[str] = []
-    trigger = threading.Event()
-    want = "finalise-start" if target == "finalise" else f"batch-start {2 * int(target.split()[1])}"
-
-    def read() -> None:
-        for line in child.stdout:
-            events.append(line.strip())
-            if line.strip() == want:
-                trigger.set()
-        trigger.set()  # the child ended before the target
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    trigger.wait(CHILD_TIMEOUT_S)
-    # A random moment within the next few announced steps (each lasts >= STEP_DELAY_S).
-    time.sleep(rng.uniform(0.0, 5 * STEP_DELAY_S))
-    sent_at = None  # events seen when the signal went out (None: the child had already finished)
-    if child.poll() is None:
-        sent_at = len(events)
-        child.send_signal(sig)
-    code = child.wait(CHILD_TIMEOUT_S)
-    reader.join(10)
-    return events, code, sent_at
-
-
-def classify(events: list[str], code: int) -> str:
-    if code == 0:
-        return "after-finish"
-    last = next((e for e in reversed(events) if e != "exit"), "")
-    if any(e == "finalise-start" for e in events):
-        return "mid-finalise"
-    if not any(e.startswith("batch-start") for e in events):
-        return "before-writing"
-    return "between-batches" if last.startswith("done-set") else "mid-batch"
-
-
-def check_after_kill(out: Path, reference: dict, trial: Trial) -> None:
-    """OUT only when complete and identical; done rows of the partial already hold their data."""
-    partial = Path(f"{out}.partial")
-    if out.exists():
-        trial.out_after_kill = True
-        got = snapshot(out)
-        trial.done_after_kill = int(got["images/done"].sum())
-        if not got["@complete"]:
-            trial.problems.append("OUT exists but is not marked complete")
-        trial.problems += [f"early OUT: {d}" for d in differences(got, reference)]
-        return
-    if not partial.exists():
-        return
-    try:
-        got = snapshot(partial)
-    except OSError as err:
-        trial.problems.append(f"partial file unreadable after kill: {err}")
-        return
-    done = got["images/done"].astype(bool)
-    trial.done_after_kill = int(done.sum())
-    if got["@complete"] and not done.all():
-        trial.problems.append("partial marked complete with rows not done")
-    trial.problems += [f"done row without its data: {d}" for d in differences(got, reference, np.flatnonzero(done))]
-
-
-def extract_in_process(images: Path, out: Path):
-    """The same extract as EXTRACT_OPTIONS, uninterrupted, through the Python API."""
-    import pipeline
-
-    options = dict(model="resnet18", random_init=True, size=(64, 64), batch_size=2, workers=0, device="cpu")
-    return pipeline.extract(str(images), str(out), **options)
-
-
-def rerun_and_compare(images: Path, out: Path, reference: dict, trial: Trial) -> None:
-    summary = extract_in_process(images, out)
-    trial.resumed_from = summary.done_before
-    trial.recomputed = summary.stored + summary.failed
-    if summary.done_before != trial.done_after_kill:
-        trial.problems.append(f"resumed from {summary.done_before}, but {trial.done_after_kill} were done")
-    if summary.done_before + trial.recomputed != summary.images:
-        trial.problems.append(f"recomputed {trial.recomputed} of {summary.images - summary.done_before} pending")
-    got = snapshot(out)
-    if not got["@complete"]:
-        trial.problems.append("rerun did not complete")
-    trial.problems += differences(got, reference)
-    if failures_of(got) != failures_of(reference):
-        trial.problems.append(f"failures table differs: {failures_of(got)}")
+def reference_run(images: Path, folder: Path) -> dict:
+    """An uninterrupted `python -m pipeline extract` with the same options, as a snapshot."""
+    folder.mkdir(parents=True)
+    done = helpers.fmpipe(["extract", images, OUT, *OPTIONS], cwd=folder)
+    if done.returncode != 0:
+        raise SystemExit(f"the uninterrupted reference run failed:\n{done.stderr}")
+    return helpers.snapshot(folder / OUT)
 
 
 def run_trials(
-    trials: int, seed: int, workdir: Path, images_count: int = 12, signals: tuple[str, ...] = ("KILL",)
+    trials: int,
+    seed: int,
+    workdir: Path,
+    signals: tuple[str, ...] = ("KILL",),
+    kinds: tuple[str, ...] = AIMS,
+    keep: bool = False,
 ) -> list[Trial]:
-    """Reference run, then `trials` kill + rerun trials alternating mid-batch / mid-finalise targets."""
+    """Reference run, then `trials` kill + rerun trials, aims cycling through `kinds` in random order.
+    A passed trial's files are removed unless `keep`."""
     rng = random.Random(seed)
     images = workdir / "images"
-    make_images(images, images_count, seed)
-    reference_out = workdir / "reference.h5"
-    extract_in_process(images, reference_out)
-    reference = snapshot(reference_out)
-    batches = (images_count + 2) // 2
+    make_images(images, IMAGES, seed)
+    reference = reference_run(images, workdir / "reference")
+    rows = len(reference["images/key"])
+    order: list[str] = []
     results = []
     for number in range(trials):
-        target = "finalise" if number % 2 else f"batch {rng.randrange(batches)}"
-        out = workdir / f"trial{number}.h5"
-        trial = Trial(number, target, rng.choice(signals))
-        sig = signal.Signals[f"SIG{trial.signal_name}"]
-        events, code, sent_at = kill_child(images, out, target, rng, sig)
-        if sig == signal.SIGTERM and code not in (0, 128 + signal.SIGTERM):
-            trial.problems.append(f"SIGTERM ended the run with exit code {code}, not 143 (or 0 after finalise)")
-        before = events if sent_at is None else events[:sent_at]
-        trial.moment = classify(before, 0 if sent_at is None else -sig)
-        trial.last_event = before[-1] if before else ""
-        check_after_kill(out, reference, trial)
-        rerun_and_compare(images, out, reference, trial)
+        if not order:
+            order = rng.sample(kinds, len(kinds))
+        trial = Trial(number, aims(order.pop(), rng, rows), rng.choice(signals))
+        folder = workdir / f"trial{number:03d}"
+        folder.mkdir()
+        run_trial(trial, images, folder, reference, rng)
+        if trial.ok and not keep:
+            shutil.rmtree(folder)
         results.append(trial)
-        print(
-            f"trial {number:>2}  SIG{trial.signal_name:<4} target {target:<9} {trial.moment:<15} "
-            f"after {trial.last_event!r:<18} "
-            f"done {trial.done_after_kill:>2} → resumed {trial.resumed_from:>2}, recomputed {trial.recomputed:>2}  "
-            f"{'identical' if trial.ok else 'FAILED: ' + '; '.join(trial.problems)}",
-            flush=True,
-        )
+        print(line(trial), flush=True)
     return results
+
+
+def line(trial: Trial) -> str:
+    aim = f"{trial.aim.event}#{trial.aim.nth}" if trial.aim.nth > 1 else trial.aim.event
+    verdict = "identical" if trial.ok else "FAILED: " + "; ".join(trial.problems)
+    return (
+        f"trial {trial.number:>2}  {trial.signal_name:<4}  aim {aim[:24]:<24}  at {trial.moment:<21}  "
+        f"last {trial.last_event[:24]!r:<26}  done {len(trial.done_rows):>2}/{trial.rows}  "
+        f"rerun +{trial.rerun_gap_ms:4.1f} ms  orphans {trial.orphans}  "
+        f"wrote {helpers.format_rows(trial.rerun_rows):<6}  {verdict}"
+    )
+
+
+def summary(results: list[Trial], seed: int) -> dict:
+    return {
+        "trials": len(results),
+        "identical": sum(t.ok for t in results),
+        "refused": sum(t.refused for t in results),
+        "moments": dict(sorted(Counter(t.moment for t in results).items())),
+        "signals": dict(sorted(Counter(t.signal_name for t in results).items())),
+        "reruns_with_orphan_workers": sum(t.orphans > 0 for t in results),
+        "max_rerun_gap_ms": round(max((t.rerun_gap_ms for t in results), default=0.0), 1),
+        "seed": seed,
+        "date": dt.date.today().isoformat(),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--trials", type=int, default=10, help="kill + rerun trials (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for images and kill moments")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for images, aims and kill moments")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="do not delete the temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep every trial's files (default: failed ones only)")
     parser.add_argument("--signals", default="KILL", help="comma list to pick from per trial, e.g. KILL,TERM")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args, rest = parser.parse_known_args()
-    if args.child:
-        run_child([a for a in rest if a != "--"])
-        return 0
+    parser.add_argument("--moments", default=",".join(AIMS), help=f"aims to cycle through (default: all of {AIMS})")
+    args = parser.parse_args()
+    kinds = tuple(k.strip() for k in args.moments.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(AIMS))
+    if unknown:
+        parser.error(f"unknown --moments {', '.join(unknown)}; choose from {', '.join(AIMS)}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fmpipe-kill-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        signals = tuple(name.strip().upper().removeprefix("SIG") for name in args.signals.split(","))
-        results = run_trials(args.trials, args.seed, workdir, signals=signals)
-    finally:
-        if not args.workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    moments = {m: sum(t.moment == m for t in results) for m in sorted({t.moment for t in results})}
-    by_signal = {name: sum(t.signal_name == name for t in results) for name in sorted({t.signal_name for t in results})}
-    identical = sum(t.ok for t in results)
-    summary = {"trials": len(results), "identical": identical, "moments": moments, "signals": by_signal}
-    print(json.dumps(summary))
-    return 0 if all(t.ok for t in results) else 1
+    signals = tuple(name.strip().upper().removeprefix("SIG") for name in args.signals.split(","))
+    results = run_trials(args.trials, args.seed, workdir, signals, kinds, args.keep)
+    passed = all(t.ok for t in results)
+    if passed and not args.workdir and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elif not passed:
+        print(f"the failed trials' files are in {workdir}", file=sys.stderr)
+    print(json.dumps(summary(results, args.seed)))
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

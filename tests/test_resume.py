@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import h5py
 import pytest
 from conftest import write_images
+from helpers import IGNORED_ATTRS, differences, failures_of, snapshot
 
 import pipeline
 from pipeline.errors import FingerprintMismatch, InputError
 from pipeline.storage import writer
 
-REPO = Path(__file__).resolve().parent.parent
 OPTIONS = dict(model="resnet18", random_init=True, size=(64, 64), batch_size=2, workers=0, device="cpu")
-
-
-def load_kill_test():
-    """scripts/kill_test.py as a module (its snapshot/compare helpers and run_trials)."""
-    if "kill_test" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("kill_test", REPO / "scripts" / "kill_test.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["kill_test"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules["kill_test"]
+IGNORED = IGNORED_ATTRS | {"config_json"}  # the runs below write to other paths (config_json names OUT)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,7 @@ def images(tmp_path_factory) -> Path:
 def reference(images) -> dict:
     out = images.parent / "reference.h5"
     pipeline.extract(str(images), str(out), **OPTIONS)
-    return load_kill_test().snapshot(out)
+    return snapshot(out, IGNORED)
 
 
 def crash_at_row(monkeypatch, row: int, after_rows_written: bool = False) -> None:
@@ -60,11 +49,10 @@ def crash_at_row(monkeypatch, row: int, after_rows_written: bool = False) -> Non
 
 
 def assert_identical(out: Path, reference: dict) -> None:
-    kill_test = load_kill_test()
-    got = kill_test.snapshot(out)
+    got = snapshot(out, IGNORED)
     assert bool(got["@complete"])
-    assert kill_test.differences(got, reference) == []
-    assert kill_test.failures_of(got) == kill_test.failures_of(reference)
+    assert differences(got, reference) == []
+    assert failures_of(got) == failures_of(reference)
 
 
 def test_rerun_continues_from_the_first_not_done_image(images, reference, tmp_path, monkeypatch):
@@ -119,14 +107,3 @@ def test_an_unreadable_partial_file_says_to_start_over(images, tmp_path):
     with pytest.raises(InputError, match=r"cannot be resumed.*--overwrite"):
         pipeline.extract(str(images), str(out), **OPTIONS)
     assert pipeline.extract(str(images), str(out), overwrite=True, **OPTIONS).done_before == 0
-
-
-@pytest.mark.slow
-def test_sigkill_at_random_moments_then_rerun_is_identical(tmp_path):
-    kill_test = load_kill_test()
-    trials = kill_test.run_trials(trials=2, seed=3, workdir=tmp_path, images_count=8)
-    for trial in trials:
-        assert trial.ok, (trial.moment, trial.last_event, trial.problems)
-    assert {t.target.split()[0] for t in trials} == {"batch", "finalise"}
-    assert any(t.moment in ("mid-batch", "between-batches") for t in trials), [t.moment for t in trials]
-    assert all(t.resumed_from + t.recomputed == 9 for t in trials)
