@@ -6,6 +6,7 @@
         maps = store.stage(2).data[0]                          # (C, H, W) float16, read lazily
     pipeline.render("out.h5", 2, top_k=9, layout="grid")       # PNGs
     report = pipeline.verify("out.h5", recompute=4)            # intact and true to its sources?
+    pipeline.top("out.h5", stage=2, channel=7).items          # the images that drive a channel
 
 One verb per command of the `fmpipe` CLI, which calls these; options are keyword-only and an
 unknown one is a `UsageError` that lists the valid ones. Heavy modules load on first use:
@@ -29,7 +30,9 @@ __all__ = [
     "open_store",
     "render",
     "stages",
+    "top",
     "verify",
+    "view",
 ]
 
 
@@ -144,6 +147,29 @@ def colorize(path, image, stage: int, channel: int, **options):
 
     _known("colorize", options, ("cmap", "normalize", "scale"))
     return run(path, image, stage, channel, **options)
+
+
+def view(path, **options) -> None:
+    """Serve the local web viewer of an fmpipe file until Ctrl-C/SIGTERM (prints its URL).
+
+    Options are `pipeline.viewer.ViewConfig`'s fields (host, port, images_root).
+    """
+    from .viewer.config import ViewConfig
+    from .viewer.server import serve
+
+    serve(_config(ViewConfig, "view", path=str(path), **options))
+
+
+def top(path, *, stage: int, channel: int, **options):
+    """The images whose map of one channel has the largest max (or mean), best first; returns a
+    `TopResult` (`.items`, `.to_json()` as the viewer's /api/top, `.table()`).
+
+    Options are `pipeline.viewer.TopConfig`'s fields (k, by, out, images_root, cmap, normalize, overwrite).
+    """
+    from .viewer.config import TopConfig
+    from .viewer.examples import top as run
+
+    return run(_config(TopConfig, "top", path=str(path), stage=stage, channel=channel, **options))
 
 
 def _config(cls, verb: str, **options):

@@ -7,7 +7,7 @@
 Steps, in a scratch folder: `fmpipe extract data/images out.h5` (the quick start), then each
 command of COMMANDS; PICTURES names the file each README picture is. The screenshots come from
 headless Chromium (`apt-get install chromium`): the gallery over GALLERY_COMMANDS' folder, and the
-viewer's dataset-examples page (VIEW_PAGE) from `pipeline.viewer.serve` on out.h5, on a free
+viewer's dataset-examples page (VIEW_PAGE) from `fmpipe view out.h5 --port 0`, on a free
 loopback port, stopped by its PID. --check compares every picture but the screenshots (fonts
 differ between machines) and exits 1 on a difference. Pixels may differ by a level or two on
 another CPU (float rounding in the model); anything more means the pictures no longer show what
@@ -56,7 +56,7 @@ GALLERY_COMMANDS = [
 ]
 SCREENSHOT = ("gallery.png", "tour/gallery/000002.html", (1000, 1000))  # chelsea's page, window W×H
 VIEW_PAGE = ("view-examples.png", "examples/2/6", (1000, 720))  # stage 2, channel 6's dataset examples
-VIEW_SERVER = "from pipeline.viewer import ViewConfig, serve; serve(ViewConfig('out.h5', port=0))"
+VIEW_SERVER = ["view", "out.h5", "--port", "0"]  # `fmpipe view`, as the README says
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -117,7 +117,7 @@ def fmpipe(cwd: Path, command: str) -> None:
 def viewer(scratch: Path):
     """`fmpipe view out.h5` on a free loopback port in `scratch`; yields its URL, then stops it by PID."""
     print("$ fmpipe view out.h5 --port 0", flush=True)
-    command = [sys.executable, "-c", VIEW_SERVER]
+    command = [sys.executable, "-m", "pipeline", *VIEW_SERVER]
     proc = subprocess.Popen(command, cwd=scratch, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]

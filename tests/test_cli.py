@@ -95,3 +95,42 @@ def test_info_does_not_import_torch(tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+def test_top_json_equals_the_api_and_view_serves_until_sigterm(tmp_path):
+    import json
+    import os
+    import re
+    import signal
+    import urllib.request
+
+    import pipeline
+
+    out = tmp_path / "out.h5"
+    assert fmpipe("extract", "data/images", out, "--model", "resnet18", "--random-init", "--size", "64").returncode == 0
+    run = fmpipe("top", out, "--stage", "2", "--channel", "5", "-k", "3", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == json.loads(pipeline.top(out, stage=2, channel=5, k=3).to_json())
+    assert len(json.loads(run.stdout)["items"]) == 3
+    bad = fmpipe("top", out, "--stage", "2", "--channel", "999")
+    assert bad.returncode == 2 and "channel 999" in bad.stderr and "Traceback" not in bad.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "view", str(out), "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = None
+        for _ in range(5):  # the URL comes within the first lines
+            found = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline())
+            if found:
+                url = found.group(0)
+                break
+        assert url, "no URL printed"
+        with urllib.request.urlopen(f"{url}api/top?stage=2&channel=5&k=3&by=max", timeout=30) as response:
+            assert json.loads(response.read()) == json.loads(run.stdout)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
