@@ -199,7 +199,7 @@ def run_trial(trial: Trial, images: Path, folder: Path, reference: dict, rng: ra
     argv = [str(images), OUT, *OPTIONS]
     child = helpers.start_extract(argv, folder, folder / "killed.log", STEP_DELAY_S, CHUNK_DELAY_S)
     sent_at = kill_at(child, trial.aim, rng, sig)
-    code = child.wait()
+    code = child.process.wait(helpers.CHILD_TIMEOUT_S)
     died = time.perf_counter()
     aside = folder / "after-kill"
     aside.mkdir()
@@ -216,7 +216,8 @@ def run_trial(trial: Trial, images: Path, folder: Path, reference: dict, rng: ra
     trial.last_event = seen[-1] if seen else ""
     check_exit(trial, code, events)
     check_after_kill(trial, aside, reference)
-    finished = helpers.Finished(rerun.wait(), rerun.events(), Path(f"{rerun.log}.err").read_text())
+    code = rerun.process.wait(helpers.CHILD_TIMEOUT_S)
+    finished = helpers.Finished(code, rerun.events(), Path(f"{rerun.log}.err").read_text())
     check_rerun(trial, finished, folder, images, reference)
 
 

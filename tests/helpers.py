@@ -1,13 +1,11 @@
-"""Helpers for the tests and for scripts/kill_test.py: `fmpipe` in a real process, the same process
-instrumented (it announces the writer's steps and can SIGKILL itself at one), bit-for-bit snapshots of
-an fmpipe file, and row comparisons within float16 rounding. No pytest import, so the script can use it.
+"""Helpers for the tests and scripts/kill_test.py (no pytest import): `fmpipe` in real processes, the
+same instrumented, bit-for-bit snapshots of an fmpipe file, row comparisons within float16 rounding.
 
     python tests/helpers.py [--delay S] [--chunk-delay S] [--die-at EVENT[#N]] -- IMAGES OUT [OPTIONS]
 
-runs `fmpipe extract IMAGES OUT OPTIONS` through the real CLI, the real writer and real DataLoader
-decode workers, and prints one event per step on stdout (see `instrument`), sleeping S seconds after
-each. `--die-at EVENT#N` sends SIGKILL to the main process at the Nth event starting with EVENT (a
-decode worker sends it to its parent), so a test lands a kill on an exact step.
+runs `fmpipe extract IMAGES OUT OPTIONS` (the real CLI, writer and DataLoader decode workers) printing
+one event per step (`instrument`) and sleeping S seconds after each. `--die-at EVENT#N`: SIGKILL the
+main process at the Nth event named EVENT (`is_event`; from a decode worker too), an exact step.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ import hdf5plugin  # noqa: F401  (zstd filter)
 import numpy as np
 
 TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
 IGNORED_ATTRS = frozenset({"created", "timings_json"})  # schema.ATTR_CREATED, ATTR_TIMINGS: differ per run
 # Rows computed in batches of another shape may differ in float32's last bits, which float16 rounding
 # can turn into one float16 step (2^-10 of the value): rows match within 2^-9 of the row's largest value.
@@ -42,11 +39,6 @@ CHILD_TIMEOUT_S = 180.0
 # -- fmpipe in real processes -----------------------------------------------------------------
 
 
-def fmpipe_command(args: list) -> list[str]:
-    """`python -m pipeline ARGS`."""
-    return [sys.executable, "-m", "pipeline", *map(str, args)]
-
-
 def extract_command(argv: list, delay_s: float = 0.0, chunk_delay_s: float = 0.0, die_at: str | None = None):
     """`fmpipe extract ARGV` instrumented (see the module docstring)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--delay", str(delay_s), "--chunk-delay"]
@@ -55,7 +47,7 @@ def extract_command(argv: list, delay_s: float = 0.0, chunk_delay_s: float = 0.0
 
 def fmpipe(args: list, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`python -m pipeline ARGS` in a real process (stdout and stderr captured as text)."""
-    return run_all([(fmpipe_command(args), cwd)])[0]
+    return run_all([([sys.executable, "-m", "pipeline", *map(str, args)], cwd)])[0]
 
 
 def run_all(runs: list[tuple[list[str], Path | None]]) -> list[subprocess.CompletedProcess]:
@@ -84,9 +76,6 @@ class Child:
     def events(self) -> list[str]:
         """Every event printed so far (decode workers' `worker-start` lines included)."""
         return self.log.read_text(errors="replace").splitlines()
-
-    def wait(self) -> int:
-        return self.process.wait(CHILD_TIMEOUT_S)
 
 
 def start_extract(
@@ -121,17 +110,12 @@ class Finished:
         """Rows of every batch the writer started, in order (announced as `batch-start 0-3,5`)."""
         return [row for e in self.events if e.startswith("batch-start ") for row in parse_rows(e.split()[1])]
 
-    @property
-    def summary(self) -> str:
-        """The CLI's summary line ("OUT: N images stored, M failed, K already done; ...")."""
-        return next((e for e in self.events if " images stored, " in e), "")
-
 
 def extract(argv: list[str], cwd: Path, die_at: str | None = None) -> Finished:
     """Run `fmpipe extract ARGV` instrumented to its end (or to its SIGKILL at `die_at`)."""
     cwd.mkdir(parents=True, exist_ok=True)
     child = start_extract(argv, cwd, cwd / f"events-{time.monotonic_ns()}.log", die_at=die_at)
-    code = child.wait()
+    code = child.process.wait(CHILD_TIMEOUT_S)
     return Finished(code, child.events(), Path(f"{child.log}.err").read_text(errors="replace"))
 
 
@@ -148,9 +132,8 @@ def is_event(event: str, name: str) -> bool:
 
 def format_rows(rows) -> str:
     """[0, 1, 2, 5] → "0-2,5"."""
-    rows = [int(r) for r in rows]
-    runs = []
-    for row in rows:
+    runs: list[list[int]] = []
+    for row in map(int, rows):
         if runs and row == runs[-1][1] + 1:
             runs[-1][1] = row
         else:
@@ -160,12 +143,8 @@ def format_rows(rows) -> str:
 
 def parse_rows(text: str) -> list[int]:
     """ "0-2,5" → [0, 1, 2, 5]."""
-    rows = []
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        if lo:
-            rows += range(int(lo), int(hi or lo) + 1)
-    return rows
+    pairs = [part.partition("-") for part in text.split(",") if part and part != "-"]
+    return [row for lo, _, hi in pairs for row in range(int(lo), int(hi or lo) + 1)]
 
 
 # -- the instrumented child -------------------------------------------------------------------
@@ -206,11 +185,11 @@ def _around(owner, name: str, before: Callable[..., str] | str | None, after: Ca
     setattr(owner, name, wrapped)
 
 
-def _name(fd: int) -> str:
-    try:
-        return os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) or "/"
-    except OSError:
-        return f"fd{fd}"
+def _base(path: str | os.PathLike | int) -> str:
+    """A path's last part; an fd's file's (`os.fsync(fd)`)."""
+    if isinstance(path, int):
+        path = os.readlink(f"/proc/self/fd/{path}") if os.path.exists(f"/proc/self/fd/{path}") else f"fd{path}"
+    return os.path.basename(os.fspath(path))
 
 
 def instrument(say: Callable[[str], None]) -> None:
@@ -242,7 +221,7 @@ def instrument(say: Callable[[str], None]) -> None:
     _around(writer.OutputLock, "acquire", "lock", "locked", say)
     _around(writer, "_create", "create-start", "create-done", say)
     _around(writer, "create_layout", "layout", "layout-done", say)
-    _around(os, "fsync", lambda fd: f"fsync {_name(fd)}", lambda fd: f"fsynced {_name(fd)}", say)
+    _around(os, "fsync", lambda fd: f"fsync {_base(fd)}", lambda fd: f"fsynced {_base(fd)}", say)
     _around(
         os, "replace", lambda a, b: f"rename {_base(a)} {_base(b)}", lambda a, b: f"renamed {_base(a)} {_base(b)}", say
     )
@@ -263,34 +242,23 @@ def instrument(say: Callable[[str], None]) -> None:
     writer.ShardWriter._stage_arrays = announced_stage_arrays
 
 
-def _base(path) -> str:
-    return os.path.basename(os.fspath(path))
-
-
 class _AnnouncedChunks:
-    """A stage's data dataset whose direct chunk writes are announced; all else is the dataset's."""
+    """A stage's data dataset (`dset.id` too, with `id` = this) whose direct chunk writes are
+    announced; everything else is the wrapped object's."""
 
-    def __init__(self, dset: h5py.Dataset, say: Callable[[str], None]):
-        self._dset, self._say = dset, say
+    def __init__(self, wrapped, say: Callable[[str], None], name: str = ""):
+        self._wrapped, self._say, self._name = wrapped, say, name or wrapped.name
 
     def __getattr__(self, name: str):
-        return getattr(self._dset, name)
+        return getattr(self._wrapped, name)
 
     @property
     def id(self):
-        return _AnnouncedChunkWrites(self._dset.id, self._dset.name, self._say)
-
-
-class _AnnouncedChunkWrites:
-    def __init__(self, dsid, name: str, say: Callable[[str], None]):
-        self._dsid, self._name, self._say = dsid, name, say
-
-    def __getattr__(self, name: str):
-        return getattr(self._dsid, name)
+        return _AnnouncedChunks(self._wrapped.id, self._say, self._name)
 
     def write_direct_chunk(self, offset, data, filter_mask=0):
         self._say(f"chunk {offset[0]} {self._name}")
-        return self._dsid.write_direct_chunk(offset, data, filter_mask)
+        return self._wrapped.write_direct_chunk(offset, data, filter_mask)
 
 
 def _child_main() -> None:
@@ -328,7 +296,7 @@ def snapshot(path: str | os.PathLike, ignore: frozenset[str] = IGNORED_ATTRS) ->
             value = obj[()]
             arrays[name] = value.view(f"u{value.dtype.itemsize}") if value.dtype.kind == "f" else value
 
-    with h5py.File(path, "r") as file:
+    with h5py.File(path, "r", locking=False) as file:  # observe only: never blocked by, nor blocking, a run
         visit("", file)
         file.visititems(visit)
     return arrays
@@ -366,13 +334,10 @@ def differences(got: dict, want: dict, rows: np.ndarray | None = None) -> list[s
         if rows is not None:
             actual, expected = actual[rows], expected[rows]
         if not np.array_equal(actual, expected):
-            bad = np.flatnonzero(~_equal_rows(actual, expected)) if per_image else []
-            found.append(f"{name}: values differ" + (f" in rows {format_rows(bad[:8])}" if len(bad) else ""))
+            same = (actual == expected).reshape(len(actual), -1).all(axis=1) if per_image else np.ones(1, bool)
+            bad = f" in rows {format_rows(np.flatnonzero(~same)[:8])}" if not same.all() else ""
+            found.append(f"{name}: values differ{bad}")
     return found
-
-
-def _equal_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a.reshape(len(a), -1) == b.reshape(len(b), -1)).all(axis=1) if a.ndim > 1 else a == b
 
 
 def failures_of(arrays: dict) -> list[tuple]:
@@ -396,21 +361,18 @@ def sha256_but_open_flags(path: str | os.PathLike) -> str:
 
 def stale_rows(path: str | os.PathLike, images: str | os.PathLike) -> list[str]:
     """Keys of done rows whose recorded source sha256 or size is not their file's now (want: none)."""
-    with h5py.File(path, "r") as file:
+    with h5py.File(path, "r", locking=False) as file:  # observe only: never blocked by, nor blocking, a run
         done = file["images/done"][:]
         keys = [k.decode() for k in file["images/key"][:]]
         sha256, size = file["images/source_sha256"][:], file["images/source_size"][:]
-    stale = []
-    for row in np.flatnonzero(done):
-        data = Path(images, keys[row]).read_bytes()
-        if (sha256[row].decode(), int(size[row])) != (hashlib.sha256(data).hexdigest(), len(data)):
-            stale.append(keys[row])
-    return stale
+    now = {row: Path(images, keys[row]).read_bytes() for row in np.flatnonzero(done)}
+    recorded = {row: (sha256[row].decode(), int(size[row])) for row in now}
+    return [keys[r] for r, data in now.items() if recorded[r] != (hashlib.sha256(data).hexdigest(), len(data))]
 
 
 def maps_by_key(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     """{key: [stage 0's (C, H, W) map, ..., every stage's (3, C) min/max/mean]} as float32, done rows only."""
-    with h5py.File(path, "r") as file:
+    with h5py.File(path, "r", locking=False) as file:  # observe only: never blocked by, nor blocking, a run
         keys = [k.decode() for k in file["images/key"][:]]
         done = file["images/done"][:]
         stages = sorted(file["stages"], key=int)
