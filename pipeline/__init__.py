@@ -26,6 +26,7 @@ __all__ = [
     "extract",
     "gallery",
     "info",
+    "layers",
     "merge",
     "open_store",
     "render",
@@ -55,6 +56,16 @@ def stages(model: str | None = None, *, size: tuple[int, int] | None = None):
     from .extraction.taps import probe_stages
 
     return probe_stages(model or DEFAULT_MODEL, size)
+
+
+def layers(model: str | None = None, *, size: tuple[int, int] | None = None, filter: str | None = None):
+    """Every module `extract(layers=...)` can pick, in the order they run, with call counts and
+    output shapes, probed with random weights on the CPU; returns a `ModelLayers`. `filter`: a
+    regular expression the names must contain."""
+    from .config import DEFAULT_MODEL
+    from .extraction.layers import list_layers
+
+    return list_layers(model or DEFAULT_MODEL, size, filter)
 
 
 def open_store(path, *, require_complete: bool = False):

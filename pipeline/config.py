@@ -26,7 +26,8 @@ class ExtractConfig:
     weights_key: str | None = None  # dotted key of the state dict inside a training checkpoint
     weights_prefix: str | None = None  # take the tensors under this prefix (stripped), e.g. backbone.0.body.
     random_init: bool = False
-    stages: tuple[int, ...] | None = None  # None: all of the model's stages
+    stages: tuple[int, ...] | None = None  # None: all of the model's stages (none when layers are given)
+    layers: tuple[str, ...] | None = None  # modules by name (`layer1.0.relu:2`), stored like stages
     size: tuple[int, int] | None = None  # None: the model's own input size
     batch_size: int = 16
     device: str = "auto"
@@ -88,6 +89,14 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if len(values) != 2 or min(values) < 1:
         raise UsageError(f"--size must be H or HxW with positive integers (e.g. 800x1200), got {text!r}.")
     return values[0], values[1]
+
+
+def parse_layers(text: str | None) -> tuple[str, ...] | None:
+    """`"layer3.1.conv2, avgpool"` → ("layer3.1.conv2", "avgpool"); None/"" → None."""
+    if text is None or not text.strip():
+        return None
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    return names or None
 
 
 def parse_stages(text: str | None) -> tuple[int, ...] | None:

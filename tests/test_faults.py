@@ -129,13 +129,14 @@ def assert_clean_finish(folder: Path, images: Path, reference: dict) -> None:
 def test_sigkill_then_an_immediate_rerun_resumes_and_is_identical(images, reference, tmp_path, die_at):
     killed = extract(argv(images), tmp_path, die_at=die_at)
     assert killed.code == -9, (die_at, killed.events[-3:], killed.stderr)
-    left = tmp_path / f"{OUT}.partial"
-    done = list(range(ROWS)) if (tmp_path / OUT).exists() else done_rows(left) if left.exists() else []
-    if done and not (tmp_path / OUT).exists():  # done is never ahead of the data
+    left, finished = tmp_path / f"{OUT}.partial", (tmp_path / OUT).exists()
+    done = list(range(ROWS)) if finished else done_rows(left) if left.exists() else []
+    if done and not finished:  # done is never ahead of the data
         assert differences(snapshot(left), reference, np.array(done)) == []
     rerun = extract(argv(images), tmp_path)  # at once: the killed run's decode workers may still live
     assert rerun.code == 0, (die_at, rerun.stderr)
     assert rerun.rows_written == [r for r in range(ROWS) if r not in done], (die_at, done)
+    assert ("already complete" in rerun.stderr) == finished, rerun.stderr
     assert_clean_finish(tmp_path, images, reference)
 
 

@@ -90,3 +90,26 @@ def overflow_net() -> nn.Module:
 def nan_net() -> nn.Module:
     torch.manual_seed(4)
     return OneStageNet(nan=True)
+
+
+class _Pair(nn.Module):
+    """Returns a tuple: a module whose output cannot be stored as maps."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x * 2
+
+
+class TupleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.pair = _Pair()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.pair(self.conv(x))
+        return a + b
+
+
+def tuple_net() -> nn.Module:
+    """A conv, then a module that returns (x, 2x): `--layers pair` must be refused, naming what it returns."""
+    return TupleNet()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_MODEL, ExtractConfig, parse_size, parse_stages
+from ..config import DEFAULT_MODEL, ExtractConfig, parse_layers, parse_size, parse_stages
 from .app import app, default
 
 Images = Annotated[
@@ -36,7 +36,14 @@ WeightsPrefix = Annotated[
     ),
 ]
 RandomInit = Annotated[bool, typer.Option("--random-init", help="Random weights (seeded); no download.")]
-Stages = Annotated[str | None, typer.Option(help="Stages to keep, e.g. 0,2,-1 (default: all).")]
+Stages = Annotated[str | None, typer.Option(help="Stages to keep, e.g. 0,2,-1 (default: all; none with --layers).")]
+Layers = Annotated[
+    str | None,
+    typer.Option(
+        help="Also (or only) any modules by name, e.g. layer3.1.conv2,avgpool,layer1.0.relu:2 "
+        "(`fmpipe layers MODEL` lists them; NAME:CALL for a module that runs more than once)."
+    ),
+]
 Size = Annotated[
     str | None, typer.Option(help="Resize every image to exactly HxW; S means SxS (default: the model's input size).")
 ]
@@ -76,6 +83,7 @@ def extract(
     weights_prefix: WeightsPrefix = _d("weights_prefix"),
     random_init: RandomInit = _d("random_init"),
     stages: Stages = None,
+    layers: Layers = None,
     size: Size = None,
     batch_size: BatchSize = _d("batch_size"),
     device: Device = _d("device"),
@@ -100,6 +108,7 @@ def extract(
         weights_prefix=weights_prefix,
         random_init=random_init,
         stages=parse_stages(stages),
+        layers=parse_layers(layers),
         size=parse_size(size),
         batch_size=batch_size,
         device=device,
@@ -155,3 +164,19 @@ def stages(
 
     found = pipeline.stages(model, size=parse_size(size))
     typer.echo(describe_stages(model, found.size_hw, found.stages, 2 if dtype == "float16" else 4))
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="timm name, tv:NAME or module:factory.")] = DEFAULT_MODEL,
+    size: Annotated[str | None, typer.Option(help="Input size HxW (default: the model's own).")] = None,
+    filter: Annotated[str | None, typer.Option("--filter", help="Only names matching this regular expression.")] = None,
+    dtype: Dtype = _d("dtype"),
+) -> None:
+    """List every module --layers can pick, in execution order: calls, output, stored shape, MB per image."""
+    import pipeline
+
+    from ..storage.info import describe_layers
+
+    found = pipeline.layers(model, size=parse_size(size), filter=filter)
+    typer.echo(describe_layers(found, 2 if dtype == "float16" else 4))

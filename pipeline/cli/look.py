@@ -11,7 +11,8 @@ from ..site.config import GalleryConfig
 from .app import app, default
 
 File = Annotated[str, typer.Argument(help="An fmpipe HDF5 file (single, merged or copied).")]
-Stage = Annotated[int, typer.Option(help="Stage to draw (0 is the first; negative counts from the last).")]
+Stage = Annotated[int | None, typer.Option(help="Stage to draw (0 is the first; negative counts from the last).")]
+Layer = Annotated[str | None, typer.Option(help="Or a layer stored with --layers, by its name (e.g. layer1.0.relu:2).")]
 RenderOut = Annotated[str | None, typer.Option(help="Output folder (default: FILE-render/ beside the file).")]
 ImagesSpec = Annotated[
     str | None, typer.Option("--images", help="Images: indices, ranges, keys, e.g. 0:4,7,cats/a.jpg (default: all).")
@@ -45,7 +46,8 @@ def _r(name: str):
 @app.command()
 def render(
     path: File,
-    stage: Stage,
+    stage: Stage = None,
+    layer: Layer = None,
     out: RenderOut = _r("out"),
     images: ImagesSpec = _r("images"),
     channels: ChannelsSpec = _r("channels"),
@@ -63,12 +65,16 @@ def render(
     pca_samples: PcaSamples = _r("pca_samples"),
     pca_seed: PcaSeed = _r("pca_seed"),
 ) -> None:
-    """Draw one stage's feature maps as PNGs: per channel, per-image grids, overlays, or a PCA picture."""
+    """Draw one stage's (or layer's) feature maps as PNGs: per channel, per-image grids, overlays, or a PCA picture."""
     import pipeline
 
+    from ..errors import UsageError
+
+    if (stage is None) == (layer is None):
+        raise UsageError("give --stage S or --layer NAME (one of them).")
     summary = pipeline.render(
         path,
-        stage,
+        stage if layer is None else layer,
         out=out,
         images=images,
         channels=channels,
@@ -87,7 +93,7 @@ def render(
     )
     plural = "" if summary.workers == 1 else "s"
     typer.echo(
-        f"{summary.out_dir}/stage{summary.stage}: {summary.pngs} PNGs written ({summary.grids} grids) for "
+        f"{summary.out_dir}/{summary.folder}: {summary.pngs} PNGs written ({summary.grids} grids) for "
         f"{summary.images - len(summary.failed)} images in {summary.seconds:.2f} s "
         f"({summary.ms_per_png:.2f} ms/PNG, {summary.workers} worker{plural})"
     )

@@ -34,8 +34,9 @@ def view(
 @app.command()
 def top(
     path: File,
-    stage: Annotated[int, typer.Option(help="Stage of the channel (negative counts from the last).")],
     channel: Annotated[int, typer.Option(help="The channel.")],
+    stage: Annotated[int | None, typer.Option(help="Stage of the channel (negative counts from the last).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Or a layer stored with --layers, by its name.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help=f"How many images (1 to {MAX_K}).")] = default(TopConfig, "k"),
     by: Annotated[str, typer.Option(help="Rank by each image's map max or mean.")] = default(TopConfig, "by"),
     json: Annotated[bool, typer.Option("--json", help="Print JSON, as the viewer's /api/top returns it.")] = False,
@@ -50,9 +51,13 @@ def top(
     """The images that drive one channel most (dataset examples), best first; ties to the lower row."""
     import pipeline
 
+    from ..errors import UsageError
+
+    if (stage is None) == (layer is None):
+        raise UsageError("give --stage S or --layer NAME (one of them).")
     result = pipeline.top(
         path,
-        stage=stage,
+        stage=stage if layer is None else layer,
         channel=channel,
         k=k,
         by=by,

@@ -90,13 +90,15 @@ class Forward:
         return Staged(batch, host_data, host_stats, copied)
 
 
-def check_values(index: int, stats: np.ndarray, dtype: str, keys, ok_rows, summary) -> None:
-    """Report NaN maps; refuse float16 overflow, which would be stored as inf."""
+def check_values(index: int | str, stats: np.ndarray, dtype: str, keys, ok_rows, summary) -> None:
+    """Report NaN maps; refuse float16 overflow, which would be stored as inf. `index`: a stage's
+    index or a layer's name."""
+    label = f"stage {index}" if isinstance(index, int) else f"layer {index}"
     nan_rows = np.flatnonzero(np.isnan(stats[2]).any(axis=1))
     if len(nan_rows) and index not in summary.nan_stages:
         summary.nan_stages.append(index)
         first = keys[ok_rows[nan_rows[0]]]
-        log.warning("stage %d has NaN activations (first in %s); they are stored as NaN", index, first)
+        log.warning("%s has NaN activations (first in %s); they are stored as NaN", label, first)
     if dtype != "float16":
         return
     peak = np.nan_to_num(np.maximum(np.abs(stats[0]), np.abs(stats[1])), nan=0.0)
@@ -104,7 +106,7 @@ def check_values(index: int, stats: np.ndarray, dtype: str, keys, ok_rows, summa
     if len(over):
         b = over[0]
         raise RunFailure(
-            f"stage {index} overflows float16 for {keys[ok_rows[b]]}: |activation| reaches "
+            f"{label} overflows float16 for {keys[ok_rows[b]]}: |activation| reaches "
             f"{float(peak[b].max()):.4g} > {FLOAT16_MAX:.0f}, which float16 would store as "
-            "inf. Rerun with --dtype float32 --overwrite (or select other --stages)."
+            "inf. Rerun with --dtype float32 --overwrite (or select other --stages/--layers)."
         )

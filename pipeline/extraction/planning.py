@@ -32,7 +32,7 @@ def plan_shard(
     parts = {
         "model": config.model,
         "weights_sha256": model.weights_sha256,
-        "stages": [[s.index, s.module, s.channels, s.height, s.width] for s in stages],
+        "stages": [[s.index, s.module, s.channels, s.height, s.width] for s in stages if s.layer is None],
         "size": list(size_hw),
         "mean": list(model.mean),
         "std": list(model.std),
@@ -44,6 +44,9 @@ def plan_shard(
         "num_keys": len(all_keys),
         "format_version": schema.FORMAT_VERSION,
     }
+    layers = [[s.layer, s.channels, s.height, s.width] for s in stages if s.layer is not None]
+    if layers:  # only then: files without layers keep the fingerprint they always had
+        parts["layers"] = layers
     attrs = {attr: parts[part] for attr, part in _ATTRS_FROM_PARTS.items()}
     attrs.update(
         {

@@ -48,7 +48,7 @@ class Recomputer:
     model: models.ResolvedModel
     forward: Forward
     size_hw: tuple[int, int]
-    stages: list[int]
+    stages: list[int | str]  # stage indices, then layer names: the keys of the recomputed maps
     batch_size: int
     tolerance: tuple[float, float]  # (relative to |x|, fraction of the channel's largest |x|)
 
@@ -63,6 +63,9 @@ def prepare(config: VerifyConfig) -> Recomputer:
     with open_fmpipe(path) as file:
         attrs = dict(file.attrs)
         shapes = {int(i): g[schema.DATA].shape[1:] for i, g in file[schema.STAGES].items()}
+        layer_shapes = (
+            {n: g[schema.DATA].shape[1:] for n, g in file[schema.LAYERS].items()} if schema.LAYERS in file else {}
+        )
     recorded = _recorded_config(attrs, path)
     if recorded.weights and not Path(recorded.weights).is_file():
         raise InputError(
@@ -84,17 +87,17 @@ def prepare(config: VerifyConfig) -> Recomputer:
     _check_model(model, attrs, path)
     size_hw = tuple(int(v) for v in attrs[schema.ATTR_INPUT_SIZE])
     model.module.to(device)
-    tap, probed = taps.build(model, size_hw, sorted(shapes), device)
-    for index, shape in shapes.items():
-        if (probed[index].channels, probed[index].height, probed[index].width) != tuple(shape):
-            raise InputError(
-                f"{path}: stage {index} is stored as {shape}, but the rebuilt model gives "
-                f"{(probed[index].channels, probed[index].height, probed[index].width)}."
-            )
+    tap, probed = taps.build(model, size_hw, sorted(shapes), device, recorded.layers or ())
+    rebuilt = {s.index: s.shape for s in probed} | {s.layer: s.shape for s in tap.infos}
+    for ref, shape in (shapes | layer_shapes).items():
+        if rebuilt.get(ref) != tuple(shape):
+            what = f"stage {ref}" if isinstance(ref, int) else f"layer {ref}"
+            raise InputError(f"{path}: {what} is stored as {shape}, but the rebuilt model gives {rebuilt.get(ref)}.")
     forward = Forward(tap, model, device, getattr(torch, recorded.dtype), recorded.amp)
     kind = "amp" if recorded.amp else device.type
     rel = AMP_REL_TOLERANCE if recorded.amp else REL_TOLERANCE
-    return Recomputer(model, forward, size_hw, sorted(shapes), recorded.batch_size, (rel, ABS_FRACTION[kind]))
+    refs = [*sorted(shapes), *layer_shapes]
+    return Recomputer(model, forward, size_hw, refs, recorded.batch_size, (rel, ABS_FRACTION[kind]))
 
 
 def _recorded_config(attrs: dict, path: Path) -> ExtractConfig:
@@ -135,7 +138,7 @@ def recompute(rc: Recomputer, config: VerifyConfig, report: VerifyReport) -> Non
         label = path.name if path != Path(config.path) else None
         found = _recompute_file(rc, path, rows[mine], config.images_root)
         for stage, key, why in found.problems:
-            report.add(Problem(why, stage, key, label))
+            report.add(Problem(why, stage if isinstance(stage, int) else f"layer {stage}", key, label))
         report.recomputed += found.recomputed
         skipped += found.skipped
     if skipped:
@@ -188,7 +191,7 @@ def _recompute_file(rc: Recomputer, path: Path, rows: np.ndarray, images_root: s
                     continue
                 found.recomputed += 1
                 for stage in rc.stages:
-                    stored = file[f"{schema.stage_group(stage)}/{schema.DATA}"][int(rows[i])]
+                    stored = file[f"{schema.group_of(stage)}/{schema.DATA}"][int(rows[i])]
                     why = maps_mismatch(stored, result.data[stage][b], rc.tolerance)
                     if why:
                         found.problems.append((stage, keys[i], why))

@@ -183,8 +183,10 @@ def _prepare(config: ExtractConfig) -> Run:
     )
     model.module.to(device)
     size_hw = config.size or model.input_hw
-    tap, all_stages = taps.build(model, size_hw, config.stages, device)
-    plan = plan_shard(config, model, size_hw, [all_stages[i] for i in tap.wanted], collection)
+    # --layers alone stores only those layers; with --stages too, both.
+    wanted = config.stages if config.layers is None else (config.stages or ())
+    tap, all_stages = taps.build(model, size_hw, wanted, device, config.layers or ())
+    plan = plan_shard(config, model, size_hw, [all_stages[i] for i in tap.wanted] + tap.infos, collection)
     return Run(config, plan, model, tap, device, size_hw, collection.root)
 
 

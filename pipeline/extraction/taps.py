@@ -21,57 +21,53 @@ from torch import nn
 from ..config import resolve_stage_indices
 from ..errors import ModelError
 from ..records import StageInfo
+from . import layers as layer_taps
 from .models import ResolvedModel, resolve
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[int, torch.Tensor], None]
-
-
-class _StopForward(Exception):
-    """Raised by the last needed hook: the rest of the model is not run."""
+Sink = Callable[[int | str, torch.Tensor], None]
 
 
 class Tap:
-    """Calls `sink(stage_index, tensor)` for each wanted stage during one forward pass.
+    """Calls `sink(key, tensor)` for each wanted stage (key: its index) and layer (key: its name)
+    during one forward pass (two when timm's `forward_intermediates` takes the stages and layers
+    are asked for too).
 
     The sink runs while the tensor is fresh: before any later in-place op can change it.
     """
 
-    def __init__(self, module: nn.Module, names: Sequence[str], wanted: Sequence[int], use_intermediates: bool):
+    def __init__(
+        self,
+        module: nn.Module,
+        names: Sequence[str],
+        wanted: Sequence[int],
+        use_intermediates: bool,
+        layers: Sequence[layer_taps.Point] = (),
+    ):
         self.module, self.names, self.wanted = module, list(names), sorted(wanted)
-        self.use_intermediates = use_intermediates
+        self.use_intermediates, self.layers = use_intermediates, list(layers)
+
+    @property
+    def infos(self) -> list[StageInfo]:
+        """The layers' `StageInfo`s (the stages' come from `build`)."""
+        return [point.info for point in self.layers]
 
     def __call__(self, pixels: torch.Tensor, sink: Sink) -> None:
-        if self.use_intermediates:
+        if self.wanted and self.use_intermediates:
             outs = self.module.forward_intermediates(
                 pixels, indices=self.wanted, intermediates_only=True, stop_early=True
             )
             for index, tensor in zip(self.wanted, outs, strict=True):
                 sink(index, tensor)
-            return
-        last = self.wanted[-1]
-        handles = []
+        hooked = [] if self.use_intermediates else [(self.names[i], i, _first_tensor) for i in self.wanted]
+        if hooked or self.layers:
+            layer_taps.capture(self.module, pixels, self.layers, sink, hooked)
 
-        def make_hook(index: int):
-            def hook(_mod, _inp, out):
-                tensor = out[0] if isinstance(out, (tuple, list)) else out
-                sink(index, tensor)
-                if index == last:
-                    raise _StopForward
 
-            return hook
-
-        for index in self.wanted:
-            sub = self.module.get_submodule(self.names[index])
-            handles.append(sub.register_forward_hook(make_hook(index)))
-        try:
-            self.module(pixels)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+def _first_tensor(out):
+    """A stage module's map: its output, or the first element of a tuple output."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _declared(model: ResolvedModel) -> list[dict] | None:
@@ -127,9 +123,14 @@ def _discover(module: nn.Module, pixels: torch.Tensor) -> list[dict]:
 
 
 def build(
-    model: ResolvedModel, size_hw: tuple[int, int], requested: Sequence[int] | None, device: torch.device
+    model: ResolvedModel,
+    size_hw: tuple[int, int],
+    requested: Sequence[int] | None,
+    device: torch.device,
+    layers: Sequence[str] = (),
 ) -> tuple[Tap, list[StageInfo]]:
-    """A tap for the requested stages and every stage's probed `StageInfo` (all of them)."""
+    """A tap for the requested stages and layers, and every stage's probed `StageInfo` (all of
+    them; the layers' are `tap.infos`)."""
     probe = torch.zeros((1, 3, *size_hw), device=device)
     declared = _declared(model)
     use_intermediates = bool(model.is_timm and declared and _supports_intermediates(model.module))
@@ -151,7 +152,8 @@ def build(
             ) from err
     stages = [_stage_info(i, names[i], declared[i], shapes.get(i), size_hw, use_intermediates) for i in everything]
     wanted = resolve_stage_indices(requested, len(stages))
-    return Tap(model.module, names, wanted, use_intermediates), stages
+    points = layer_taps.build_points(model.module, probe, layers) if layers else []
+    return Tap(model.module, names, wanted, use_intermediates, points), stages
 
 
 @dataclass(frozen=True)

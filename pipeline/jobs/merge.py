@@ -195,11 +195,10 @@ def _check_fingerprints(found: shards.ShardScan, opened: list[h5py.File]) -> Non
 
 
 def _stage_layout(file: h5py.File) -> dict:
-    """Per stage: (C, H, W), dtype, chunks and filters of its data (the fingerprint covers the rest)."""
+    """Per stage and layer: (C, H, W), dtype, chunks and filters of its data (the fingerprint covers the rest)."""
     layout = {}
-    stages = file[schema.STAGES]
-    for name in stages:
-        data = stages[f"{name}/{schema.DATA}"]
+    for name in schema.map_groups(file):
+        data = file[f"{name}/{schema.DATA}"]
         dcpl = data.id.get_create_plist()
         filters = tuple(dcpl.get_filter(i)[:3] for i in range(dcpl.get_nfilters()))
         layout[name] = (data.shape[1:], str(data.dtype), data.chunks[1:] if data.chunks else None, filters)
@@ -250,11 +249,12 @@ def _write(tmp: Path, parts: list[_Shard], found: shards.ShardScan, mode: str) -
         _write_attrs(file, ref, found, mode)
         _write_images(file, parts)
         _write_failures(file, parts)
-        for name in ref[schema.STAGES]:
-            group = file.create_group(f"{schema.STAGES}/{name}")
-            group.attrs.update(dict(ref[f"{schema.STAGES}/{name}"].attrs))
+        file.require_group(schema.STAGES)
+        for name in schema.map_groups(ref):
+            group = file.create_group(name)
+            group.attrs.update(dict(ref[name].attrs))
             for dset in (schema.DATA, *schema.STAT_NAMES):
-                path = f"{schema.STAGES}/{name}/{dset}"
+                path = f"{name}/{dset}"
                 if mode == "copy":
                     copied += _copy_dataset(group, dset, parts, path)
                 else:

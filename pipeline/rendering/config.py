@@ -23,7 +23,7 @@ class RenderConfig:
     """Everything `fmpipe render` needs; built by the CLI or by `pipeline.render`."""
 
     path: str
-    stage: int
+    stage: int | str  # a stage index, or a layer's name (as stored by --layers)
     out: str | None = None  # default: <file without .h5>-render/ beside the file
     images: Spec = None  # indices, ranges, keys; None: every stored image
     channels: Spec = None  # indices and ranges; None: every channel (or --top-k)

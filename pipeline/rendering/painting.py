@@ -42,7 +42,7 @@ class RenderJob:
     """What every worker needs to paint any image of the run (picklable)."""
 
     path: str
-    stage: int
+    stage: int | str  # the stage index, or the layer name
     channels: tuple[int, ...] | None  # explicit selection, in order; None: top_k or all
     top_k: int | None
     count: int  # channels painted per image
@@ -111,8 +111,9 @@ class Painter:
         self.job = job
         self.store = open_store(job.path)
         # Before StageView opens it: HDF5 ignores the cache settings of an already open dataset.
-        self.data, self.block = _small_cache_dataset(self.store.file, job.stage)
-        self.view = self.store.stage(job.stage)
+        # The small-cache open first: later opens of the same dataset share the first one's cache.
+        self.data, self.block = _small_cache_dataset(self.store.file, schema.group_of(job.stage))
+        self.view = self.store.view(job.stage)
         self.table = lut(job.cmap)
 
     def close(self) -> None:
@@ -164,7 +165,7 @@ class Painter:
                 grid.put(position, self._tile(indices, tile_photo), str(channel))
         if grid is not None:
             order = ",".join(map(str, channels))
-            text = f"fmpipe stage {job.stage} of {task.key!r}; tiles left to right, top to bottom are channels {order}"
+            text = f"fmpipe {self.view.label} of {task.key!r}; tiles left to right, top to bottom are channels {order}"
             _write(folder / job.grid_name, encode_rgb(grid.finish(), text=text))
             written += 1
         return written
@@ -174,9 +175,7 @@ class Painter:
         view = self.view
         blocks = ((c0, self._block(task.row, c0)) for c0 in range(0, view.channels, self.block))
         rgb = scores_to_rgb(fit, project_blocks(fit, blocks, view.height, view.width))
-        text = (
-            f"fmpipe stage {self.job.stage} of {task.key!r}; PCA components 1-3 as R, G, B (stage{fit.stage}/pca.json)"
-        )
+        text = f"fmpipe {self.view.label} of {task.key!r}; PCA components 1-3 as R, G, B ({self.view.folder}/pca.json)"
         _write(folder / "pca.png", encode_rgb(upscale(rgb, self.job.scale), text=text))
         return 1
 
@@ -211,7 +210,7 @@ class Painter:
             return self.data[row, c0 : min(c0 + self.block, self.view.channels)]
         except OSError as err:  # a damaged chunk, or a shard that vanished mid-run
             raise InputError(
-                f"{self.job.path}: reading stage {self.job.stage} of row {row} failed ({err}). "
+                f"{self.job.path}: reading {self.view.label} of row {row} failed ({err}). "
                 f"Check the file with `fmpipe info {self.job.path}`."
             ) from err
 
@@ -275,7 +274,7 @@ def _write(path: Path, png: bytes) -> None:
         raise RunFailure(f"writing {path} failed: {err}. Fix the cause, then rerun with --overwrite.") from err
 
 
-def _small_cache_dataset(file: h5py.File, stage: int) -> tuple[h5py.Dataset, int]:
+def _small_cache_dataset(file: h5py.File, group: str) -> tuple[h5py.Dataset, int]:
     """The stage's (N, C, H, W) data opened with a chunk cache of CACHE_CHUNKS chunks, and k.
 
     k is the channels per (1, k, H, W) chunk. The store's 64 MB cache fills with chunks
@@ -283,7 +282,7 @@ def _small_cache_dataset(file: h5py.File, stage: int) -> tuple[h5py.Dataset, int
     from 20 to 200 images of 8×128×128); with this dataset access list it stays flat, for a
     virtual dataset too.
     """
-    name = f"{schema.stage_group(stage)}/{schema.DATA}"
+    name = f"{group}/{schema.DATA}"
     probe = file[name]
     _, channels, height, width = probe.shape
     block = probe.chunks[1] if probe.chunks else schema.chunk_channels(channels, height, width, probe.dtype.itemsize)
@@ -303,7 +302,7 @@ def _resized(photo: np.ndarray, height: int, width: int) -> np.ndarray:
 def colorize(
     source: Store | str | os.PathLike,
     image: int | str,
-    stage: int,
+    stage: int | str,
     channel: int,
     cmap: str = DEFAULT_CMAP,
     normalize: str = "channel",
@@ -324,13 +323,13 @@ def _colorize(store: Store, image, stage, channel, cmap, normalize, scale) -> np
     if normalize not in NORMALIZATIONS:
         raise UsageError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}.")
     table = lut(cmap)
-    view = store.stage(stage)
+    view = store.view(stage)
     row = store.row(image) if isinstance(image, str) else int(image)
     if not 0 <= row < len(store):
         raise UsageError(f"image {image} does not exist in {store.path}: valid rows are 0..{len(store) - 1}.")
     if not store.ok[row]:
         raise InputError(f"image {image!r} has no maps in {store.path} (it failed, or is not done yet).")
-    (index,) = select_channels([channel], view.channels, view.index)
+    (index,) = select_channels([channel], view.channels, view.label if view.layer else view.index)
     span = stage_range(view, store.ok) if normalize == "stage" else None
     lo, hi = image_ranges(normalize, view.min[row], view.max[row], [index], span)
     indices = to_indices(view.data[row, index], lo[0], hi[0])

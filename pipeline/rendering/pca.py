@@ -37,7 +37,7 @@ COV_BLOCK = 4096  # sample rows per covariance update (bounds the float64 tempor
 class PcaFit:
     """A fitted mapping from a stage's (C,) channel vectors to RGB; the same for every image."""
 
-    stage: int
+    stage: int | str  # the stage index, or the layer name
     mean: np.ndarray  # (C,) float64 mean channel vector of the sample
     components: np.ndarray  # (3, C) float64 unit rows, largest variance first; zero rows when C < 3
     lo: np.ndarray  # (3,) float64 score mapped to colour value 0 (1st percentile of the sample)
@@ -56,24 +56,25 @@ class PcaFit:
     def from_json(cls, text: str) -> PcaFit:
         raw = json.loads(text)
         arrays = {k: np.asarray(raw[k], dtype=np.float64) for k in ("mean", "components", "lo", "hi", "explained")}
-        counts = {k: int(raw[k]) for k in ("stage", "samples", "images", "seed")}
-        return cls(**counts, **arrays)
+        counts = {k: int(raw[k]) for k in ("samples", "images", "seed")}
+        stage = raw["stage"] if isinstance(raw["stage"], str) else int(raw["stage"])  # a layer's name, or an index
+        return cls(stage=stage, **counts, **arrays)
 
 
 def fit_pca(
-    store: Store, stage: int, samples: int = PCA_SAMPLES, seed: int = 0, max_images: int = MAX_FIT_IMAGES
+    store: Store, stage: int | str, samples: int = PCA_SAMPLES, seed: int = 0, max_images: int = MAX_FIT_IMAGES
 ) -> PcaFit:
     """Fit the three-component PCA of stage `stage` over the whole file (failed rows skipped).
 
     Up to `max_images` stored images are drawn with a seeded RNG, and from each the same
     number of positions, at most `samples` in all (fewer when C is large: MAX_SAMPLE_VALUES).
     """
-    view = store.stage(stage)
+    view = store.view(stage)
     if samples < COMPONENTS or max_images < 1:
         raise UsageError(f"the PCA needs at least {COMPONENTS} samples and 1 image; got {samples}, {max_images}.")
     rows = np.flatnonzero(store.ok)
     if not len(rows):
-        raise InputError(f"{store.path} has no stored image to fit stage {view.index}'s PCA on.")
+        raise InputError(f"{store.path} has no stored image to fit {view.label}'s PCA on.")
     samples = max(COMPONENTS, min(samples, MAX_SAMPLE_VALUES // view.channels))
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(rows, size=min(len(rows), max_images, samples), replace=False))
@@ -81,13 +82,13 @@ def fit_pca(
     finite = np.isfinite(sample).all(axis=1)
     if finite.sum() <= COMPONENTS:
         raise InputError(
-            f"stage {view.index} of {store.path} holds NaN or inf at almost every sampled position, too few "
+            f"{view.label} of {store.path} holds NaN or inf at almost every sampled position, too few "
             "for a PCA; try more --pca-samples or another --pca-seed."
         )
-    fit = _fit(view.index, sample[finite], seed, len(rows))
+    fit = _fit(view.ref, sample[finite], seed, len(rows))
     log.info(
-        "stage %d PCA: %d channel vectors from %d images; variance explained %s",
-        view.index,
+        "%s PCA: %d channel vectors from %d images; variance explained %s",
+        view.label,
         fit.samples,
         fit.images,
         ", ".join(f"{v:.0%}" for v in fit.explained),
@@ -109,14 +110,14 @@ def _sample(store: Store, view: StageView, rows: np.ndarray, per_row: int, rng: 
                 data = view.data[int(row), c0 : c0 + block]  # (k, H, W): one chunk
             except OSError as err:
                 raise RunFailure(
-                    f"reading stage {view.index} of row {row} for the PCA failed ({err}); "
+                    f"reading {view.label} of row {row} for the PCA failed ({err}); "
                     f"check the file with `fmpipe info {store.path}`."
                 ) from err
             target[:, c0 : c0 + len(data)] = data.reshape(len(data), positions)[:, picked].T
     return out
 
 
-def _fit(stage: int, sample: np.ndarray, seed: int, images: int) -> PcaFit:
+def _fit(stage: int | str, sample: np.ndarray, seed: int, images: int) -> PcaFit:
     """Mean, top components (deterministic signs) and robust score ranges of an (n, C) sample."""
     n, channels = sample.shape
     mean = sample.mean(axis=0, dtype=np.float64)

@@ -54,7 +54,7 @@ class RenderSummary:
     """What a render did; `fmpipe render` prints it."""
 
     out_dir: Path
-    stage: int
+    stage: int | str  # the stage index, or the layer name
     images: int = 0
     pngs: int = 0  # every PNG written, grids included
     grids: int = 0
@@ -62,6 +62,7 @@ class RenderSummary:
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     source: Path | None = None  # the file read (OUT, or OUT.partial with allow_partial)
+    folder: str = ""  # the stage's (or layer's) folder below out_dir: stage2, layer-layer4
 
     @property
     def ms_per_png(self) -> float:
@@ -78,7 +79,9 @@ def render(config: RenderConfig) -> RenderSummary:
         if job.pca is not None:
             save_fit(job.pca, job.out_stage / "pca.json")
         workers = max(1, min(config.workers or _cpu_count(), len(rows)))
-        summary = RenderSummary(job.out_stage.parent, job.stage, workers=workers, source=store.path)
+        summary = RenderSummary(
+            job.out_stage.parent, job.stage, workers=workers, source=store.path, folder=job.out_stage.name
+        )
         progress = _Progress(len(rows), job.pngs_per_image)
         run = _run_inline if workers == 1 else _run_pool
         # The parent keeps the store open only to stream keys; workers open their own.
@@ -97,15 +100,15 @@ def render(config: RenderConfig) -> RenderSummary:
 
 def _plan(config: RenderConfig, store: Store) -> tuple[RenderJob, np.ndarray]:
     """Resolve the config against the file: stage, rows, channels, ranges, scales, out dir."""
-    view = store.stage(config.stage)
+    view = store.view(config.stage)
     rows = select_rows(store, config.images)
-    channels = select_channels(config.channels, view.channels, view.index)
+    channels = select_channels(config.channels, view.channels, view.label if view.layer else view.index)
     count = len(channels) if channels else min(config.top_k or view.channels, view.channels)
     pca = fit_pca(store, view.index, config.pca_samples, config.pca_seed) if config.layout == "pca" else None
     photos = _photo_root(config, store) if config.overlay else None
     job = RenderJob(
         path=str(store.path.resolve()),
-        stage=view.index,
+        stage=view.ref,
         channels=channels,
         top_k=config.top_k,
         count=count,
@@ -119,7 +122,7 @@ def _plan(config: RenderConfig, store: Store) -> tuple[RenderJob, np.ndarray]:
         grid_scale=config.scale or auto_scale(view.height, view.width, TILE_MIN_SIDE),
         photos=photos,
         input_hw=store.run.input_size or (view.height, view.width),
-        out_stage=config.out_dir / f"stage{view.index}",
+        out_stage=config.out_dir / view.folder,
         overwrite=config.overwrite,
         pca=pca,
     )

@@ -77,13 +77,14 @@ def select_rows(store: Store, spec: Spec) -> np.ndarray:
     return wanted[ok[wanted]]
 
 
-def select_channels(spec: Spec, channels: int, stage: int) -> tuple[int, ...] | None:
+def select_channels(spec: Spec, channels: int, stage: int | str) -> tuple[int, ...] | None:
     """Channel indices of a stage with `channels` channels, in the order given (no duplicates); None: all."""
     if spec is None:
         return None
     out: dict[int, None] = {}
     for item in spec_items(spec):
-        indices = _index_item(item, channels, "channel", f"stage {stage} ({channels} channels)")
+        where = f"stage {stage}" if isinstance(stage, int) else stage  # an index, or a label like "layer x"
+        indices = _index_item(item, channels, "channel", f"{where} ({channels} channels)")
         if indices is None:
             raise UsageError(f"--channels takes indices and ranges like 5,9,16:32; got {item!r}.")
         out.update(dict.fromkeys(indices))

@@ -132,7 +132,7 @@ IMAGE_JS = """
     if (cut) return cut;
     var note = document.createElement('p');
     note.className = 'ph';
-    note.textContent = 'channel ' + c + ' was not drawn: fmpipe render FILE --stage ' + key + ' --channels ' + c;
+    note.textContent = 'channel ' + c + ' was not drawn: fmpipe render FILE ' + st.option + ' --channels ' + c;
     return note;
   }
 
@@ -144,7 +144,7 @@ IMAGE_JS = """
     var body = document.getElementById('vbody');
     body.textContent = '';
     body.appendChild(picture(key, st, channel));
-    document.getElementById('vtitle').textContent = 'stage ' + key + ' · channel ' + channel + ' of ' + st.channels;
+    document.getElementById('vtitle').textContent = st.label + ' · channel ' + channel + ' of ' + st.channels;
     document.getElementById('vstats').textContent = 'min ' + num(st.min[channel]) + ' · max ' +
       num(st.max[channel]) + ' · mean ' + num(st.mean[channel]);
     var list = document.getElementById('vlist');

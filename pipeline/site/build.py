@@ -51,7 +51,7 @@ class GallerySummary:
     index: Path
     images: int = 0
     index_pages: int = 0
-    stages: list[int] = field(default_factory=list)  # stages with a render folder
+    stages: list[int | str] = field(default_factory=list)  # stages (indices) and layers (names) rendered
     thumbs_written: int = 0
     sources_missing: int = 0
     failures: int = 0
@@ -80,7 +80,7 @@ def write_gallery(config: GalleryConfig) -> GallerySummary:
             tuple(stages),
             pages,
         )
-        summary = GallerySummary(out / "index.html", len(rows), pages, [s.index for s in stages if s.rendered])
+        summary = GallerySummary(out / "index.html", len(rows), pages, [s.ref for s in stages if s.rendered])
         summary.failures = len(site.failures)
         root = config.images_root or store.run.images_root
         writer = _PageWriter(store, site, rows, out, config, root)
@@ -99,8 +99,8 @@ def write_gallery(config: GalleryConfig) -> GallerySummary:
 
 def _stage_metas(store: Store, out: Path) -> list[StageMeta]:
     metas = []
-    for view in store.stages:
-        folder = out / f"stage{view.index}"
+    for view in store.maps:
+        folder = out / view.folder
         fit = load_fit(folder / "pca.json")
         explained = tuple(float(v) for v in fit.explained) if fit is not None else None
         metas.append(
@@ -151,7 +151,7 @@ class _PageWriter:
         self.thumbs_written += made
         self.sources_missing += path is None
         entry = Entry(n + 1, row, key, self.page_of[n], path, (int(hw[0]), int(hw[1])))
-        blocks = [stage_block(self.out, m, folder, _at(stats, m.index, offset)) for m in self.site.stages]
+        blocks = [stage_block(self.out, m, folder, _at(stats, m.ref, offset)) for m in self.site.stages]
         prev = self.page_of[n - 1] if n else None
         nxt = self.page_of[n + 1] if n + 1 < len(self.rows) else None
         page = n // self.config.per_page + 1
@@ -164,17 +164,17 @@ class _PageWriter:
             self.cards = []
 
 
-def _stats(store: Store, stages, first: int, last: int) -> dict[int, np.ndarray]:
-    """{stage: (3, last - first, C) float64 min, max, mean, `rounded`} for the rendered stages, one read each."""
+def _stats(store: Store, stages, first: int, last: int) -> dict[int | str, np.ndarray]:
+    """{stage or layer: (3, last - first, C) float64 min, max, mean, `rounded`} of the rendered ones, one read each."""
     out = {}
     for meta in stages:
         if meta.rendered:
-            view = store.stage(meta.index)
-            out[meta.index] = rounded(np.stack([view.min[first:last], view.max[first:last], view.mean[first:last]]))
+            view = store.view(meta.ref)
+            out[meta.ref] = rounded(np.stack([view.min[first:last], view.max[first:last], view.mean[first:last]]))
     return out
 
 
-def _at(stats: dict[int, np.ndarray], stage: int, offset: int) -> np.ndarray | None:
+def _at(stats: dict[int | str, np.ndarray], stage: int | str, offset: int) -> np.ndarray | None:
     """(3, C) min, max, mean of one image from a block's stats; None for a stage not rendered."""
     return stats[stage][:, offset] if stage in stats else None
 

@@ -30,19 +30,22 @@ _GRID_ORDER = re.compile(r"channels ([\d,]+)$")  # painting's grid text ends wit
 
 
 def stage_block(out: Path, meta: StageMeta, folder: str, stats: np.ndarray | None) -> StageBlock:
-    """One stage row of an image page (written to out/gallery/): the figures found in
-    out/stage<S>/<folder>/ and the channel view's data. `stats`: (3, C) min, max, mean, `rounded`."""
-    names = _listing(out / f"stage{meta.index}" / folder) if meta.rendered else set()
+    """One stage (or layer) row of an image page (written to out/gallery/): the figures found in
+    out/stage<S>/<folder>/ (out/layer-<name>/<folder>/) and the channel view's data.
+    `stats`: (3, C) min, max, mean, `rounded`."""
+    names = _listing(out / meta.folder / folder) if meta.rendered else set()
     channels = sorted((int(m.group(1)), bool(m.group(2))) for m in map(_CHANNEL.fullmatch, names) if m)
     if stats is None or not (channels or any(name in names for name, _ in FIGURES)):
         return StageBlock(meta, (), {})
-    url = f"../stage{meta.index}/{folder}/"
+    url = f"../{meta.folder}/{folder}/"
     figures, grids = [], []
     for name, kind in FIGURES:
         if name in names:
-            figures.append(_figure(out / f"stage{meta.index}" / folder / name, url + name, kind, meta, grids))
+            figures.append(_figure(out / meta.folder / folder / name, url + name, kind, meta, grids))
     data = {
-        "key": str(meta.index),
+        "key": meta.anchor,
+        "label": meta.label,
+        "option": meta.option,
         "dir": quote(url),
         "digits": max(4, len(str(meta.channels - 1))),
         "channels": meta.channels,
@@ -57,7 +60,7 @@ def stage_block(out: Path, meta: StageMeta, folder: str, stats: np.ndarray | Non
 def _figure(path: Path, url: str, kind: str, meta: StageMeta, grids: list[dict]) -> Figure:
     """A figure PNG; a grid whose tile order and layout are known is made clickable (appended to `grids`)."""
     width, height, text = png_header(path)
-    alt = f"{kind} of stage {meta.index}"
+    alt = f"{kind} of {meta.label}"
     order = grid_order(text) if kind != "PCA" else None
     layout = grid_layout(len(order), meta.height, meta.width, width, height) if order else None
     if layout is None:
@@ -74,7 +77,7 @@ def _figure(path: Path, url: str, kind: str, meta: StageMeta, grids: list[dict])
             "rows": rows,
         }
     )
-    data = (("stage", str(meta.index)), ("grid", str(len(grids) - 1)))
+    data = (("stage", meta.anchor), ("grid", str(len(grids) - 1)))
     return Figure(Img(url, alt, width, height, "grid clickable", data), _caption(kind, meta, order))
 
 

@@ -178,9 +178,9 @@ def _stage_table(site: Site) -> str:
     rows = []
     for s in site.stages:
         pca = ", ".join(f"{v:.0%}" for v in s.explained) if s.explained else ""
-        drawn = "yes" if s.rendered else f"no: fmpipe render {esc(site.file)} --stage {s.index} --html"
+        drawn = "yes" if s.rendered else f"no: fmpipe render {esc(site.file)} {esc(s.option)} --html"
         rows.append(
-            f"<tr><td>{s.index}</td><td>{esc(s.module)}</td><td>{s.channels}</td><td>{s.stride}</td>"
+            f"<tr><td>{esc(str(s.ref))}</td><td>{esc(s.module)}</td><td>{s.channels}</td><td>{s.stride}</td>"
             f"<td>{s.channels}×{s.height}×{s.width}</td><td>{drawn}</td><td>{pca}</td></tr>"
         )
     head = "<tr><th>stage</th><th>module</th><th>channels</th><th>stride</th><th>C×H×W</th><th>rendered</th>"
@@ -218,7 +218,7 @@ def image_page(
     height, width = entry.orig_hw
     facts = f"<p>original size {width}×{height} · row {entry.row} · {esc(site.file)} · model {esc(site.model)}</p>"
     sections = "".join(_stage_section(site, block) for block in blocks)
-    data = {str(block.meta.index): block.data for block in blocks if block.data}
+    data = {block.meta.anchor: block.data for block in blocks if block.data}
     viewer = (
         '<div id="viewer" hidden role="dialog"><b id="vtitle"></b> <span id="vstats" class="stats"></span> '
         '<button data-act="prev">‹</button><button data-act="next">›</button><button data-act="close">×</button>'
@@ -231,15 +231,16 @@ def image_page(
 
 def _stage_section(site: Site, block: StageBlock) -> str:
     meta = block.meta
-    button = f'<button class="chan" data-stage="{meta.index}">channels (c)</button>' if block.data else ""
+    ref = esc(meta.anchor)
+    button = f'<button class="chan" data-stage="{ref}">channels (c)</button>' if block.data else ""
     if block.figures:
         figs = "".join(
             f"<figure>{img(f.image)}<figcaption>{esc(f.caption)}</figcaption></figure>" for f in block.figures
         )
     else:
-        figs = placeholder(f"not rendered for this image: fmpipe render {site.file} --stage {meta.index} --html")
+        figs = placeholder(f"not rendered for this image: fmpipe render {site.file} {meta.option} --html")
     return (
-        f'<section class="stage" id="stage-{meta.index}" data-stage="{meta.index}">'
-        f'<h2>stage {meta.index} · {esc(meta.module)}</h2><p class="meta">{esc(meta.summary)} {button}</p>'
+        f'<section class="stage" id="stage-{ref}" data-stage="{ref}">'
+        f'<h2>{esc(meta.label)} · {esc(meta.module)}</h2><p class="meta">{esc(meta.summary)} {button}</p>'
         f'<div class="figs">{figs}</div></section>'
     )

@@ -41,14 +41,14 @@ class Problem:
     """One thing found wrong: what, and where (file of a shards folder, stage, image key)."""
 
     what: str
-    stage: int | None = None
+    stage: int | str | None = None  # a stage index, or "layer NAME"
     key: str | None = None
     file: str | None = None
 
     def __str__(self) -> str:
         where = [
             self.file or "",
-            f"stage {self.stage}" if self.stage is not None else "",
+            f"stage {self.stage}" if isinstance(self.stage, int) else (self.stage or ""),
             f"image {self.key}" if self.key is not None else "",
         ]
         where = ", ".join(w for w in where if w)

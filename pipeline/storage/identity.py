@@ -81,6 +81,10 @@ def _stages(value) -> str:
     return "missing" if value is None else ",".join(str(stage[0]) for stage in value) or "none"
 
 
+def _layers(value) -> str:
+    return "none" if not value else ",".join(str(layer[0]) for layer in value)
+
+
 def _size(value) -> str:
     return "missing" if value is None else "x".join(str(v) for v in value)
 
@@ -97,6 +101,7 @@ _WORDS = {
     "model": ("--model", _plain),
     "weights_sha256": ("the loaded weights", _short),
     "stages": ("--stages", _stages),
+    "layers": ("--layers", _layers),
     "size": ("--size", _size),
     "mean": ("the model's normalisation mean", _plain),
     "std": ("the model's normalisation std", _plain),

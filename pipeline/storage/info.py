@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .store import Store
 
 MB = 1e6
@@ -29,7 +31,7 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
     elif run.num_shards > 1:
         lines.append(f"  shard      {run.shard_index} of {run.num_shards}; images done {done} of {n}")
     lines.append("  stage  module               channels  stride  shape (C, H, W)      MB/image  stored MB  ratio")
-    for s in store.stages:
+    for s in store.maps:
         raw = s.data.size * s.data.dtype.itemsize
         stored = s.data.id.get_storage_size() if not s.data.is_virtual else 0
         ratio = f"{raw / stored:5.2f}" if stored else "    -"
@@ -80,3 +82,20 @@ def _hw(value) -> str:
 
 def _floats(value) -> str:
     return "(" + ", ".join(f"{float(v):.3f}" for v in value) + ")" if value is not None else "?"
+
+
+def describe_layers(found, itemsize: int = 2) -> str:
+    """Table for `fmpipe layers`: every module call in execution order with its stored shape.
+
+    `found`: an `extraction.layers.ModelLayers` (model, size_hw, calls)."""
+    h, w = found.size_hw
+    lines = [
+        f"{found.model} at {h}x{w}: {len(found.calls)} module calls; --layers takes the names below "
+        "(a module that runs more than once is named per call, NAME:CALL)",
+        f"  {'layer':<40} {'calls':>5}  {'output':<22} {'stored (C, H, W)':<20} MB/image",
+    ]
+    for call in found.calls:
+        shape = "(not storable)" if call.map_shape is None else str(call.map_shape)
+        mb = "" if call.map_shape is None else f"{np.prod(call.map_shape) * itemsize / MB:8.3f}"
+        lines.append(f"  {call.spec:<40} {call.calls:>5}  {call.output:<22} {shape:<20} {mb}")
+    return "\n".join(lines)

@@ -66,13 +66,14 @@ def create_layout(file: h5py.File, plan: WritePlan) -> None:
         file.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dtype)
     codec = Codec(plan.compression)
     keys = file[schema.KEY][:]
+    file.require_group(schema.STAGES)
     for info in plan.stages:
         _create_stage(file, info, n, plan.dtype, codec)
-        attach_dimensions(file[schema.stage_group(info.index)], keys)
+        attach_dimensions(file[info.group], keys)
 
 
 def _create_stage(file: h5py.File, info: StageInfo, n: int, dtype: str, codec: Codec) -> None:
-    group = file.create_group(schema.stage_group(info.index))
+    group = file.create_group(info.group)
     for name, value in (
         (schema.ATTR_STAGE_INDEX, info.index),
         (schema.ATTR_STAGE_MODULE, info.module),

@@ -24,6 +24,7 @@ FAILURE_INDEX = "failures/index"  # (F,) int64 row in images/key
 FAILURE_KEY = "failures/key"  # (F,) utf-8 str
 FAILURE_REASON = "failures/reason"  # (F,) utf-8 str
 STAGES = "stages"
+LAYERS = "layers"  # layers/<name>: a module's output picked by name (--layers), stored like a stage
 
 # Root attributes.
 ATTR_FORMAT = "format"
@@ -95,6 +96,30 @@ LIBVER = ("earliest", "v110")
 def stage_group(index: int) -> str:
     """Group path of stage `index` (0-based, in the model's own order)."""
     return f"{STAGES}/{index}"
+
+
+def layer_group(name: str) -> str:
+    """Group path of the layer stored under `name` (as given to --layers: `layer1.0.relu:2`)."""
+    return f"{LAYERS}/{name}"
+
+
+def group_of(ref: int | str) -> str:
+    """The group of a stage (an index) or a layer (a name)."""
+    return stage_group(int(ref)) if not isinstance(ref, str) else layer_group(ref)
+
+
+def group_label(path: str) -> int | str:
+    """`stages/2` → 2 (a stage index); `layers/NAME` → "layer NAME" (for messages)."""
+    kind, _, name = path.partition("/")
+    return int(name) if kind == STAGES else f"layer {name}"
+
+
+def map_groups(file) -> list[str]:
+    """Every stored map group of an open file: the stages in index order, then the layers."""
+    stages = sorted(file[STAGES], key=int) if STAGES in file else []
+    layers = list(file[LAYERS]) if LAYERS in file else []
+    layers.sort(key=lambda n: int(file[layer_group(n)].attrs.get(ATTR_STAGE_INDEX, 0)))
+    return [stage_group(int(s)) for s in stages] + [layer_group(n) for n in layers]
 
 
 def chunk_channels(channels: int, height: int, width: int, itemsize: int) -> int:

@@ -26,7 +26,7 @@ from .virtual import check_virtual_sources
 CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageView(StageInfo):
     """One stored stage: its `StageInfo` plus lazy h5py datasets."""
 
@@ -75,7 +75,9 @@ class Store:
         if any(not name.isdigit() for name in self.file[schema.STAGES]):
             raise InputError(f"{self.path}: /{schema.STAGES} holds groups not named by a stage index.")
         for index in self.stage_indices:
-            self._check_stage(index, n)
+            self._check_stage(schema.stage_group(index), f"stage {index}", n, index)
+        for name in self.layer_names:
+            self._check_stage(schema.layer_group(name), f"layer {name}", n, None)
         self.check_sources()
         if require_complete and not self.complete:
             raise IncompleteFileError(
@@ -83,28 +85,29 @@ class Store:
                 "Finish it by rerunning the same extract command, or pass --allow-partial."
             )
 
-    def _check_stage(self, index: int, n: int) -> None:
-        group = self.file[schema.stage_group(index)]
+    def _check_stage(self, path: str, label: str, n: int, index: int | None) -> None:
+        """A stage's (or layer's) group: its datasets, their shapes and its attributes agree."""
+        group = self.file[path]
         for name in (schema.DATA, *schema.STAT_NAMES):
             if name not in group:
-                raise InputError(f"{self.path}: stage {index} lacks its {name!r} dataset.")
+                raise InputError(f"{self.path}: {label} lacks its {name!r} dataset.")
         data = group[schema.DATA]
         if data.ndim != 4 or data.shape[0] != n:
-            raise InputError(f"{self.path}: stage {index} data has shape {data.shape}, expected ({n}, C, H, W).")
+            raise InputError(f"{self.path}: {label} data has shape {data.shape}, expected ({n}, C, H, W).")
         try:
             names = (schema.ATTR_CHANNELS, schema.ATTR_HEIGHT, schema.ATTR_WIDTH, schema.ATTR_STRIDE)
             declared = tuple(int(group.attrs[a]) for a in (*names, schema.ATTR_STAGE_INDEX))
         except (KeyError, TypeError, ValueError) as err:
-            raise InputError(f"{self.path}: stage {index} has a missing or malformed attribute ({err}).") from None
-        if declared[:3] != data.shape[1:] or declared[4] != index:
+            raise InputError(f"{self.path}: {label} has a missing or malformed attribute ({err}).") from None
+        if declared[:3] != data.shape[1:] or (index is not None and declared[4] != index):
             raise InputError(
-                f"{self.path}: stage {index} attributes (index {declared[4]}, C, H, W = {declared[:3]}) "
+                f"{self.path}: {label} attributes (index {declared[4]}, C, H, W = {declared[:3]}) "
                 f"disagree with its data {data.shape}; the file is damaged."
             )
         for name in schema.STAT_NAMES:
             if group[name].shape != data.shape[:2]:
                 raise InputError(
-                    f"{self.path}: stage {index} {name!r} has shape {group[name].shape}, expected {data.shape[:2]}."
+                    f"{self.path}: {label} {name!r} has shape {group[name].shape}, expected {data.shape[:2]}."
                 )
 
     def check_sources(self) -> None:
@@ -171,14 +174,38 @@ class Store:
     def stage_indices(self) -> list[int]:
         return sorted(int(name) for name in self.file[schema.STAGES])
 
+    @property
+    def layer_names(self) -> list[str]:
+        """Stored layers (`--layers`), in the order they were asked for."""
+        if schema.LAYERS not in self.file:
+            return []
+        group = self.file[schema.LAYERS]
+        return sorted(group, key=lambda name: int(group[name].attrs.get(schema.ATTR_STAGE_INDEX, 0)))
+
     def stage(self, index: int) -> StageView:
         """The stage with this index (negative counts from the last stored stage)."""
         indices = self.stage_indices
         if index < 0 and -len(indices) <= index:
             index = indices[index]
         if index not in indices:
-            raise InputError(f"stage {index} is not in {self.path}; stored stages: {', '.join(map(str, indices))}.")
-        group = self.file[schema.stage_group(index)]
+            stored = ", ".join(map(str, indices)) or "none"
+            layers = f"; layers: {', '.join(self.layer_names)}" if self.layer_names else ""
+            raise InputError(f"stage {index} is not in {self.path}; stored stages: {stored}{layers}.")
+        return self._view(schema.stage_group(index), None)
+
+    def layer(self, name: str) -> StageView:
+        """The layer stored under this name (as given to --layers, e.g. `layer1.0.relu:2`)."""
+        if name not in self.layer_names:
+            stored = ", ".join(self.layer_names) or "none"
+            raise InputError(f"layer {name!r} is not in {self.path}; stored layers: {stored}.")
+        return self._view(schema.layer_group(name), name)
+
+    def view(self, ref: int | str) -> StageView:
+        """A stage by its index (an int) or a layer by its name (a str, even `"0"`)."""
+        return self.layer(ref) if isinstance(ref, str) else self.stage(int(ref))
+
+    def _view(self, path: str, layer: str | None) -> StageView:
+        group = self.file[path]
         a = group.attrs
         return StageView(
             int(a[schema.ATTR_STAGE_INDEX]),
@@ -188,15 +215,27 @@ class Store:
             int(a[schema.ATTR_HEIGHT]),
             int(a[schema.ATTR_WIDTH]),
             str(a.get(schema.ATTR_CAPTURE, "")),
-            group[schema.DATA],
-            group[schema.STAT_MIN],
-            group[schema.STAT_MAX],
-            group[schema.STAT_MEAN],
+            layer,
+            data=group[schema.DATA],
+            min=group[schema.STAT_MIN],
+            max=group[schema.STAT_MAX],
+            mean=group[schema.STAT_MEAN],
         )
 
     @property
     def stages(self) -> list[StageView]:
+        """The model's declared stages stored in the file."""
         return [self.stage(i) for i in self.stage_indices]
+
+    @property
+    def layers(self) -> list[StageView]:
+        """The layers stored by name (`--layers`)."""
+        return [self.layer(name) for name in self.layer_names]
+
+    @property
+    def maps(self) -> list[StageView]:
+        """Every stored map group: the stages, then the layers."""
+        return self.stages + self.layers
 
     def row(self, key: str) -> int:
         """Row of an image key."""

@@ -122,8 +122,8 @@ def scan(group: h5py.Group, usable: np.ndarray, k: int = TOP_K) -> dict[str, tup
 def write_top_lists(file: h5py.File, k: int = TOP_K) -> None:
     """Compute and store every stage's top lists from its statistics (at finalise)."""
     usable = _usable_rows(file)
-    for name in file[schema.STAGES]:
-        group = file[f"{schema.STAGES}/{name}"]
+    for path in schema.map_groups(file):
+        group = file[path]
         _store(group, scan(group, usable, k), int(usable.sum()))
 
 
@@ -133,9 +133,9 @@ def merge_top_lists(file: h5py.File, shards: list[tuple[h5py.File, int]], k: int
     `shards`: (open shard file, its first row in the merged file). A shard without lists
     (an older fmpipe) makes this stage fall back to a pass over the merged statistics."""
     usable = _usable_rows(file)
-    for name in file[schema.STAGES]:
-        group = file[f"{schema.STAGES}/{name}"]
-        path = f"{schema.STAGES}/{name}/{schema.TOP}"
+    for name in schema.map_groups(file):
+        group = file[name]
+        path = f"{name}/{schema.TOP}"
         lists = [(shard[path], start) for shard, start in shards if path in shard]
         if len(lists) < sum(1 for shard, _ in shards if shard[schema.KEY].shape[0]):
             _store(group, scan(group, usable, k), int(usable.sum()))
@@ -178,16 +178,16 @@ def _usable_rows(file: h5py.File) -> np.ndarray:
 # -- reading ------------------------------------------------------------------------------
 
 
-def top_images(store, stage: int, channel: int, k: int, by: str = "max") -> list[tuple[int, float]]:
+def top_images(store, stage: int | str, channel: int, k: int, by: str = "max") -> list[tuple[int, float]]:
     """The `k` rows whose map of `channel` has the largest max (or mean), best first, as
     (row, value). Read from the stage's top list; a pass over the statistics for files without
     one (older or partial) or for k above the list's length."""
     view = _check(store, stage, by)
     if not 0 <= channel < view.channels:
-        raise UsageError(f"channel {channel} does not exist in stage {view.index} (0..{view.channels - 1}).")
+        raise UsageError(f"channel {channel} does not exist in {view.label} (0..{view.channels - 1}).")
     if k < 1:
         raise UsageError(f"k must be at least 1, got {k}.")
-    group = store.file[schema.stage_group(view.index)]
+    group = store.file[view.group]
     if schema.TOP in group and group[schema.TOP].attrs.get(schema.ATTR_TOP_K, 0) >= k and store.complete:
         top = group[schema.TOP]
         rows, values = top[f"{by}_rows"][channel, :k], top[f"{by}_values"][channel, :k]
@@ -197,11 +197,11 @@ def top_images(store, stage: int, channel: int, k: int, by: str = "max") -> list
     return [(int(r), float(v)) for r, v in zip(rows, values, strict=True) if r >= 0]
 
 
-def channel_ranking(store, stage: int, by: str = "max") -> tuple[np.ndarray, np.ndarray]:
+def channel_ranking(store, stage: int | str, by: str = "max") -> tuple[np.ndarray, np.ndarray]:
     """Channels ordered by their response across the collection (the mean over images of the
     per-image max or mean), strongest first, and those responses (C,) float32."""
     view = _check(store, stage, by)
-    group = store.file[schema.stage_group(view.index)]
+    group = store.file[view.group]
     if schema.TOP in group and store.complete:
         response = group[schema.TOP][f"{by}_response"][:]
     else:
@@ -210,7 +210,8 @@ def channel_ranking(store, stage: int, by: str = "max") -> tuple[np.ndarray, np.
     return order, response[order]
 
 
-def _check(store, stage: int, by: str):
+def _check(store, stage: int | str, by: str):
+    """The stage (an index) or layer (a name) asked for; `by` checked."""
     if by not in BY:
         raise UsageError(f"by must be one of {', '.join(BY)}, got {by!r}.")
-    return store.stage(stage)
+    return store.view(stage)

@@ -111,12 +111,15 @@ def _stage_problem(file: h5py.File) -> str | None:
     n = file[schema.KEY].shape[0]
     if file[schema.DONE].shape != (n,):
         return f"has /{schema.DONE} of shape {file[schema.DONE].shape}, expected ({n},)"
-    for name, group in file[schema.STAGES].items():
-        if not name.isdigit() or any(d not in group for d in (schema.DATA, *schema.STAT_NAMES)):
-            return f"has a stage group {name!r} that is not an fmpipe stage"
+    if any(not name.isdigit() for name in file[schema.STAGES]):
+        return "has a stage group not named by a stage index"
+    for path in schema.map_groups(file):
+        group = file[path]
+        if any(d not in group for d in (schema.DATA, *schema.STAT_NAMES)):
+            return f"has a group {path!r} that is not an fmpipe stage or layer"
         shape = group[schema.DATA].shape
         if len(shape) != 4 or shape[0] != n or any(group[s].shape != shape[:2] for s in schema.STAT_NAMES):
-            return f"has stage {name} data of shape {shape} or statistics that do not match {n} images"
+            return f"has {path} data of shape {shape} or statistics that do not match {n} images"
     return None
 
 
@@ -140,7 +143,7 @@ class _FileCheck:
                 f"{self.path.name} is format v1: no chunk checksums and no source digests; "
                 "its maps were checked against their statistics alone"
             )
-        if any(self.file[f"{schema.stage_group(i)}/{schema.DATA}"].is_virtual for i in self._stages()):
+        if any(self.file[f"{path}/{schema.DATA}"].is_virtual for path in self._groups()):
             try:
                 check_virtual_sources(self.path, self.file)
             except InputError as err:
@@ -154,21 +157,23 @@ class _FileCheck:
             failed = failed[(failed >= 0) & (failed < len(done))]
         self.ok[failed] = False
         self.report.rows += int(self.ok.sum())
-        log.info("%s: checking %d stages of %d rows", self.path, len(self._stages()), int(self.ok.sum()))
-        for index in self._stages():
-            self._check_stage(index)
+        log.info("%s: checking %d stages and layers of %d rows", self.path, len(self._groups()), int(self.ok.sum()))
+        for path in self._groups():
+            self._check_stage(path)
         self._check_sources(done)
 
-    def _stages(self) -> list[int]:
-        return sorted(int(name) for name in self.file[schema.STAGES])
+    def _groups(self) -> list[str]:
+        """Every stage's and layer's group path."""
+        return schema.map_groups(self.file)
 
-    def problem(self, what: str, stage: int | None = None, row: int | None = None) -> None:
+    def problem(self, what: str, stage: int | str | None = None, row: int | None = None) -> None:
         kept = len(self.report.problems) < MAX_PROBLEMS_KEPT  # past that only counted: no key to read
         key = _text(self.file[schema.KEY][row]) if row is not None and kept else None
         self.report.add(Problem(what, stage, key, self.label))
 
-    def _check_stage(self, index: int) -> None:
-        group = self.file[schema.stage_group(index)]
+    def _check_stage(self, path: str) -> None:
+        group = self.file[path]
+        index = schema.group_label(path)
         data = group[schema.DATA]
         n, channels, height, width = data.shape
         found = index_chunks(data, self.path, self.files)
@@ -177,7 +182,7 @@ class _FileCheck:
         self._report_missing(index, found.table, spec)
         table = found.table[self.ok[found.table[:, ROW]]]
         valid = int(np.minimum(channels - table[:, C0], spec.k).sum()) * spec.hw * spec.dtype.itemsize
-        progress = Progress(f"{self.label or self.path.name} stage {index}", valid)
+        progress = Progress(f"{self.label or self.path.name} {path}", valid)
         step = max(1, STATS_BLOCK_BYTES // (12 * channels))
         for lo in range(0, n, step):
             block = table[np.searchsorted(table[:, ROW], lo) : np.searchsorted(table[:, ROW], lo + step)]
@@ -195,7 +200,7 @@ class _FileCheck:
         self.window.drain()
         progress.close()
 
-    def _handler(self, index: int, spec: ChunkSpec, jobs: list, progress: Progress) -> Callable:
+    def _handler(self, index: int | str, spec: ChunkSpec, jobs: list, progress: Progress) -> Callable:
         def handle(results: list[tuple[int, str | None]]) -> None:
             for (row, c0, *_), (nbytes, why) in zip(jobs, results, strict=True):
                 self.report.chunks += 1
@@ -207,7 +212,7 @@ class _FileCheck:
 
         return handle
 
-    def _report_missing(self, index: int, table: np.ndarray, spec: ChunkSpec) -> None:
+    def _report_missing(self, index: int | str, table: np.ndarray, spec: ChunkSpec) -> None:
         """A done, not failed row without all its chunks reads NaN where one is missing."""
         counts = np.bincount(table[:, ROW], minlength=len(self.ok))
         for row in np.flatnonzero(self.ok & (counts < -(-spec.channels // spec.k))).tolist():

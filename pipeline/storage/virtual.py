@@ -30,7 +30,7 @@ def check_virtual_sources(path: Path, file: h5py.File) -> list[str]:
     shard of the same run (fingerprint), and the process must be allowed enough open files.
     """
     names = set()
-    for group in file[schema.STAGES].values():
+    for group in (file[path] for path in schema.map_groups(file)):
         for dset in group.values():
             if isinstance(dset, h5py.Dataset) and dset.is_virtual:
                 names.update(vs.file_name for vs in dset.virtual_sources())

@@ -198,9 +198,9 @@ class ShardWriter:
     def _stage_arrays(self, batch: BatchResult):
         """(stage, its data dataset, the batch's (B_ok, C, H, W) maps) for each stage with rows to write."""
         for info in self.plan.stages:
-            array = batch.data.get(info.index)
+            array = batch.data.get(info.key)
             if array is not None and len(batch.ok_rows):
-                yield info, self.file[f"{schema.stage_group(info.index)}/{schema.DATA}"], array
+                yield info, self.file[f"{info.group}/{schema.DATA}"], array
 
     def _compress(self, block: np.ndarray) -> bytes:
         t0 = time.perf_counter()
@@ -222,10 +222,10 @@ class ShardWriter:
             for lo, hi in _runs(rows):
                 dset[lo:hi] = values[(rows >= lo) & (rows < hi)]
         for info in self.plan.stages:
-            stats = batch.stats.get(info.index)
+            stats = batch.stats.get(info.key)
             if stats is None or not len(batch.ok_rows):
                 continue
-            group = self.file[schema.stage_group(info.index)]
+            group = self.file[info.group]
             for lo, hi in _runs(batch.ok_rows):
                 sel = (batch.ok_rows >= lo) & (batch.ok_rows < hi)
                 for s, name in enumerate(schema.STAT_NAMES):

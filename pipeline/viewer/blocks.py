@@ -45,8 +45,8 @@ class _Part:
 class StageBlocks:
     """Decoded (n, H, W) chunk blocks of one stage of an open fmpipe file."""
 
-    def __init__(self, file: h5py.File, path: Path, stage: int, checksum_required: bool):
-        self.name = f"{schema.stage_group(stage)}/{schema.DATA}"
+    def __init__(self, file: h5py.File, path: Path, stage: int | str, checksum_required: bool, group: str = ""):
+        self.name = f"{group or schema.stage_group(int(stage))}/{schema.DATA}"
         self.dset = _small_cache_dataset(file, self.name)
         self.path, self.stage, self.checksum_required = path, stage, checksum_required
         _, self.channels, self.height, self.width = self.dset.shape

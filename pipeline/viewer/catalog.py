@@ -67,8 +67,9 @@ class Catalog:
         run = store.run
         # Blocks first: their small-cache open of each stage's data is the one every later handle shares.
         checksums = run.chunk_checksum is not None
-        self.blocks = {i: StageBlocks(store.file, self.path, i, checksums) for i in store.stage_indices}
-        self.stages: dict[int, StageView] = {i: store.stage(i) for i in store.stage_indices}
+        views = store.maps  # stages by index, then layers by name: a map's `ref` keys it everywhere
+        self.blocks = {v.ref: StageBlocks(store.file, self.path, v.ref, checksums, v.group) for v in views}
+        self.stages: dict[int | str, StageView] = {v.ref: v for v in views}
         self.ok = store.ok  # (N,) bool: done and not failed
         self.ok.setflags(write=False)
         self.rows = np.flatnonzero(self.ok)  # (M,) int64 rows with maps, ascending
@@ -105,17 +106,19 @@ class Catalog:
 
     # -- lookups that validate --------------------------------------------------------------
 
-    def stage(self, index: int) -> StageView:
-        if index not in self.stages:
-            stored = ", ".join(map(str, self.stages))
-            raise UsageError(f"stage {index} is not in {self.path}; stored stages: {stored}.")
-        return self.stages[index]
+    def stage(self, ref: int | str) -> StageView:
+        """A stored stage (an index) or layer (a name)."""
+        if ref not in self.stages:
+            what = f"stage {ref}" if isinstance(ref, int) else f"layer {ref!r}"
+            stored = ", ".join(str(v.ref) for v in self.stages.values())
+            raise UsageError(f"{what} is not in {self.path}; stored stages and layers: {stored}.")
+        return self.stages[ref]
 
-    def channel(self, stage: int, channel: int) -> int:
-        channels = self.stage(stage).channels
-        if not 0 <= channel < channels:
+    def channel(self, stage: int | str, channel: int) -> int:
+        view = self.stage(stage)
+        if not 0 <= channel < view.channels:
             raise UsageError(
-                f"channel {channel} does not exist in stage {stage}: valid channels are 0..{channels - 1}."
+                f"channel {channel} does not exist in {view.label}: valid channels are 0..{view.channels - 1}."
             )
         return channel
 

@@ -38,7 +38,7 @@ class TopConfig:
     """What `fmpipe top` needs."""
 
     path: str
-    stage: int
+    stage: int | str  # a stage index (negative counts from the last), or a layer's name
     channel: int
     k: int = DEFAULT_K
     by: str = "max"

@@ -47,7 +47,7 @@ class TopResult:
     """The ranking of one channel, best first; `out`: the grid written, if asked."""
 
     path: Path
-    stage: int
+    stage: int | str  # a stage index, or a layer name
     channel: int
     by: str
     items: tuple[TopItem, ...]
@@ -59,7 +59,8 @@ class TopResult:
 
     def table(self) -> str:
         """The ranking as aligned text lines (rank, row, value, key)."""
-        head = f"stage {self.stage}, channel {self.channel}: top {len(self.items)} images by {self.by} ({self.path})"
+        what = f"stage {self.stage}" if isinstance(self.stage, int) else f"layer {self.stage}"
+        head = f"{what}, channel {self.channel}: top {len(self.items)} images by {self.by} ({self.path})"
         lines = [head, f"{'rank':>4}  {'row':>8}  {self.by:>12}  key"]
         lines += [f"{i:>4}  {t.row:>8}  {t.value:>12.5g}  {t.key}" for i, t in enumerate(self.items, 1)]
         return "\n".join(lines)
@@ -85,8 +86,8 @@ def top(config: TopConfig) -> TopResult:
     if out is not None and out.exists() and not config.overwrite:
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
     with Catalog(config.path, config.images_root) as catalog:
-        stages = list(catalog.stages)
-        if -len(stages) <= config.stage < 0:  # negative counts from the last stored stage, as render's
+        stages = [ref for ref in catalog.stages if isinstance(ref, int)]
+        if isinstance(config.stage, int) and -len(stages) <= config.stage < 0:  # from the last stage, as render's
             config = replace(config, stage=stages[config.stage])
         catalog.channel(config.stage, config.channel)
         items = top_items(catalog, config.stage, config.channel, config.k, config.by)
@@ -109,7 +110,7 @@ def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...]) -> b
         BACKGROUND,
     )
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    title = f"stage {view.index} ({view.module}) · channel {config.channel} · top {len(items)} by {config.by}"
+    title = f"{view.label} ({view.module}) · channel {config.channel} · top {len(items)} by {config.by}"
     draw.text((GUTTER, 5), _fit(draw, font, f"{title} · {catalog.model}", canvas.width - 2 * GUTTER), INK, font)
     for n, item in enumerate(items):
         y = TITLE_HEIGHT + (n // cols) * (cell_h + LABEL_HEIGHT + GUTTER)
@@ -119,7 +120,7 @@ def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...]) -> b
         draw.text((x, y + cell_h + 2), label, INK, font)
         draw.text((x, y + cell_h + 15), _fit(draw, font, item.key, cell_w), INK, font)
     text = json.loads(items_json(items))
-    description = f"fmpipe top, stage {view.index}, channel {config.channel}, by {config.by}: {json.dumps(text)}"
+    description = f"fmpipe top, {view.label}, channel {config.channel}, by {config.by}: {json.dumps(text)}"
     return encode_rgb(np.asarray(canvas), text=description)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from ..records import StageInfo
 from ..rendering.colormaps import CMAPS
@@ -23,6 +23,15 @@ from .examples import TopItem
 from .tiles import TileOptions
 
 GENERATOR = "fmpipe view"
+
+
+LAYER_PREFIX = "layer:"  # a layer's part of a path: layer:NAME, the name percent-encoded
+MAP = r"(\d{1,9}|layer:[^/]{1,600})"  # a stage's index or a layer's part, as routes match it
+
+
+def seg(meta) -> str:
+    """A stored map's part of a viewer path: the stage's index, or `layer:` and the layer's name."""
+    return str(meta.index) if meta.layer is None else LAYER_PREFIX + quote(meta.layer, safe="")
 
 
 def url(path: str, **query: object) -> str:
@@ -102,7 +111,7 @@ def _keys(text: str) -> str:
 
 def _stage_table(summary: Summary) -> str:
     rows = "".join(
-        f"<tr><td>{link(f'/stage/{s.index}', f'stage {s.index}')}</td><td>{esc(s.module)}</td>"
+        f"<tr><td>{link(f'/stage/{seg(s)}', s.label)}</td><td>{esc(s.module)}</td>"
         f"<td>{s.channels}×{s.height}×{s.width}</td><td>{s.stride}</td></tr>"
         for s in summary.stages
     )
@@ -194,16 +203,16 @@ def image_page(summary: Summary, info: ImageInfo, stages: Sequence[StageRow]) ->
 def _stage_row(info: ImageInfo, stage: StageRow) -> str:
     meta = stage.meta
     tiles = "".join(
-        f'<a class="tile pick" href="{url(f"/image/{info.row}/{meta.index}/{c}")}">'
-        f"{picture(url(f'/tile/{meta.index}/{info.row}/{c}.png', scale=stage.scale), f'channel {c}')}c{c}</a>"
+        f'<a class="tile pick" href="{url(f"/image/{info.row}/{seg(meta)}/{c}")}">'
+        f"{picture(url(f'/tile/{seg(meta)}/{info.row}/{c}.png', scale=stage.scale), f'channel {c}')}c{c}</a>"
         for c in stage.channels
     )
-    pca = picture(url(f"/pca/{meta.index}/{info.row}.png"), f"stage {meta.index} PCA picture")
+    pca = picture(url(f"/pca/{seg(meta)}/{info.row}.png"), f"{meta.label} PCA picture")
     return (
-        f'<section class="stage" id="stage-{meta.index}"><h2>stage {meta.index} · {esc(meta.module)}</h2>'
+        f'<section class="stage" id="stage-{esc(meta.anchor)}"><h2>{esc(meta.label)} · {esc(meta.module)}</h2>'
         f'<p class="meta">{meta.channels}×{meta.height}×{meta.width} (C×H×W) · stride {meta.stride} · '
         f"top {len(stage.channels)} channels by this image's mean · "
-        f"{link(f'/stage/{meta.index}', 'channels ranked')}</p>"
+        f"{link(f'/stage/{seg(meta)}', 'channels ranked')}</p>"
         f'<div class="figs"><div class="tiles">{tiles}</div><figure class="stagepca">{pca}'
         "<figcaption>PCA (R, G, B)</figcaption></figure></div></section>"
     )
@@ -220,14 +229,14 @@ def channel_page(
     summary: Summary, info: ImageInfo, meta: StageInfo, channel: int, stats: Sequence[float], options: TileOptions
 ) -> str:
     """One map large, over the source, with its statistics; colour map and normalisation switchable."""
-    here = f"/image/{info.row}/{meta.index}"
+    here = f"/image/{info.row}/{seg(meta)}"
     style = {"cmap": options.cmap, "normalize": options.normalize}
     prev_c = step(channel > 0, f"{here}/{channel - 1}", "← channel", "ArrowLeft p", **style)
     nxt_c = step(channel + 1 < meta.channels, f"{here}/{channel + 1}", "channel →", "ArrowRight n", **style)
-    prev_i = step(info.prev is not None, f"/image/{info.prev}/{meta.index}/{channel}", "[ image", "[", **style)
-    nxt_i = step(info.next is not None, f"/image/{info.next}/{meta.index}/{channel}", "image ]", "]", **style)
+    prev_i = step(info.prev is not None, f"/image/{info.prev}/{seg(meta)}/{channel}", "[ image", "[", **style)
+    nxt_i = step(info.next is not None, f"/image/{info.next}/{seg(meta)}/{channel}", "image ]", "]", **style)
     up = link(f"/image/{info.row}", "image page", "u")
-    examples = link(f"/examples/{meta.index}/{channel}", "dataset examples", "e", **style)
+    examples = link(f"/examples/{seg(meta)}/{channel}", "dataset examples", "e", **style)
     bar = f"{prev_c} {nxt_c} {prev_i} {nxt_i} {up} {examples}"
     bar += _keys("← → channel · [ ] image · m colour map · z normalisation · e examples · u image")
     page = f"{here}/{channel}"
@@ -235,7 +244,7 @@ def channel_page(
     norms = _choices(
         "normalise per", NORMALIZATIONS, options.normalize, lambda v: (page, {**style, "normalize": v}), "z"
     )
-    pictured = f"/{meta.index}/{info.row}/{channel}.png"
+    pictured = f"/{seg(meta)}/{info.row}/{channel}.png"
     tile = picture(url(f"/tile{pictured}", **style), f"channel {channel}", "map")
     over = (
         picture(url(f"/overlay{pictured}", **style), f"channel {channel} over the source", "over")
@@ -244,11 +253,11 @@ def channel_page(
     )
     low, high, mean = (_num(v) for v in stats)
     body = (
-        f"<h1>{esc(info.key)} · stage {meta.index} ({esc(meta.module)}) · channel {channel} of {meta.channels}</h1>"
+        f"<h1>{esc(info.key)} · {esc(meta.label)} ({esc(meta.module)}) · channel {channel} of {meta.channels}</h1>"
         f'<p class="stats">min <span class="value">{low}</span> · max <span class="value">{high}</span> · '
         f'mean <span class="value">{mean}</span></p>{cmaps}{norms}<div class="big">{tile}{over}</div>'
     )
-    return document(summary, f"{info.key} · stage {meta.index} · channel {channel}", bar, body)
+    return document(summary, f"{info.key} · {meta.label} · channel {channel}", bar, body)
 
 
 def _choices(label: str, values: Sequence[str], current: str, target, key: str) -> str:
@@ -281,31 +290,31 @@ def examples_page(
     summary: Summary, meta: StageInfo, channel: int, by: str, examples: Sequence[Example], options: TileOptions
 ) -> str:
     """The images whose map of this channel has the largest max (or mean), best first, each over its source."""
-    here, style = f"/examples/{meta.index}", {"cmap": options.cmap, "normalize": options.normalize}
+    here, style = f"/examples/{seg(meta)}", {"cmap": options.cmap, "normalize": options.normalize}
     k = len(examples) or None
     prev_c = step(channel > 0, f"{here}/{channel - 1}", "← channel", "ArrowLeft p", by=by, k=k, **style)
     nxt_c = step(channel + 1 < meta.channels, f"{here}/{channel + 1}", "channel →", "ArrowRight n", by=by, k=k, **style)
     other = _cycle(BYS, by)
     switch = link(f"{here}/{channel}", f"rank by {other}", "x", by=other, k=k, **style)
-    up = link(f"/stage/{meta.index}", "stage ranking", "u", by=by)
+    up = link(f"/stage/{seg(meta)}", "stage ranking", "u", by=by)
     bar = f"{prev_c} {nxt_c} {switch} {up} {link('/', 'collection', 'h')}"
     bar += _keys("← → channel · x max/mean · j k pick · Enter open · u stage · b back")
     cards = "".join(_example(meta, channel, n, e, by, style) for n, e in enumerate(examples, 1))
     body = (
-        f"<h1>stage {meta.index} ({esc(meta.module)}) · channel {channel}: dataset examples</h1>"
+        f"<h1>{esc(meta.label)} ({esc(meta.module)}) · channel {channel}: dataset examples</h1>"
         f"<p>the {len(examples)} images whose map of this channel has the largest {esc(by)}, best first "
         f'(ties: lower row first)</p><div class="examples">{cards or placeholder("no image with maps")}</div>'
     )
-    return document(summary, f"stage {meta.index} · channel {channel} · dataset examples", bar, body)
+    return document(summary, f"{meta.label} · channel {channel} · dataset examples", bar, body)
 
 
 def _example(meta: StageInfo, channel: int, rank: int, example: Example, by: str, style: dict) -> str:
     item = example.item
     if example.source:
-        shown = picture(url(f"/overlay/{meta.index}/{item.row}/{channel}.png", **style), f"{item.key}, channel over it")
+        shown = picture(url(f"/overlay/{seg(meta)}/{item.row}/{channel}.png", **style), f"{item.key}, channel over it")
     else:
-        shown = picture(url(f"/tile/{meta.index}/{item.row}/{channel}.png", **style), f"map of {item.key}", "map")
-    target = url(f"/image/{item.row}/{meta.index}/{channel}", **style)
+        shown = picture(url(f"/tile/{seg(meta)}/{item.row}/{channel}.png", **style), f"map of {item.key}", "map")
+    target = url(f"/image/{item.row}/{seg(meta)}/{channel}", **style)
     return (
         f'<a class="example pick" href="{target}">{shown}#{rank} · {esc(by)} '
         f'<span class="value">{_num(item.value)}</span><br>{esc(item.key)}</a>'
@@ -323,7 +332,7 @@ def stage_page(
     summary: Summary, meta: StageInfo, by: str, ranked: Sequence[RankedChannel], page: int, pages: int, first: int
 ) -> str:
     """A stage's channels by how strongly they respond across the collection; each opens its examples."""
-    here = f"/stage/{meta.index}"
+    here = f"/stage/{seg(meta)}"
     prev = step(page > 1, here, "← previous", "ArrowLeft p", by=by, page=page - 1)
     nxt = step(page < pages, here, "next →", "ArrowRight n", by=by, page=page + 1)
     other = _cycle(BYS, by)
@@ -335,15 +344,15 @@ def stage_page(
     for n, r in enumerate(ranked, first):
         shown = placeholder("no image")
         if r.top:
-            src = url(f"/tile/{meta.index}/{r.top.row}/{r.channel}.png", scale=scale)
+            src = url(f"/tile/{seg(meta)}/{r.top.row}/{r.channel}.png", scale=scale)
             shown = picture(src, f"channel {r.channel} on {r.top.key}")
-        target = url(f"/examples/{meta.index}/{r.channel}", by=by)
+        target = url(f"/examples/{seg(meta)}/{r.channel}", by=by)
         score = f'<span class="value">{_num(r.score)}</span>'
         tiles.append(f'<a class="tile pick" href="{target}">{shown}#{n} c{r.channel} {score}</a>')
     body = (
-        f"<h1>stage {meta.index} ({esc(meta.module)}): channels by how strongly they respond ({esc(by)})</h1>"
+        f"<h1>{esc(meta.label)} ({esc(meta.module)}): channels by how strongly they respond ({esc(by)})</h1>"
         f"<p>score: the mean over the images of each image's {esc(by)} of the channel; each tile shows the "
         "channel on the image that drives it most; open one for its dataset examples</p>"
         f'<div class="tiles">{"".join(tiles)}</div>'
     )
-    return document(summary, f"stage {meta.index} · channels by {by}", bar, body)
+    return document(summary, f"{meta.label} · channels by {by}", bar, body)

@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..decoding import DecodeError
 from ..errors import FmpipeError, UsageError
@@ -37,6 +37,7 @@ from .assets import ASSETS
 from .catalog import Catalog
 from .config import BYS, DEFAULT_K, MAX_K
 from .examples import items_json, top_items
+from .pages import LAYER_PREFIX, MAP
 from .tiles import TileOptions, overlay_png, pca_png, tile_png
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,15 @@ class Query:
             raise HttpError(400, f"{name} must be one of {', '.join(values)}, got {raw[:40]!r}")
         return raw
 
+    def map(self) -> int | str:
+        """`stage=S` (an index) or `layer=NAME`: the stored map an API call is about."""
+        layer = self._one("layer")
+        if layer is not None:
+            if not layer or len(layer) > MAX_QUERY_TEXT:
+                raise HttpError(400, "layer must be a stored layer's name")
+            return layer
+        return self.integer("stage", None, 0, 10**9)
+
     def text(self, name: str) -> str:
         raw = self._one(name) or ""
         if len(raw) > MAX_QUERY_TEXT:
@@ -130,12 +140,12 @@ class App:
             for pattern, handler in (
                 (r"/", self.collection),
                 (r"/image/(\d{1,9})", self.image),
-                (r"/image/(\d{1,9})/(\d{1,9})/(\d{1,9})", self.channel),
-                (r"/examples/(\d{1,9})/(\d{1,9})", self.examples),
-                (r"/stage/(\d{1,9})", self.stage),
-                (r"/tile/(\d{1,9})/(\d{1,9})/(\d{1,9})\.png", self.tile),
-                (r"/overlay/(\d{1,9})/(\d{1,9})/(\d{1,9})\.png", self.overlay),
-                (r"/pca/(\d{1,9})/(\d{1,9})\.png", self.pca),
+                (rf"/image/(\d{{1,9}})/{MAP}/(\d{{1,9}})", self.channel),
+                (rf"/examples/{MAP}/(\d{{1,9}})", self.examples),
+                (rf"/stage/{MAP}", self.stage),
+                (rf"/tile/{MAP}/(\d{{1,9}})/(\d{{1,9}})\.png", self.tile),
+                (rf"/overlay/{MAP}/(\d{{1,9}})/(\d{{1,9}})\.png", self.overlay),
+                (rf"/pca/{MAP}/(\d{{1,9}})\.png", self.pca),
                 (r"/source/(\d{1,9})\.jpg", self.source),
                 (r"/api/top", self.api_top),
                 (r"/api/ranking", self.api_ranking),
@@ -158,7 +168,7 @@ class App:
                 if match:
                     query = Query(parts.query)
                     try:
-                        return handler(query, *(int(g) for g in match.groups() if g.isdigit()), *_names(match))
+                        return handler(query, *(_argument(g) for g in match.groups()))
                     except UsageError as err:  # a stage, row or channel that does not exist
                         raise HttpError(400 if api else 404, str(err)) from None
             raise HttpError(404, "no such page")
@@ -242,9 +252,9 @@ class App:
         html = pages.stage_page(self.summary, meta, by, ranked, page, pages_count, start + 1)
         return Response(200, HTML, html.encode())
 
-    def _meta(self, stage: int) -> StageInfo:
+    def _meta(self, stage: int | str) -> StageInfo:
         self.catalog.stage(stage)
-        return next(s for s in self.summary.stages if s.index == stage)
+        return next(s for s in self.summary.stages if s.ref == stage)
 
     # -- pictures and JSON ----------------------------------------------------------------------
 
@@ -269,13 +279,13 @@ class App:
         return Response(200, JPEG, self.catalog.thumbnail(row, side), self.immutable)
 
     def api_top(self, query: Query) -> Response:
-        stage, channel = query.integer("stage", None, 0, 10**9), query.integer("channel", None, 0, 10**9)
+        stage, channel = query.map(), query.integer("channel", None, 0, 10**9)
         k, by = query.integer("k", DEFAULT_K, 1, MAX_K), query.choice("by", "max", BYS)
         self.catalog.channel(stage, channel)
         return Response(200, JSON, items_json(top_items(self.catalog, stage, channel, k, by)).encode())
 
     def api_ranking(self, query: Query) -> Response:
-        stage, by = query.integer("stage", None, 0, 10**9), query.choice("by", "max", BYS)
+        stage, by = query.map(), query.choice("by", "max", BYS)
         channels, scores = self.catalog.ranking(stage, by)
         body = {"channels": [int(c) for c in channels], "scores": [_finite(s) for s in scores]}
         return Response(200, JSON, json.dumps(body, allow_nan=False).encode())
@@ -291,8 +301,14 @@ class App:
         self.catalog.stored_row(row)
 
 
-def _names(match: re.Match) -> tuple[str, ...]:
-    return tuple(g for g in match.groups() if not g.isdigit())
+def _argument(group: str) -> int | str:
+    """A path part as the handler takes it: digits are an int (a row, channel, stage); a map part
+    `layer:NAME` (NAME percent-encoded) is the layer's name; anything else (an asset) as it is."""
+    if group.isdigit():
+        return int(group)
+    if group.startswith(LAYER_PREFIX):
+        return unquote(group[len(LAYER_PREFIX) :])
+    return group
 
 
 def _finite(value: float) -> float | None:
