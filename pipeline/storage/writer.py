@@ -286,8 +286,11 @@ def _create(partial: Path, plan: WritePlan) -> h5py.File:
 
 
 def _resume(partial: Path, plan: WritePlan) -> h5py.File:
-    """The existing OUT.partial, checked against the plan before anything is written."""
+    """The existing OUT.partial, checked against the plan before anything is written: the check
+    opens it read-only, so a refused resume leaves the file byte for byte as it was."""
     try:
+        with h5py.File(partial, "r", locking=False) as file:
+            check_resumable(file, partial, plan)
         file = h5py.File(partial, "r+", locking=False)
     except OSError as err:
         raise InputError(
@@ -296,7 +299,6 @@ def _resume(partial: Path, plan: WritePlan) -> h5py.File:
             "to start this output over."
         ) from None
     try:
-        check_resumable(file, partial, plan)
         drop_unfinished_failures(file)
     except BaseException:
         file.close()
