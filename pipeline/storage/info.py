@@ -37,7 +37,7 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
         ratio = f"{raw / stored:5.2f}" if stored else "    -"
         per_image = s.channels * s.height * s.width * s.data.dtype.itemsize / MB
         lines.append(
-            f"  {s.index:>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
+            f"  {s.index if s.layer is None else 'layer':>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
             f"{(s.channels, s.height, s.width)!s:<20} {per_image:8.3f}  "
             f"{f'{stored / MB:9.2f}' if stored or not s.data.is_virtual else '  (shards)'}  {ratio}"
         )
@@ -67,7 +67,7 @@ def describe_stages(model: str, size_hw, stages, itemsize: int = 2) -> str:
         mb = s.nbytes(itemsize) / MB
         total += mb
         lines.append(
-            f"  {s.index:>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
+            f"  {s.index if s.layer is None else 'layer':>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
             f"{(s.channels, s.height, s.width)!s:<20} {mb:8.3f}"
         )
     lines.append(
