@@ -349,16 +349,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def sha256_but_open_flags(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes with the file-consistency flags of its HDF5 superblock (version 0, as
-    fmpipe writes: bytes 20-23) zeroed. HDF5 sets them while a file is open for writing, so a writer
-    killed with the file open leaves them set, and any later open for writing clears them on close."""
-    data = bytearray(Path(path).read_bytes())
-    if data[:8] == b"\x89HDF\r\n\x1a\n" and data[8] == 0:
-        data[20:24] = bytes(4)
-    return hashlib.sha256(data).hexdigest()
-
-
 def stale_rows(path: str | os.PathLike, images: str | os.PathLike) -> list[str]:
     """Keys of done rows whose recorded source sha256 or size is not their file's now (want: none)."""
     with h5py.File(path, "r", locking=False) as file:  # observe only: never blocked by, nor blocking, a run

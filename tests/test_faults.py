@@ -32,7 +32,6 @@ from helpers import (
     fmpipe,
     maps_by_key,
     run_all,
-    sha256_but_open_flags,
     snapshot,
     stale_rows,
 )
@@ -196,7 +195,6 @@ class Resumed:
 
     partial: Path  # the copy
     before: str  # its sha256 before the run
-    before_but_flags: str  # ... with the superblock's file-consistency flags zeroed
     images: Path
     run: Finished
 
@@ -213,10 +211,10 @@ def resumed(images, partials, tmp_path_factory) -> dict[str, Resumed]:
     state["conv1.weight"].mul_(0.5)
     torch.save(state, copies["weights"] / "w.pt")  # the same name, other values
     partial = {name: folder / f"{OUT}.partial" for name, folder in copies.items()}
-    befores = {name: (file_sha256(path), sha256_but_open_flags(path)) for name, path in partial.items()}
+    befores = {name: file_sha256(path) for name, path in partial.items()}
     runs = run_all([(extract_command(options), copies[name]) for name, (_, _, options) in cases.items()])
     return {
-        name: Resumed(partial[name], *befores[name], cases[name][1], Finished.of(run))
+        name: Resumed(partial[name], befores[name], cases[name][1], Finished.of(run))
         for name, run in zip(cases, runs, strict=True)
     }
 
@@ -257,10 +255,10 @@ def test_resuming_with_another_option_is_refused_before_writing(resumed, option)
 
 
 def assert_untouched(got: Resumed) -> None:
-    """Refused before writing: no batch, no OUT, no lock or .new left, the partial's bytes as they were
-    (but for the superblock's flags: see the xfail below), and its done rows still true to their files."""
+    """Refused before writing: no batch, no OUT, no lock or .new left, the partial file byte for byte as
+    it was (even the superblock flags the killed writer left set), its done rows still true to their files."""
     assert got.run.rows_written == []
-    assert sha256_but_open_flags(got.partial) == got.before_but_flags
+    assert file_sha256(got.partial) == got.before
     assert sorted(p.name for p in got.partial.parent.iterdir() if p.name.startswith(OUT)) == [got.partial.name]
     assert stale_rows(got.partial, got.images) == []
 
@@ -272,17 +270,6 @@ def test_resuming_after_the_weights_file_changed_is_refused_naming_the_weights(r
     assert got.run.code == 2, got.run.stderr
     assert f"was started with the loaded weights sha256 {started[:12]}" in got.run.stderr, got.run.stderr
     assert_untouched(got)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="writer._resume opens OUT.partial for writing (r+) before checking it, and closing it clears "
-    "the superblock's file-consistency flags that the killed writer left set: one byte changes. Opening it "
-    "read-only for the check would keep the file byte for byte.",
-)
-def test_a_refused_resume_leaves_the_partial_file_byte_for_byte(resumed):
-    refused = [*REFUSALS, "weights"]
-    assert [name for name in refused if file_sha256(resumed[name].partial) != resumed[name].before] == []
 
 
 def test_a_changed_source_is_redone_and_nothing_else_is_recomputed(resumed, reference, partials, tmp_path):
