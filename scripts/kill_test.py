@@ -11,7 +11,7 @@ other option at its default (batches of 16, two DataLoader decode workers) on 40
 that is not an image (41 rows, three batches). Each trial starts it in a child process through the
 real CLI, instrumented by tests/helpers.py: the writer's steps are announced on stdout and slowed a
 little (sleeps only; every call is the real one). The parent aims at a randomly chosen moment (see
-AIMS), waits for its event, sleeps a random part of a step and sends SIGKILL to the main process (or,
+AIMED), waits for its event, sleeps a random part of a step and sends SIGKILL to the main process (or,
 with --signals, a signal picked at random per trial). The decode workers are left to notice on their
 own, as they are when a user or the OOM killer kills the main process.
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import shutil
 import signal
@@ -66,43 +67,30 @@ class Aim:
     jitter_s: float = STEP_DELAY_S
 
 
-def aims(kind: str, rng: random.Random, rows: int) -> Aim:
-    """A random aim of the given kind (AIMS) for a run of `rows` rows."""
-    batches = -(-rows // BATCH)
-    partial, new = f"{OUT}.partial", f"{OUT}.partial.new"
-    pick = {
-        "lock": lambda: Aim(kind, rng.choice(["lock", "locked"])),
-        "file-creation": lambda: Aim(kind, rng.choice(["create-start", "layout", f"fsync {new}", f"rename {new}"])),
-        "file-created": lambda: Aim(kind, rng.choice([f"renamed {new}", "create-done"])),
-        "worker-start-up": lambda: Aim(kind, rng.choice(["loader-start", "worker-start"]), jitter_s=0.3),
-        "mid-batch-chunks": lambda: Aim(kind, "chunk", rng.randint(1, IMAGES * STAGES), CHUNK_DELAY_S * 3),
-        "mid-batch-rows": lambda: Aim(kind, rng.choice(["rows", "rows-done"]), rng.randint(1, batches)),
-        "data-before-done": lambda: Aim(kind, "flushed", 2 * rng.randrange(batches) + 1),
-        "between-batches": lambda: Aim(kind, "done-set", rng.randint(1, batches - 1)),
-        "finalise-top-lists": lambda: Aim(kind, "top-lists", jitter_s=0.1),
-        "finalise-before-fsync": lambda: Aim(
-            kind, rng.choice(["finalise-start", "top-lists-done", f"fsync {partial}"])
-        ),
-        "finalise-after-fsync": lambda: Aim(kind, rng.choice([f"fsynced {partial}", f"rename {partial}"])),
-        "finalise-after-rename": lambda: Aim(kind, f"renamed {partial}"),
-    }
-    return pick[kind]()
+_PARTIAL, _NEW = f"{OUT}.partial", f"{OUT}.partial.new"
+_BATCHES = -(-(IMAGES + 1) // BATCH)
+# Each moment (moment_of), and how a kill is aimed at it: (events to pick from, nth, jitter_s).
+AIMED = {
+    "lock": lambda rng: (["lock", "locked"], 1, STEP_DELAY_S),
+    "file-creation": lambda rng: (["create-start", "layout", f"fsync {_NEW}", f"rename {_NEW}"], 1, STEP_DELAY_S),
+    "file-created": lambda rng: ([f"renamed {_NEW}", "create-done"], 1, STEP_DELAY_S),
+    "worker-start-up": lambda rng: (["loader-start", "worker-start", "decode"], 1, 0.2),
+    "mid-batch-chunks": lambda rng: (["chunk"], rng.randint(1, IMAGES * STAGES), CHUNK_DELAY_S * 3),
+    "mid-batch-rows": lambda rng: (["rows", "rows-done"], rng.randint(1, _BATCHES), STEP_DELAY_S),
+    "data-before-done": lambda rng: (["flushed"], 2 * rng.randrange(_BATCHES) + 1, STEP_DELAY_S),
+    "between-batches": lambda rng: (["done-set"], rng.randint(1, _BATCHES - 1), STEP_DELAY_S),
+    "finalise-top-lists": lambda rng: (["top-lists"], 1, 0.1),
+    "finalise-before-fsync": lambda rng: (["finalise-start", "top-lists-done", f"fsync {_PARTIAL}"], 1, STEP_DELAY_S),
+    "finalise-after-fsync": lambda rng: ([f"fsynced {_PARTIAL}", f"rename {_PARTIAL}"], 1, STEP_DELAY_S),
+    "finalise-after-rename": lambda rng: ([f"renamed {_PARTIAL}"], 1, STEP_DELAY_S),
+}
+AIMS = tuple(AIMED)
 
 
-AIMS = (
-    "lock",
-    "file-creation",
-    "file-created",
-    "worker-start-up",
-    "mid-batch-chunks",
-    "mid-batch-rows",
-    "data-before-done",
-    "between-batches",
-    "finalise-top-lists",
-    "finalise-before-fsync",
-    "finalise-after-fsync",
-    "finalise-after-rename",
-)  # each the moment it aims at (moment_of)
+def aim_at(kind: str, rng: random.Random) -> Aim:
+    """A random aim at the moment `kind` (AIMED)."""
+    events, nth, jitter_s = AIMED[kind](rng)
+    return Aim(kind, rng.choice(events), nth, jitter_s)
 
 
 @dataclass
@@ -117,7 +105,7 @@ class Trial:
     rows: int = 0
     done_rows: list[int] = field(default_factory=list)  # done in the file the kill left
     out_after_kill: bool = False
-    orphans: int = 0  # decode workers of the killed child still alive when the rerun started
+    orphans: list[int] = field(default_factory=list)  # pids of the killed child's decode workers alive at the rerun
     rerun_gap_ms: float = 0.0  # from the child's death to the rerun's start
     rerun_rows: list[int] = field(default_factory=list)
     refused: bool = False
@@ -185,6 +173,18 @@ def kill_at(child: helpers.Child, aim: Aim, rng: random.Random, sig: signal.Sign
     return len(events)
 
 
+def lingering(pids: list[int], wait_s: float = 15.0) -> list[int]:
+    """The orphaned decode workers still alive `wait_s` after the last trial (torch's workers notice a
+    dead parent within 5 s, unless it died before their worker_init_fn returned); SIGKILLed then."""
+    deadline = time.monotonic() + wait_s
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -209,7 +209,7 @@ def run_trial(trial: Trial, images: Path, folder: Path, reference: dict, rng: ra
     workers = [int(e.split()[-1]) for e in child.events() if e.startswith("worker-start")]
     rerun = helpers.start_extract(argv, folder, folder / "rerun.log")
     trial.rerun_gap_ms = (time.perf_counter() - died) * 1000
-    trial.orphans = sum(map(alive, workers))
+    trial.orphans = [pid for pid in workers if alive(pid)]
     events = helpers.main_events(child.events())
     seen = events if sent_at is None or sig == signal.SIGKILL else events[:sent_at]
     trial.moment = "after-finish" if sent_at is None else moment_of(seen)
@@ -319,13 +319,12 @@ def run_trials(
     images = workdir / "images"
     make_images(images, IMAGES, seed)
     reference = reference_run(images, workdir / "reference")
-    rows = len(reference["images/key"])
     order: list[str] = []
     results = []
     for number in range(trials):
         if not order:
             order = rng.sample(kinds, len(kinds))
-        trial = Trial(number, aims(order.pop(), rng, rows), rng.choice(signals))
+        trial = Trial(number, aim_at(order.pop(), rng), rng.choice(signals))
         folder = workdir / f"trial{number:03d}"
         folder.mkdir()
         run_trial(trial, images, folder, reference, rng)
@@ -342,19 +341,21 @@ def line(trial: Trial) -> str:
     return (
         f"trial {trial.number:>2}  {trial.signal_name:<4}  aim {aim[:24]:<24}  at {trial.moment:<21}  "
         f"last {trial.last_event[:24]!r:<26}  done {len(trial.done_rows):>2}/{trial.rows}  "
-        f"rerun +{trial.rerun_gap_ms:4.1f} ms  orphans {trial.orphans}  "
+        f"rerun +{trial.rerun_gap_ms:4.1f} ms  orphans {len(trial.orphans)}  "
         f"wrote {helpers.format_rows(trial.rerun_rows):<6}  {verdict}"
     )
 
 
-def summary(results: list[Trial], seed: int) -> dict:
+def summary(results: list[Trial], seed: int, left: list[int]) -> dict:
+    """The JSON line; `left`: orphaned decode workers that outlived the trials (`lingering`)."""
     return {
         "trials": len(results),
         "identical": sum(t.ok for t in results),
         "refused": sum(t.refused for t in results),
         "moments": dict(sorted(Counter(t.moment for t in results).items())),
         "signals": dict(sorted(Counter(t.signal_name for t in results).items())),
-        "reruns_with_orphan_workers": sum(t.orphans > 0 for t in results),
+        "reruns_with_orphan_workers": sum(bool(t.orphans) for t in results),
+        "orphans_lingering": len(left),
         "max_rerun_gap_ms": round(max((t.rerun_gap_ms for t in results), default=0.0), 1),
         "seed": seed,
         "date": dt.date.today().isoformat(),
@@ -383,7 +384,8 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     elif not passed:
         print(f"the failed trials' files are in {workdir}", file=sys.stderr)
-    print(json.dumps(summary(results, args.seed)))
+    left = lingering([pid for t in results for pid in t.orphans])
+    print(json.dumps(summary(results, args.seed, left)))
     return 0 if passed else 1
 
 

@@ -74,7 +74,7 @@ class Child:
     log: Path
 
     def events(self) -> list[str]:
-        """Every event printed so far (decode workers' `worker-start` lines included)."""
+        """Every event printed so far (decode workers' `worker-start` and `decode` lines included)."""
         return self.log.read_text(errors="replace").splitlines()
 
 
@@ -119,9 +119,12 @@ def extract(argv: list[str], cwd: Path, die_at: str | None = None) -> Finished:
     return Finished(code, child.events(), Path(f"{child.log}.err").read_text(errors="replace"))
 
 
+WORKER_EVENTS = ("worker-start", "decode")  # printed by the decode workers
+
+
 def main_events(events: list[str]) -> list[str]:
-    """The main process's events (decode workers print `worker-start` lines of their own)."""
-    return [e for e in events if not e.startswith("worker-start") and e != "exit"]
+    """The main process's events (without the decode workers' WORKER_EVENTS and `exit`)."""
+    return [e for e in events if e.partition(" ")[0] not in WORKER_EVENTS and e != "exit"]
 
 
 def is_event(event: str, name: str) -> bool:
@@ -152,7 +155,10 @@ def parse_rows(text: str) -> list[int]:
 
 class Announcer:
     """Prints one line per step with a single write(2) (atomic on a pipe or file, and no lock a
-    forked worker could inherit held), optionally SIGKILLs the main process at one, then sleeps."""
+    forked worker could inherit held), optionally SIGKILLs the main process at one, then sleeps.
+
+    Decode workers never sleep: a worker whose parent dies before its `worker_init_fn` returns
+    records the wrong parent (torch creates its ManagerWatchdog afterwards) and lives on forever."""
 
     def __init__(self, delay_s: float, chunk_delay_s: float, die_at: str | None):
         self.delay_s, self.chunk_delay_s = delay_s, chunk_delay_s
@@ -165,7 +171,8 @@ class Announcer:
         os.write(1, f"{event}\n".encode("utf-8", "backslashreplace"))
         if self.die_prefix and is_event(event, self.die_prefix) and next(self.matches) == self.die_nth:
             os.kill(self.main_pid, signal.SIGKILL)
-        time.sleep(self.chunk_delay_s if event.startswith("chunk") else self.delay_s)
+        if os.getpid() == self.main_pid:
+            time.sleep(self.chunk_delay_s if event.startswith("chunk") else self.delay_s)
 
 
 def _around(owner, name: str, before: Callable[..., str] | str | None, after: Callable[..., str] | str | None, say):
@@ -197,7 +204,8 @@ def instrument(say: Callable[[str], None]) -> None:
 
     file:     lock, locked (OUT.lock taken), create-start, layout, layout-done, fsync/fsynced NAME,
               rename/renamed SRC DST (OUT.partial.new → OUT.partial), fsync/fsynced FOLDER, create-done
-    loop:     loader-start (before the DataLoader forks), worker-start ID pid PID (in each worker)
+    loop:     loader-start (before the DataLoader forks); in each worker: worker-start ID pid PID, then
+              decode ROW before each image (the workers are up; no batch is written before these)
     batch:    batch-start ROWS, chunk ROW STAGE (before each direct chunk write), rows, rows-done,
               flush, flushed (data), flush, flushed (done markers), done-set ROWS
     finalise: finalise-start, top-lists, top-lists-done, close, closed, fsync/fsynced OUT.partial,
@@ -226,6 +234,7 @@ def instrument(say: Callable[[str], None]) -> None:
         os, "replace", lambda a, b: f"rename {_base(a)} {_base(b)}", lambda a, b: f"renamed {_base(a)} {_base(b)}", say
     )
     _around(loading, "_worker_init", None, lambda worker: f"worker-start {worker} pid {os.getpid()}", say)
+    _around(loading._ImageDataset, "__getitem__", lambda dataset, i: f"decode {dataset.rows[i]}", None, say)
     batches = runner.iter_batches
 
     def iter_batches(*args, **kwargs):

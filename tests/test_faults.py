@@ -124,7 +124,7 @@ def assert_clean_finish(folder: Path, images: Path, reference: dict) -> None:
 # -- SIGKILL, then an immediate rerun --------------------------------------------------------
 
 
-@pytest.mark.parametrize("die_at", ["worker-start", MID_BATCH, FINALISE])
+@pytest.mark.parametrize("die_at", ["decode", MID_BATCH, FINALISE])  # decode: a worker's first image
 def test_sigkill_then_an_immediate_rerun_resumes_and_is_identical(images, reference, tmp_path, die_at):
     killed = extract(argv(images), tmp_path, die_at=die_at)
     assert killed.code == -9, (die_at, killed.events[-3:], killed.stderr)
