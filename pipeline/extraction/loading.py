@@ -5,7 +5,10 @@ Normalisation (mean/std) happens on the device, so only uint8 crosses to the GPU
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -14,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..decoding import DEFAULT_MAX_PIXELS, DecodeError, decode_bytes, read_source
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 @dataclass
@@ -104,8 +109,22 @@ def _aligned_batches(rows: Sequence[int], batch_size: int, offset: int) -> list[
     return batches
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, parent: int) -> None:
+    _die_with_parent(parent)
     torch.set_num_threads(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this decode worker when the extract process dies. torch's own
+    watchdog starts only after worker_init_fn returns, so a parent killed before that left
+    the worker waiting forever (seen in the kill test)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux/glibc: torch's watchdog still ends the worker once it runs
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def iter_batches(
@@ -132,7 +151,7 @@ def iter_batches(
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=pin_memory,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=functools.partial(_worker_init, parent=os.getpid()) if workers else None,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
