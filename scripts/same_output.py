@@ -28,8 +28,8 @@ def contents(path: Path, ignore: set[str]) -> dict[str, object]:
 
     def visit(name: str, obj) -> None:
         for attr, value in obj.attrs.items():
-            if attr not in ignore and not isinstance(value, h5py.Reference):
-                found[f"{name}@{attr}"] = np.asarray(value)
+            if attr not in ignore:
+                found[f"{name}@{attr}"] = np.asarray(_resolved(obj.file, value), dtype=object)
         if isinstance(obj, h5py.Dataset) and not isinstance(obj.dtype, h5py.Datatype):
             value = np.asarray(obj[()])
             found[name] = value.view(f"u{value.dtype.itemsize}") if value.dtype.kind == "f" else value
@@ -40,13 +40,38 @@ def contents(path: Path, ignore: set[str]) -> dict[str, object]:
     return found
 
 
+def _resolved(file: h5py.File, value):
+    """An attribute with its object references replaced by the referenced objects' names (the
+    dimension scales' DIMENSION_LIST and REFERENCE_LIST), so two files compare by what they mean."""
+    if isinstance(value, h5py.Reference):
+        return file[value].name if value else None
+    if isinstance(value, np.void):  # a compound record (REFERENCE_LIST: dataset, dimension)
+        return tuple(_resolved(file, v) for v in value.tolist())
+    if isinstance(value, np.ndarray) and (value.dtype.kind in "OV"):
+        return (
+            [_resolved(file, v) for v in value.tolist()]
+            if value.dtype.kind == "O"
+            else [_resolved(file, v) for v in value]
+        )
+    if isinstance(value, tuple):
+        return tuple(_resolved(file, v) for v in value)
+    if isinstance(value, list):
+        return [_resolved(file, v) for v in value]
+    return value
+
+
 def differences(a: Path, b: Path, ignore: set[str] = VOLATILE_ATTRS) -> list[str]:
     left, right = contents(a, ignore), contents(b, ignore)
     out = [f"only in {a}: {name}" for name in sorted(set(left) - set(right))]
     out += [f"only in {b}: {name}" for name in sorted(set(right) - set(left))]
     for name in sorted(set(left) & set(right)):
         x, y = left[name], right[name]
-        if x.shape != y.shape or x.dtype != y.dtype or not np.array_equal(x, y):
+        same = (
+            x.shape == y.shape
+            and x.dtype == y.dtype
+            and (x.tolist() == y.tolist() if x.dtype == object else np.array_equal(x, y))
+        )
+        if not same:
             out.append(f"differs: {name}")
     return out
 

@@ -212,43 +212,43 @@ def instrument(say: Callable[[str], None]) -> None:
               rename/renamed OUT.partial OUT, fsync/fsynced FOLDER, finalise-done
     """
     from pipeline.extraction import loading, runner
-    from pipeline.storage import writer
+    from pipeline.storage import batches, output, rowstate, writer
 
     _around(
-        writer.ShardWriter,
+        batches.BatchWriter,
         "_write",
         lambda _, batch: f"batch-start {format_rows(batch.rows)}",
         lambda _, batch: f"done-set {format_rows(batch.rows)}",
         say,
     )
-    _around(writer.ShardWriter, "_write_rows", "rows", "rows-done", say)
+    _around(rowstate, "write_rows", "rows", "rows-done", say)
     _around(h5py.File, "flush", "flush", "flushed", say)
     _around(writer.ShardWriter, "finalize", "finalise-start", "finalise-done", say)
     _around(writer, "write_top_lists", "top-lists", "top-lists-done", say)
     _around(writer.ShardWriter, "close", "close", "closed", say)
     _around(writer.OutputLock, "acquire", "lock", "locked", say)
-    _around(writer, "_create", "create-start", "create-done", say)
-    _around(writer, "create_layout", "layout", "layout-done", say)
+    _around(output, "_create", "create-start", "create-done", say)
+    _around(output, "create_layout", "layout", "layout-done", say)
     _around(os, "fsync", lambda fd: f"fsync {_base(fd)}", lambda fd: f"fsynced {_base(fd)}", say)
     _around(
         os, "replace", lambda a, b: f"rename {_base(a)} {_base(b)}", lambda a, b: f"renamed {_base(a)} {_base(b)}", say
     )
     _around(loading, "_worker_init", None, lambda worker: f"worker-start {worker} pid {os.getpid()}", say)
     _around(loading._ImageDataset, "__getitem__", lambda dataset, i: f"decode {dataset.rows[i]}", None, say)
-    batches = runner.iter_batches
+    real_iter_batches = runner.iter_batches
 
     def iter_batches(*args, **kwargs):
         say("loader-start")
-        yield from batches(*args, **kwargs)
+        yield from real_iter_batches(*args, **kwargs)
 
     runner.iter_batches = iter_batches
-    stage_arrays = writer.ShardWriter._stage_arrays
+    stage_arrays = batches.BatchWriter._stage_arrays
 
     def announced_stage_arrays(self, batch):
         for info, dset, array in stage_arrays(self, batch):
             yield info, _AnnouncedChunks(dset, say), array
 
-    writer.ShardWriter._stage_arrays = announced_stage_arrays
+    batches.BatchWriter._stage_arrays = announced_stage_arrays
 
 
 class _AnnouncedChunks:

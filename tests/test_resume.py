@@ -11,7 +11,7 @@ from helpers import IGNORED_ATTRS, differences, failures_of, snapshot
 
 import pipeline
 from pipeline.errors import FingerprintMismatch, InputError
-from pipeline.storage import writer
+from pipeline.storage import batches, rowstate
 
 OPTIONS = dict(model="resnet18", random_init=True, size=(64, 64), batch_size=2, workers=0, device="cpu")
 IGNORED = IGNORED_ATTRS | {"config_json"}  # the runs below write to other paths (config_json names OUT)
@@ -35,17 +35,17 @@ def reference(images) -> dict:
 
 def crash_at_row(monkeypatch, row: int, after_rows_written: bool = False) -> None:
     """Make the writer fail on the batch holding `row`, before its done markers (as a kill would)."""
-    original = writer.ShardWriter._write
+    original = batches.BatchWriter._write
 
     def failing(self, batch):
         if row in batch.rows:
             if after_rows_written:  # stats and failures written and flushed, done not yet
-                self._write_rows(batch)
+                rowstate.write_rows(self.file, self.plan, batch)
                 self.file.flush()
             raise RuntimeError("simulated crash")
         original(self, batch)
 
-    monkeypatch.setattr(writer.ShardWriter, "_write", failing)
+    monkeypatch.setattr(batches.BatchWriter, "_write", failing)
 
 
 def assert_identical(out: Path, reference: dict) -> None:

@@ -1,9 +1,11 @@
-"""Shard writer: pre-sized datasets, pooled compression, direct chunk writes, done markers.
+"""The shard writer: one output, owned under its lock, written batch by batch, finalised.
 
-Only this module creates output files. A shard is written as `OUT.partial`; after each
-batch the data is written and flushed, then the rows' `done` markers are set and
-flushed, so a killed run resumes from `done`. `finalize` marks the file complete,
-fsyncs it and renames it to OUT.
+Only the storage package creates output files. A shard is written as `OUT.partial`
+(storage/output.py opens, creates or resumes it); batches go through a writer thread with a
+compression pool (storage/batches.py), and each row's done marker is set only after the row
+is written and flushed (storage/rowstate.py), so a killed run resumes from `done`.
+`finalize` writes the top lists, marks the file complete, fsyncs it and renames it to OUT,
+releasing `OUT.lock` only once OUT has its final name. No torch.
 """
 
 from __future__ import annotations
@@ -11,24 +13,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 import h5py
 import numpy as np
 
-from ..errors import InputError, RunFailure
+from ..errors import RunFailure
 from ..records import BatchResult
-from . import schema
-from .codecs import Codec
+from . import rowstate, schema
+from .batches import BatchWriter
 from .files import partial_path, publish
-from .layout import WritePlan, append_failures, check_finished, check_resumable, create_layout, drop_unfinished_failures
+from .layout import WritePlan
 from .lockfile import OutputLock
+from .output import open_output
 from .toplists import write_top_lists
+
+__all__ = ["NullWriter", "ShardWriter", "WritePlan", "Writer"]
 
 log = logging.getLogger(__name__)
 
@@ -50,195 +51,52 @@ class Writer(Protocol):
 
 
 class ShardWriter:
-    """Writes batches into one shard file from a background thread.
+    """One shard's output: `OUT.lock` held, `OUT.partial` open, batches written in the background."""
 
-    `submit` blocks when `max_pending` batches are queued, so memory stays bounded and
-    the slowest step sets the pace. Errors in the writer thread surface on the next call.
-    """
-
-    def __init__(
-        self,
-        out: Path,
-        file: h5py.File,
-        plan: WritePlan,
-        threads: int = 2,
-        max_pending: int = 2,
-        lock: OutputLock | None = None,
-    ):
-        self.out, self.file, self.plan, self._lock_file = out, file, plan, lock
-        self.codec = Codec(plan.compression)
-        self.timings = {"compress_s": 0.0, "write_s": 0.0, "writer_busy_s": 0.0}
-        self._lock = threading.Lock()
-        self.bytes_written = 0
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="compress")
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="writer", daemon=True)
-        self._thread.start()
-
-    # -- opening --------------------------------------------------------------------------
+    def __init__(self, out: Path, file: h5py.File, plan: WritePlan, threads: int = 2, output_lock=None):
+        self.out, self.file, self.plan, self.output_lock = out, file, plan, output_lock
+        self.batches = BatchWriter(file, plan, partial_path(out), threads=threads)
 
     @classmethod
     def open(
         cls, out: str | os.PathLike, plan: WritePlan, overwrite: bool = False, threads: int = 2
     ) -> ShardWriter | None:
-        """Create or resume the shard at `out`; None when `out` is already complete."""
+        """Take `OUT.lock`, then create or resume the shard at `out`; None when it is already complete."""
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        lock = OutputLock.acquire(out)
+        output_lock = OutputLock.acquire(out)
         try:
-            return cls._open_locked(out, plan, overwrite, threads, lock)
+            file = open_output(out, plan, overwrite)
         except BaseException:
-            lock.release()
+            output_lock.release()
             raise
-
-    @classmethod
-    def _open_locked(cls, out: Path, plan: WritePlan, overwrite: bool, threads: int, lock: OutputLock):
-        # HDF5's own file lock is off (locking=False): OUT.lock guards the output, and an HDF5
-        # flock would be inherited by forked decode workers that outlive a killed run, which
-        # then refused an immediate rerun ("unable to lock file, errno = 11").
-        partial = partial_path(out)
-        if overwrite:
-            for path in (out, partial):
-                path.unlink(missing_ok=True)
-        if out.exists():
-            check_finished(out, plan)
-            lock.release()
+        if file is None:
+            output_lock.release()
             return None
-        file = _resume(partial, plan) if partial.exists() else _create(partial, plan)
-        return cls(out, file, plan, threads=threads, lock=lock)
+        return cls(out, file, plan, threads=threads, output_lock=output_lock)
+
+    @property
+    def timings(self) -> dict:
+        return self.batches.timings
+
+    @property
+    def bytes_written(self) -> int:
+        return self.batches.bytes_written
 
     def pending_rows(self) -> np.ndarray:
-        """Rows not yet done, ascending."""
-        return np.flatnonzero(~self.file[schema.DONE][:])
+        return rowstate.pending_rows(self.file)
 
     def done_sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, sha256, size) of the done rows: what their stored maps were computed from."""
-        rows = np.flatnonzero(self.file[schema.DONE][:])
-        if schema.SOURCE_SHA256 not in self.file:
-            return rows, np.zeros(len(rows), "S64"), np.full(len(rows), -1, np.int64)
-        return rows, self.file[schema.SOURCE_SHA256][:][rows], self.file[schema.SOURCE_SIZE][:][rows]
+        return rowstate.done_sources(self.file)
 
     def redo(self, rows: np.ndarray) -> None:
-        """Mark done rows as not done (their source changed): the batch loop computes them again."""
-        if not len(rows):
-            return
-        done = self.file[schema.DONE][:]
-        done[rows] = False
-        self.file[schema.DONE][:] = done
-        self.file.flush()
-        drop_unfinished_failures(self.file)
-
-    # -- writing --------------------------------------------------------------------------
+        rowstate.redo(self.file, rows)
 
     def submit(self, batch: BatchResult) -> None:
-        """Queue one batch for writing (blocks while the queue is full)."""
-        self._raise_if_failed()
-        while True:
-            try:
-                self._queue.put(batch, timeout=0.5)
-                return
-            except queue.Full:
-                self._raise_if_failed()
-
-    def _drain(self) -> None:
-        while True:
-            batch = self._queue.get()
-            try:
-                if batch is None:
-                    return
-                if self._error is None:
-                    self._write(batch)
-            except BaseException as err:  # handed to the submitting thread
-                self._error = err
-            finally:
-                self._queue.task_done()
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            err = self._error
-            if isinstance(err, OSError):
-                raise RunFailure(
-                    f"writing {partial_path(self.out)} failed: {err}. The file keeps every "
-                    "batch written so far; free space or fix the cause, then rerun the same "
-                    "command to resume."
-                ) from err
-            raise err
-
-    def _write(self, batch: BatchResult) -> None:
-        t0 = time.perf_counter()
-        self._write_chunks(batch)
-        t2 = time.perf_counter()
-        self._write_rows(batch)
-        self.file.flush()
-        done = self.file[schema.DONE]
-        for lo, hi in _runs(batch.rows):
-            done[lo:hi] = True
-        self.file.flush()
-        self.timings["write_s"] += time.perf_counter() - t2
-        self.timings["writer_busy_s"] += time.perf_counter() - t0
-
-    def _write_chunks(self, batch: BatchResult) -> None:
-        """Compress each (1, k, H, W) chunk in the pool, write it raw from this thread."""
-        jobs = []
-        for info, dset, array in self._stage_arrays(batch):
-            k = dset.chunks[1]
-            for b, row in enumerate(batch.ok_rows):
-                for c0 in range(0, info.channels, k):
-                    block = _padded(array[b, c0 : c0 + k], k)
-                    future = self._pool.submit(self._compress, block)
-                    jobs.append((dset, (int(row), c0, 0, 0), future))
-        for dset, offset, future in jobs:
-            payload = future.result()
-            t1 = time.perf_counter()
-            dset.id.write_direct_chunk(offset, payload, 0)
-            self.timings["write_s"] += time.perf_counter() - t1
-            self.bytes_written += len(payload)
-
-    def _stage_arrays(self, batch: BatchResult):
-        """(stage, its data dataset, the batch's (B_ok, C, H, W) maps) for each stage with rows to write."""
-        for info in self.plan.stages:
-            array = batch.data.get(info.key)
-            if array is not None and len(batch.ok_rows):
-                yield info, self.file[f"{info.group}/{schema.DATA}"], array
-
-    def _compress(self, block: np.ndarray) -> bytes:
-        t0 = time.perf_counter()
-        payload = self.codec.compress(memoryview(block).cast("B"))
-        self._add_compress_s(time.perf_counter() - t0)
-        return payload
-
-    def _add_compress_s(self, seconds: float) -> None:
-        with self._lock:
-            self.timings["compress_s"] += seconds
-
-    def _write_rows(self, batch: BatchResult) -> None:
-        rows = batch.rows
-        per_row = [(schema.ORIG_HW, batch.orig_hw)]
-        if batch.source_sha256 is not None:
-            per_row += [(schema.SOURCE_SHA256, batch.source_sha256), (schema.SOURCE_SIZE, batch.source_size)]
-        for name, values in per_row:
-            dset = self.file[name]
-            for lo, hi in _runs(rows):
-                dset[lo:hi] = values[(rows >= lo) & (rows < hi)]
-        for info in self.plan.stages:
-            stats = batch.stats.get(info.key)
-            if stats is None or not len(batch.ok_rows):
-                continue
-            group = self.file[info.group]
-            for lo, hi in _runs(batch.ok_rows):
-                sel = (batch.ok_rows >= lo) & (batch.ok_rows < hi)
-                for s, name in enumerate(schema.STAT_NAMES):
-                    group[name][lo:hi] = stats[s][sel]
-        if batch.failures:
-            append_failures(self.file, self.plan.keys, batch.failures)
-
-    # -- finishing ------------------------------------------------------------------------
+        self.batches.submit(batch)
 
     def drain(self) -> None:
-        """Wait until every submitted batch is written (and raise its error, if any)."""
-        self._queue.join()
-        self._raise_if_failed()
+        self.batches.drain()
 
     def finalize(self, timings: dict | None = None) -> Path:
         """Mark complete (only if every row is done), fsync, rename OUT.partial → OUT."""
@@ -247,83 +105,27 @@ class ShardWriter:
         if len(pending):
             raise RunFailure(f"{len(pending)} images are not done; the file stays partial.")
         write_top_lists(self.file)
-        attrs = self.file.attrs
-        attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
-        attrs[schema.ATTR_COMPLETE] = True
-        lock, self._lock_file = self._lock_file, None  # held until OUT has its final name
+        self.file.attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
+        self.file.attrs[schema.ATTR_COMPLETE] = True
+        output_lock, self.output_lock = self.output_lock, None  # held until OUT has its final name
         try:
             self.close()
             publish(partial_path(self.out), self.out)
         finally:
-            if lock is not None:
-                lock.release()
+            if output_lock is not None:
+                output_lock.release()
         return self.out
 
     def close(self) -> None:
         """Stop the writer thread and close the file (data already flushed stays valid)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._pool.shutdown(wait=True)
+        self.batches.stop()
         try:
             if self.file.id.valid:
                 self.file.close()
         finally:
-            if self._lock_file is not None:
-                self._lock_file.release()
-                self._lock_file = None
-
-
-def _create(partial: Path, plan: WritePlan) -> h5py.File:
-    """A new OUT.partial with every dataset of the plan. Built under a temporary name and renamed,
-    so a kill at any moment leaves either no OUT.partial or a readable one."""
-    building = partial.with_name(partial.name + ".new")
-    building.unlink(missing_ok=True)
-    with h5py.File(building, "w", libver=schema.LIBVER, locking=False) as file:
-        create_layout(file, plan)
-    publish(building, partial)
-    return h5py.File(partial, "r+", locking=False)
-
-
-def _resume(partial: Path, plan: WritePlan) -> h5py.File:
-    """The existing OUT.partial, checked against the plan before anything is written: the check
-    opens it read-only, so a refused resume leaves the file byte for byte as it was."""
-    try:
-        with h5py.File(partial, "r", locking=False) as file:
-            check_resumable(file, partial, plan)
-        file = h5py.File(partial, "r+", locking=False)
-    except OSError as err:
-        raise InputError(
-            f"{partial} cannot be resumed: it is not a readable HDF5 file ({err}); it was damaged outside "
-            "fmpipe (fmpipe writes it so that a kill leaves it readable). Move it away, or pass --overwrite "
-            "to start this output over."
-        ) from None
-    try:
-        drop_unfinished_failures(file)
-    except BaseException:
-        file.close()
-        raise
-    done = int(np.count_nonzero(file[schema.DONE][:]))
-    log.info("resuming %s: %d of %d images already done", partial, done, len(plan.keys))
-    return file
-
-
-def _padded(block: np.ndarray, k: int) -> np.ndarray:
-    """Edge chunks must be padded to the full chunk shape (notes/hdf5.md)."""
-    if block.shape[0] == k:
-        return np.ascontiguousarray(block)
-    out = np.zeros((k, *block.shape[1:]), dtype=block.dtype)
-    out[: block.shape[0]] = block
-    return out
-
-
-def _runs(rows: np.ndarray):
-    """Contiguous [lo, hi) runs of ascending rows."""
-    if not len(rows):
-        return
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    for part in np.split(rows, breaks):
-        yield int(part[0]), int(part[-1]) + 1
+            if self.output_lock is not None:
+                self.output_lock.release()
+                self.output_lock = None
 
 
 class NullWriter:
