@@ -109,6 +109,7 @@ def fmpipe(*args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_wrong_prefix_exits_2_through_the_cli(detr, tmp_path):
     if "--weights-prefix" not in fmpipe("extract", "--help").stdout:
         pytest.skip("the CLI has no --weights-prefix option yet")

@@ -22,6 +22,7 @@ def fmpipe(*args, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_quick_start_writes_a_complete_file_and_info_describes_it(tmp_path):
     out = tmp_path / "out.h5"
     run = fmpipe("extract", "data/images", out)
@@ -51,6 +52,7 @@ def test_quick_start_writes_a_complete_file_and_info_describes_it(tmp_path):
     assert "(320, 7, 7)" in info.stdout
 
 
+@pytest.mark.slow
 def test_stages_lists_shapes_and_sizes():
     run = fmpipe("stages", "pvt_v2_b1", "--size", "800x1200")
     assert run.returncode == 0, run.stderr
@@ -70,6 +72,7 @@ def test_stages_lists_shapes_and_sizes():
         (["extract", "data/images"], "Missing argument"),
     ],
 )
+@pytest.mark.slow
 def test_user_errors_exit_2_without_traceback(tmp_path, args, message):
     run = fmpipe(*args, cwd=None)
     assert run.returncode == 2, (run.stdout, run.stderr)
@@ -97,6 +100,7 @@ def test_info_does_not_import_torch(tmp_path):
     assert run.returncode == 0, run.stderr
 
 
+@pytest.mark.slow
 def test_top_json_equals_the_api_and_view_serves_until_sigterm(tmp_path):
     import json
     import os

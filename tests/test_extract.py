@@ -104,6 +104,7 @@ def test_undeclared_model_stages_are_discovered(image_dir, tmp_path):
         ]
 
 
+@pytest.mark.slow
 def test_pvt_v2_b1_reproduces_the_article_shapes(tmp_path):
     folder = tmp_path / "one"
     folder.mkdir()

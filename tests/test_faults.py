@@ -38,6 +38,8 @@ from helpers import (
 
 import pipeline
 
+pytestmark = pytest.mark.slow  # real processes, each starting torch: minutes on 2 cores
+
 OUT = "out.h5"
 OPTIONS = {"--model": "resnet18", "--size": "32", "--device": "cpu", "--batch-size": "4"}  # + --random-init
 ROWS = 10  # nine images and one broken file (row 3): batches 0-3, 4-7, 8-9
@@ -142,7 +144,6 @@ def test_sigkill_then_an_immediate_rerun_resumes_and_is_identical(images, refere
 # -- a job-array shard resumed with another batch size --------------------------------------
 
 
-@pytest.mark.slow
 def test_a_shard_resumed_with_another_batch_size_holds_each_keys_maps(tmp_path):
     images = tmp_path / "images"
     keys = write_images(images, 49, size=(32, 32))  # shards cut at multiples of 16: 16, 16, 16 and 1 rows

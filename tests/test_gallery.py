@@ -349,6 +349,7 @@ def quick(tmp_path_factory) -> Path:
     return base
 
 
+@pytest.mark.slow
 def test_gallery_opens_in_headless_chromium_with_every_image_loaded(chromium, quick, tmp_path):
     binary, out = chromium, quick / "out-render"
     pages = [out / "index.html", *sorted((out / "gallery").glob("*.html"))]
@@ -375,6 +376,7 @@ def test_gallery_opens_in_headless_chromium_with_every_image_loaded(chromium, qu
     assert pixels.std() > 30 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2000  # photos and maps, not blank
 
 
+@pytest.mark.slow
 def test_keyboard_and_channel_view_in_chromium(chromium, quick, tmp_path):
     binary, out = chromium, quick / "out-render"
     page = out / "gallery" / "000002.html"  # chelsea
@@ -401,6 +403,7 @@ def test_keyboard_and_channel_view_in_chromium(chromium, quick, tmp_path):
     probe.unlink()
 
 
+@pytest.mark.slow
 def test_readme_pictures_match_the_commands(quick):
     run = subprocess.run(
         [sys.executable, "scripts/make_readme_pictures.py", "--check", "--from", str(quick / "out.h5")],

@@ -107,6 +107,7 @@ def test_order_is_part_of_the_collection(tmp_path):
         pipeline.extract(tmp_path / "ba.txt", out, **OPTIONS)
 
 
+@pytest.mark.slow
 def test_a_path_listed_twice_is_refused_naming_both_lines(tmp_path):
     write_images(tmp_path / "photos", 2)
     listing = tmp_path / "photos" / "l.txt"

@@ -76,6 +76,7 @@ def test_layers_store_what_forward_hooks_see(resnet, dtype):
         np.testing.assert_allclose(view.max[:], want["avgpool:1"].reshape(6, 512), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_layers_with_stages_vectors_and_tokens(tmp_path):
     folder = tmp_path / "images"
     write_images(folder, 2, size=(40, 40))
@@ -119,6 +120,7 @@ def test_a_module_returning_a_tuple_is_refused_naming_it(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_layers_command_lists_names_calls_and_shapes():
     run = subprocess.run(
         [sys.executable, "-m", "pipeline", "layers", "tv:resnet18", "--size", "64"],

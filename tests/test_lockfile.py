@@ -97,6 +97,7 @@ def _contend(out: str, mode: str, rounds: int, barrier, results) -> None:
         barrier.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stale", [False, True], ids=["free", "stale"])
 def test_racing_processes_one_holds_each_round_and_the_others_are_told_who(tmp_path, mode, stale):
     out, racers, rounds = tmp_path / "race.h5", 5, 25
@@ -183,6 +184,7 @@ def test_an_empty_lock_is_only_broken_after_the_grace_period_in_content_mode(tmp
     lock.release()
 
 
+@pytest.mark.slow
 def test_a_requeued_slurm_task_takes_over_from_its_run_on_a_dead_node(tmp_path, mode, monkeypatch):
     out = tmp_path / "q.h5"
     path = Path(f"{out}.lock")
@@ -279,6 +281,7 @@ def test_one_process_cannot_lock_one_output_twice(tmp_path, mode):
     OutputLock.acquire(out).release()
 
 
+@pytest.mark.slow
 def test_a_second_extract_on_one_output_is_refused_naming_the_first_which_finishes_intact(tmp_path):
     """Two real `fmpipe extract` on one output: the second refuses at once naming the first (pid),
     the first is undisturbed and its file equals an undisturbed run's."""

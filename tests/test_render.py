@@ -484,6 +484,7 @@ print(json.dumps({"peak_kb": peak_kb, "torch": "torch" in sys.modules}))
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
     # 200 images × 8 channels × 128×128 float16 = 52 MB of maps: reading them all (or letting
     # HDF5's chunk cache keep them) would add ~47 MB over rendering 20.

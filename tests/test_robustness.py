@@ -89,6 +89,7 @@ def build_bad_folder(folder: Path) -> tuple[set[str], dict[str, str]]:
     return set(good), reasons
 
 
+@pytest.mark.slow
 def test_every_bad_image_is_a_failure_row_and_every_good_one_is_stored(tmp_path, monkeypatch):
     import pipeline.decoding as decoding
 
@@ -147,6 +148,7 @@ def test_unreadable_file_gives_permission_denied(tmp_path):
     assert "permission denied" in message
 
 
+@pytest.mark.slow
 def test_cli_summary_counts_failures(tmp_path):
     folder = tmp_path / "few"
     write_images(folder, 3)
@@ -288,6 +290,7 @@ def wait_for_done_rows(partial: Path, rows: int, proc: subprocess.Popen, timeout
     raise AssertionError(f"{partial} did not reach {rows} done rows (exit code {proc.poll()})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_at_a_batch_boundary_and_the_rerun_completes(tmp_path, sig):
     folder = tmp_path / "imgs"

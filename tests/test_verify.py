@@ -193,6 +193,7 @@ def test_recompute_reads_merged_files_and_shards_folders(made, kind):
     assert report.ok and report.recomputed == 4, [str(p) for p in report.problems]
 
 
+@pytest.mark.slow
 def test_recompute_passes_a_clean_file_and_picks_rows_by_seed(single):
     report = pipeline.verify(single, recompute=100)
     assert report.ok and report.recomputed == 19
@@ -402,6 +403,7 @@ def test_a_zstd_frame_without_its_checksum_is_a_problem_in_format_v2(single):
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2(made, tmp_path):
     plain = tmp_path / "plain.h5"
     with h5py.File(plain, "w") as file:
@@ -421,6 +423,7 @@ def test_bad_input_exits_2(made, tmp_path):
         pipeline.verify(made["single"], workers=-1)
 
 
+@pytest.mark.slow
 def test_recompute_refuses_missing_or_other_weights(made, tmp_path):
     weights = tmp_path / "weights.pt"
     torch.manual_seed(5)

@@ -467,6 +467,7 @@ def test_lru_evicts_by_bytes_and_computes_once():
     assert cache.get("boom", lambda: b"ok") == b"ok"  # a failure is not cached
 
 
+@pytest.mark.slow
 def test_view_starts_fast_without_torch_and_stops_on_sigterm(merged):
     code = (
         "import os, sys, threading\n"
@@ -547,6 +548,7 @@ def settle(page) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_browser_walks_collection_image_channel_examples_and_back_by_keyboard(browser, quick, tmp_path):
     with running(quick) as viewer:
         base = viewer.url.rstrip("/")
