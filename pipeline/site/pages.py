@@ -80,14 +80,20 @@ def nav_link(ident: str, url: str | None, text: str) -> str:
 
 def pager(page: int, pages: int, name_of) -> str:
     """Links to index pages: first, a window around `page` (1-based), last; `name_of(p)` gives the file."""
-    if pages == 1:
+    return pager_html(page, pages, lambda p: f'<a href="{href(name_of(p))}">{p}</a>')
+
+
+def pager_html(page: int, pages: int, link_to) -> str:
+    """The pages a pager shows (the first, a window around `page`, the last; … for gaps), the
+    current one in bold and the others as `link_to(p)`; "" for a single page."""
+    if pages <= 1:
         return ""
     shown = sorted({1, pages, *range(max(1, page - PAGER_SPAN), min(pages, page + PAGER_SPAN) + 1)})
     parts, last = [], 0
     for p in shown:
         if p > last + 1:
             parts.append("…")
-        parts.append(f"<b>{p}</b>" if p == page else f'<a href="{href(name_of(p))}">{p}</a>')
+        parts.append(f"<b>{p}</b>" if p == page else link_to(p))
         last = p
     return " ".join(parts)
 

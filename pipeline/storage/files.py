@@ -46,8 +46,13 @@ def publish(tmp: Path, out: Path) -> None:
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, out)
+    fsync_folder(out.parent if str(out.parent) else Path("."))
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or link in `folder` durable (a no-op where folders cannot be opened)."""
     try:
-        fd = os.open(out.parent if str(out.parent) else ".", os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:

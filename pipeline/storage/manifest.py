@@ -31,7 +31,7 @@ from pathlib import Path
 from .. import sources
 from ..errors import InputError
 from ..sources import Collection, keys_sha256
-from .files import shards_folder
+from .files import fsync_folder, shards_folder
 from .lockfile import OutputLock, OutputLockedError
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def publish(collection: Collection, stamp: ListStamp | None, path: Path) -> tupl
             if path.exists():
                 return read(path) or (collection, stamp)
             os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
         log.info("published the image collection (%d images) for the other tasks: %s", len(collection.keys), path)
         return collection, stamp
     finally:
@@ -217,14 +217,3 @@ def _damaged(path: Path, what: str) -> InputError:
         f"{path} {what}. Remove it once no task of this job array runs (the next task discovers the "
         "images again); see docs/slurm.md."
     )
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

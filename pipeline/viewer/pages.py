@@ -17,7 +17,7 @@ from ..records import StageInfo
 from ..rendering.colormaps import CMAPS
 from ..rendering.painting import NORMALIZATIONS
 from ..rendering.tiling import TILE_MIN_SIDE, auto_scale
-from ..site.pages import PAGER_SPAN, esc, placeholder
+from ..site.pages import esc, pager_html, placeholder
 from .config import BYS
 from .examples import TopItem
 from .tiles import TileOptions
@@ -57,16 +57,7 @@ def step(there: bool, path: str, text: str, key: str | None = None, **query: obj
 
 def pager(page: int, pages: int, path: str, **query: object) -> str:
     """Links to pages of a listing: the first, a window around `page` (1-based), the last."""
-    if pages <= 1:
-        return ""
-    shown = sorted({1, pages, *range(max(1, page - PAGER_SPAN), min(pages, page + PAGER_SPAN) + 1)})
-    parts, last = [], 0
-    for p in shown:
-        if p > last + 1:
-            parts.append("…")
-        parts.append(f"<b>{p}</b>" if p == page else link(path, str(p), page=p, **query))
-        last = p
-    return " ".join(parts)
+    return pager_html(page, pages, lambda p: link(path, str(p), page=p, **query))
 
 
 def picture(src: str, alt: str, cls: str = "") -> str:
