@@ -208,3 +208,21 @@ def test_verify_checks_and_recomputes_layers(resnet, tmp_path):
     report = pipeline.verify(out, recompute=6)
     assert not report.ok
     assert any("layer layer1.0.relu:2" in str(p) and "recomputed maps differ" in str(p) for p in report.problems)
+
+
+@pytest.mark.slow
+def test_channels_last_layers_of_swin_are_stored_channels_first(tmp_path):
+    folder = tmp_path / "images"
+    keys = write_images(folder, 1, size=(40, 40))
+    out = tmp_path / "s.h5"
+    pipeline.extract(
+        folder, out, model="swin_tiny_patch4_window7_224", random_init=True, workers=0, dtype="float32",
+        layers=("layers.1", "layers.1.blocks.0.mlp"),
+    )  # fmt: skip
+    model = models.resolve("swin_tiny_patch4_window7_224", random_init=True)
+    want = hooked(model, folder, keys, (224, 224), ["layers.1", "layers.1.blocks.0.mlp"])
+    with pipeline.open_store(out) as store:
+        np.testing.assert_array_equal(store.layer("layers.1").data[:], want["layers.1:1"].transpose(0, 3, 1, 2))
+        tokens = want["layers.1.blocks.0.mlp:1"]  # (N, 784, 192): a 28x28 grid of tokens
+        grid = tokens.transpose(0, 2, 1).reshape(1, 192, 28, 28)
+        np.testing.assert_array_equal(store.layer("layers.1.blocks.0.mlp").data[:], grid)

@@ -1,7 +1,8 @@
 """Layers picked by name: any module of `named_modules()`, per call when it runs more than once.
 
 `--layers layer3.1.conv2,avgpool,layer1.0.relu:2` stores what a forward hook on each module
-sees, converted to a (C, H, W) map per image: (N, C, H, W) as it is; transformer tokens
+sees, converted to a (C, H, W) map per image: (N, C, H, W) as it is ((N, H, W, C) for a model
+that declares channels-last maps, timm's output_fmt "NHWC"); transformer tokens
 (N, L, C) as a (C, h, w) grid when the grid is known (prefix tokens dropped); vectors (N, C)
 as (C, 1, 1). A module that runs more than once per forward pass (the shared ReLU of a
 torchvision BasicBlock) is named per call, `NAME:1`, `NAME:2`; `NAME` alone is then refused
@@ -96,7 +97,7 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
 def probe_calls(module: nn.Module, pixels: torch.Tensor, names: Sequence[str] | None = None) -> list[Call]:
     """Every call of every module (or of `names`) in one forward pass, in the order they start."""
     size_hw = tuple(pixels.shape[2:])
-    grid = _token_grid_hint(module)
+    hints = _hints(module)
     started: list[tuple[str, int]] = []
     outputs: dict[tuple[str, int], object] = {}
     counts: dict[str, int] = {}
@@ -110,7 +111,7 @@ def probe_calls(module: nn.Module, pixels: torch.Tensor, names: Sequence[str] | 
             started.append((name, counts[name]))
 
         def post(_m, _i, out, name=name):
-            outputs[(name, counts[name])] = _describe(out, size_hw, grid)
+            outputs[(name, counts[name])] = _describe(out, size_hw, hints)
 
         handles += [sub.register_forward_pre_hook(pre), sub.register_forward_hook(post)]
     try:
@@ -135,14 +136,14 @@ def build_points(module: nn.Module, pixels: torch.Tensor, specs: Sequence[str], 
             raise UsageError(f"no module named {name!r} in this model.{hint} `fmpipe layers MODEL` lists them all.")
     calls = probe_calls(module, pixels, {name for name, _ in parsed})
     size_hw = tuple(pixels.shape[2:])
-    grid = _token_grid_hint(module)
+    hints = _hints(module)
     points = []
     for position, ((name, call), spec) in enumerate(zip(parsed, specs, strict=True)):
         found = _pick(calls, name, call, spec)
         stride = round(size_hw[0] / found.map_shape[1]) if found.map_shape[1] > 1 else 0
         c, h, w = found.map_shape
         info = StageInfo(first_index + position, spec.strip(), c, stride, h, w, "forward_hook", layer=spec.strip())
-        points.append(Point(spec.strip(), name, found.call, _converter(found.map_shape, size_hw, grid), info))
+        points.append(Point(spec.strip(), name, found.call, _converter(found.map_shape, hints), info))
     return points
 
 
@@ -164,10 +165,10 @@ def _pick(calls: list[Call], name: str, call: int | None, spec: str) -> Call:
     return found
 
 
-def _describe(out, size_hw: tuple[int, int], grid) -> tuple[str, tuple[int, int, int] | None]:
+def _describe(out, size_hw: tuple[int, int], hints: Hints) -> tuple[str, tuple[int, int, int] | None]:
     """What a module returned, and the per-image (C, H, W) it is stored as (None: not storable)."""
     if isinstance(out, torch.Tensor):
-        return str(tuple(out.shape)), _map_shape(tuple(out.shape), size_hw, grid)
+        return str(tuple(out.shape)), _map_shape(tuple(out.shape), size_hw, hints)
     if isinstance(out, (tuple, list)):
         kinds = {type(o).__name__ for o in out}
         return f"a {type(out).__name__} of {len(out)} ({', '.join(sorted(kinds))})", None
@@ -176,13 +177,13 @@ def _describe(out, size_hw: tuple[int, int], grid) -> tuple[str, tuple[int, int,
     return f"a {type(out).__name__}", None
 
 
-def _map_shape(shape: tuple[int, ...], size_hw, grid) -> tuple[int, int, int] | None:
+def _map_shape(shape: tuple[int, ...], size_hw, hints: Hints) -> tuple[int, int, int] | None:
     if len(shape) == 4:
-        return shape[1], shape[2], shape[3]
+        return (shape[3], shape[1], shape[2]) if hints.nhwc else (shape[1], shape[2], shape[3])
     if len(shape) == 2:
         return shape[1], 1, 1
     if len(shape) == 3:
-        found = _grid(shape[1], size_hw, grid)
+        found = _grid(shape[1], size_hw, hints.grid)
         return None if found is None else (shape[2], found[1], found[2])
     return None
 
@@ -207,21 +208,32 @@ def _grid(tokens: int, size_hw, hint) -> tuple[int, int, int] | None:
     return None
 
 
-def _token_grid_hint(module: nn.Module):
+@dataclass(frozen=True)
+class Hints:
+    """What a model says about its inner tensors: its patch grid and prefix tokens (timm's
+    patch_embed.grid_size, num_prefix_tokens), and whether its 4-D maps are channels-last
+    (timm's output_fmt "NHWC", e.g. Swin), which are then stored as (C, H, W) too."""
+
+    grid: tuple[tuple[int, int], int] | None
+    nhwc: bool
+
+
+def _hints(module: nn.Module) -> Hints:
     embed = getattr(module, "patch_embed", None)
-    grid = getattr(embed, "grid_size", None)
-    if grid is None:
-        return None
-    return (int(grid[0]), int(grid[1])), int(getattr(module, "num_prefix_tokens", 0) or 0)
+    size = getattr(embed, "grid_size", None)
+    grid = None
+    if size is not None:
+        grid = (int(size[0]), int(size[1])), int(getattr(module, "num_prefix_tokens", 0) or 0)
+    return Hints(grid, str(getattr(module, "output_fmt", "")) == "NHWC")
 
 
-def _converter(map_shape, size_hw, grid) -> Callable[[torch.Tensor], torch.Tensor]:
+def _converter(map_shape, hints: Hints) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from the module's output tensor to (N, C, H, W), chosen once at the probe."""
     channels, height, width = map_shape
 
     def convert(out: torch.Tensor) -> torch.Tensor:
         if out.dim() == 4:
-            return out
+            return out.permute(0, 3, 1, 2) if hints.nhwc else out
         if out.dim() == 2:
             return out[:, :, None, None]
         prefix = out.shape[1] - height * width  # tokens: drop class/register tokens, (N, L, C) → (N, C, h, w)
