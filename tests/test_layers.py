@@ -226,3 +226,16 @@ def test_channels_last_layers_of_swin_are_stored_channels_first(tmp_path):
         tokens = want["layers.1.blocks.0.mlp:1"]  # (N, 784, 192): a 28x28 grid of tokens
         grid = tokens.transpose(0, 2, 1).reshape(1, 192, 28, 28)
         np.testing.assert_array_equal(store.layer("layers.1.blocks.0.mlp").data[:], grid)
+
+
+def test_a_layer_overwritten_in_place_later_is_stored_as_it_was(tmp_path):
+    """conv1's output is overwritten by an in-place ReLU right after: the layer keeps its negatives,
+    and relu1 (the same tensor after the ReLU) holds none."""
+    folder = tmp_path / "images"
+    write_images(folder, 3, size=(16, 16))
+    out = tmp_path / "i.h5"
+    pipeline.extract(folder, out, model="tiny_models:inplace_net", size=(16, 16), workers=0, layers=("conv1", "relu1"))
+    with pipeline.open_store(out) as store:
+        conv, relu = store.layer("conv1").data[:], store.layer("relu1").data[:]
+    assert (conv < 0).any() and (relu >= 0).all()
+    np.testing.assert_array_equal(np.maximum(conv, 0), relu)
