@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 178_956_970
 # A file is read whole before decoding; larger ones are refused rather than held in memory.
 MAX_FILE_BYTES = 2 * 1024**3
+BACKGROUND_HASH_BYTES = 256 * 1024  # larger files are hashed in a thread while they are decoded
 
 _RESAMPLE = Image.Resampling.BICUBIC
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -35,11 +37,17 @@ class DecodeError(Exception):
 
 @dataclass(frozen=True)
 class Source:
-    """A source file's bytes and their identity."""
+    """A source file's bytes and their identity. A large file's sha256 is computed in a thread
+    while it is decoded (hashlib and Pillow both release the GIL), so it costs no wall time
+    where a core is free; `sha256` waits for it."""
 
     data: bytes
-    sha256: str  # 64 hex digits
+    digest: str | Future  # 64 hex digits, or their computation in progress
     size: int  # bytes
+
+    @property
+    def sha256(self) -> str:
+        return self.digest if isinstance(self.digest, str) else self.digest.result()
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,23 @@ def read_source(path: str | os.PathLike) -> Source:
         raise DecodeError("a folder, not an image file") from None
     except OSError as err:
         raise DecodeError(f"cannot read: {err}") from None
-    return Source(data, hashlib.sha256(data).hexdigest(), len(data))
+    if len(data) < BACKGROUND_HASH_BYTES:  # a thread's handoff costs more than hashing a small file
+        return Source(data, _sha256(data), len(data))
+    return Source(data, _hasher().submit(_sha256, data), len(data))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_HASHERS: dict[int, ThreadPoolExecutor] = {}  # by process id: a decode worker forked from a parent gets its own
+
+
+def _hasher() -> ThreadPoolExecutor:
+    pool = _HASHERS.get(os.getpid())
+    if pool is None:
+        pool = _HASHERS[os.getpid()] = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+    return pool
 
 
 def decode(path: str | os.PathLike, size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
