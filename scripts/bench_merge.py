@@ -36,19 +36,13 @@ from pathlib import Path
 import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
+from lite0_stages import STAGES  # efficientnet_lite0 at 224x224
 
 from pipeline.jobs import merge
-from pipeline.records import BatchResult, StageInfo
+from pipeline.records import BatchResult
 from pipeline.storage import files
 from pipeline.storage.writer import ShardWriter, WritePlan
 
-STAGES = [  # efficientnet_lite0 at 224x224: (C, H, W) and stride
-    StageInfo(0, "blocks.0", 16, 2, 112, 112, "forward_intermediates"),
-    StageInfo(1, "blocks.1", 24, 4, 56, 56, "forward_intermediates"),
-    StageInfo(2, "blocks.2", 40, 8, 28, 28, "forward_intermediates"),
-    StageInfo(3, "blocks.4", 112, 16, 14, 14, "forward_intermediates"),
-    StageInfo(4, "blocks.6", 320, 32, 7, 7, "forward_intermediates"),
-]
 BATCH = 8
 
 
