@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,19 +195,45 @@ HASH_THREADS = 8  # reading sources is I/O bound (and hashlib releases the GIL)
 _READ_BLOCK = 1 << 20
 
 
+UNREACHABLE = "unreachable"  # source_state: a source that is not there, or not readable
+
+
+def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
+    """(sha256 as 64 hex digits, size) of a file's bytes, read in blocks; OSError as it comes."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while block := handle.read(_READ_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
 def file_identity(path: Path | None) -> tuple[bytes, int]:
     """(sha256 as 64 ASCII hex bytes, size) of a file's bytes; (b"", -1) when it cannot be read."""
     if path is None:
         return b"", -1
-    digest, size = hashlib.sha256(), 0
     try:
-        with open(path, "rb") as handle:
-            while block := handle.read(_READ_BLOCK):
-                digest.update(block)
-                size += len(block)
+        digest, size = file_sha256(path)
     except OSError:
         return b"", -1
-    return digest.hexdigest().encode("ascii"), size
+    return digest.encode("ascii"), size
+
+
+def source_state(path: Path, sha256: str, size: int) -> str | None:
+    """None when the file still has the recorded sha256 and size; UNREACHABLE when it cannot be
+    read; else what changed. A different size answers without reading the file."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return f"its source {path} is no longer a file"
+        if info.st_size != size:
+            return f"its source changed after extraction: {size} bytes then, {info.st_size} now"
+        now, _ = file_sha256(path)
+    except OSError:
+        return UNREACHABLE
+    if now != sha256:
+        return f"its source changed after extraction: same size, other bytes (sha256 {now[:12]}…, was {sha256[:12]}…)"
+    return None
 
 
 def changed_rows(
@@ -217,14 +244,9 @@ def changed_rows(
 
     def differs(i: int) -> bool:
         path = source_path(root, keys[int(rows[i])])
-        recorded = (bytes(sha256[i]), int(size[i]))
-        if path is not None and recorded[1] >= 0:
-            try:
-                if os.stat(path).st_size != recorded[1]:
-                    return True  # no need to read it
-            except OSError:
-                return True
-        return file_identity(path) != recorded
+        if int(size[i]) < 0:  # not readable at extraction: changed if it can be read now
+            return file_identity(path) != (b"", -1)
+        return path is None or source_state(path, bytes(sha256[i]).decode("ascii", "replace"), int(size[i])) is not None
 
     with ThreadPoolExecutor(HASH_THREADS) as pool:
         flags = list(pool.map(differs, range(len(rows))))

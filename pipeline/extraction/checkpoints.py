@@ -10,7 +10,6 @@ with counts, examples and the file's prefixes, so the fix is in the message.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import re
 from collections import Counter
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..sources import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "ema", "mod
 DDP_PREFIX = "module."
 EXAMPLES = 3  # names shown per kind of mismatch
 PREFIXES_SHOWN = 8
-_READ_BLOCK = 1 << 20
 # Harmless objects that training scripts store beside the weights (DETR saves its `args`).
 _SAFE_GLOBALS = [argparse.Namespace]
 
@@ -42,7 +41,7 @@ def load_weights(
     file = Path(path)
     if not file.is_file():
         raise InputError(f"--weights {path!r} is not a file.")
-    digest = _file_sha256(file)
+    digest, _ = file_sha256(file)
     if key and _is_safetensors(file):
         raise InputError(f"--weights {path!r} is a safetensors file: one flat state dict. Drop --weights-key.")
     state, key = find_state_dict(_read(file, unsafe_pickle), key, path)
@@ -273,14 +272,6 @@ def _is_safetensors(file: Path) -> bool:
     with open(file, "rb") as handle:
         head = handle.read(9)
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < file.stat().st_size
-
-
-def _file_sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        while block := handle.read(_READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_state_dict(value: object) -> bool:

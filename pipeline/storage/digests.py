@@ -7,23 +7,18 @@ verifier's threads (hashlib releases the GIL), a bounded number at a time.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..sources import source_path
+from ..sources import UNREACHABLE, source_path, source_state
 from . import schema
 from .chunks import Window
 
 KEY_BLOCK = 4096  # keys and digests read per step
-READ_BLOCK = 1 << 20
-UNREACHABLE = "unreachable"  # a source that is not there (or not readable): not checked
 
 
 @dataclass
@@ -90,26 +85,6 @@ def _handler(result: SourceCheck, row: int, tick: Callable[[int], None]) -> Call
             result.problems.append((row, state))
 
     return handle
-
-
-def source_state(path: Path, sha256: str, size: int) -> str | None:
-    """None when the file has the recorded sha256 and size; UNREACHABLE; else what changed."""
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            return f"its source {path} is no longer a file"
-        if info.st_size != size:
-            return f"its source changed after extraction: {size} bytes then, {info.st_size} now"
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while block := handle.read(READ_BLOCK):
-                digest.update(block)
-    except OSError:
-        return UNREACHABLE
-    if digest.hexdigest() != sha256:
-        now = digest.hexdigest()
-        return f"its source changed after extraction: same size, other bytes (sha256 {now[:12]}…, was {sha256[:12]}…)"
-    return None
 
 
 def _text(value) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -41,7 +40,6 @@ FORMAT = "fmpipe-collection"
 VERSION = 1
 POLL_S = 0.2  # first wait for another task's discovery; doubled up to MAX_POLL_S
 MAX_POLL_S = 5.0
-_READ_BLOCK = 1 << 20
 
 
 def manifest_path(out: str | os.PathLike) -> Path:
@@ -196,20 +194,12 @@ def _stamp(path: Path, known: ListStamp | None = None) -> ListStamp:
         info = path.stat()
         if known is not None and (info.st_size, info.st_mtime_ns) == (known.size, known.mtime_ns):
             return known
-        digest = _sha256(path)
+        digest, _ = sources.file_sha256(path)
     except OSError as err:
         raise InputError(f"cannot read the image list {path}: {err.strerror or err}.") from None
     if known is not None and digest == known.sha256 and info.st_size == known.size:
         return known
     return ListStamp(info.st_size, info.st_mtime_ns, digest)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _damaged(path: Path, what: str) -> InputError:
