@@ -175,7 +175,7 @@ def _recompute_file(rc: Recomputer, path: Path, rows: np.ndarray, images_root: s
             found.skipped = len(rows)  # reported by the integrity checks; reading would give NaN fill
             return found
         root = images_root or str(file.attrs.get(schema.ATTR_IMAGES_ROOT, ""))
-        keys = [_text(file[schema.KEY][row]) for row in rows.tolist()]
+        keys = [schema.text(file[schema.KEY][row]) for row in rows.tolist()]
         usable = [i for i, key in enumerate(keys) if root and source_path(root, key) is not None]
         digests = file[schema.SOURCE_SHA256][rows.tolist()] if schema.SOURCE_SHA256 in file else None  # rows ascend
         found.skipped = len(rows) - len(usable)
@@ -219,7 +219,3 @@ def maps_mismatch(stored: np.ndarray, fresh: np.ndarray, tolerance: tuple[float,
         f"stored {a[c, y, x]:.5g}, recomputed {b[c, y, x]:.5g}, tolerance {limit[c, y, x]:.2g}): these maps "
         "are not this image's, or were altered"
     )
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

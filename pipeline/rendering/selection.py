@@ -148,11 +148,7 @@ def iter_keys(store: Store, rows: Sequence[int] | np.ndarray) -> Iterator[tuple[
         if block is None or not block_start <= row < block_start + len(block):
             block_start = row
             block = dset[row : row + KEY_BLOCK]
-        yield row, _text(block[row - block_start])
-
-
-def _text(key: bytes | str) -> str:
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        yield row, schema.text(block[row - block_start])
 
 
 @dataclass(frozen=True)
@@ -181,7 +177,7 @@ def image_folders(store: Store) -> FolderMap:
     for start in range(0, len(hashes), KEY_BLOCK):
         block = dset[start : start + KEY_BLOCK]
         # Python's str hash (salted per process) only groups candidates; names come from the strings.
-        hashes[start : start + len(block)] = [hash(safe_folder(_text(key))[0].casefold()) for key in block]
+        hashes[start : start + len(block)] = [hash(safe_folder(schema.text(key))[0].casefold()) for key in block]
     order = np.argsort(hashes, kind="stable")
     ordered = hashes[order]
     del hashes

@@ -59,7 +59,7 @@ def check_sources(
         digests = file[schema.SOURCE_SHA256][lo : lo + KEY_BLOCK]
         sizes = file[schema.SOURCE_SIZE][lo : lo + KEY_BLOCK]
         for row in block.tolist():
-            path = source_path(root, _text(keys[row - lo]))
+            path = source_path(root, schema.text(keys[row - lo]))
             if path is None:
                 result.problems.append((row, "its key leaves the images root; the source was not read"))
                 continue
@@ -85,7 +85,3 @@ def _handler(result: SourceCheck, row: int, tick: Callable[[int], None]) -> Call
             result.problems.append((row, state))
 
     return handle
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -200,13 +200,9 @@ def _rows_problem(file: h5py.File, plan: WritePlan) -> str | None:
     if stored.shape != (len(plan.keys),):
         return f"it holds {stored.shape[0]} images, this shard has {len(plan.keys)}"
     for lo in range(0, len(plan.keys), KEY_BLOCK):
-        got = [_text(k) for k in stored[lo : lo + KEY_BLOCK]]
+        got = [schema.text(k) for k in stored[lo : lo + KEY_BLOCK]]
         want = [to_utf8(k) for k in plan.keys[lo : lo + KEY_BLOCK]]
         if got != want:
             at = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
             return f"its row {lo + at} is {got[at]!r}, this run's is {want[at]!r}"
     return None
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

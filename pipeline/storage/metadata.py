@@ -53,9 +53,7 @@ def run_info(attrs: Mapping) -> RunInfo:
 
     def text(name: str) -> str | None:
         value = attrs.get(name)
-        if value is None:
-            return None
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        return None if value is None else schema.text(value)
 
     def integer(name: str) -> int | None:
         value = attrs.get(name)

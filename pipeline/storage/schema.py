@@ -93,6 +93,11 @@ CHUNK_TARGET_BYTES = 512 * 1024
 LIBVER = ("earliest", "v110")
 
 
+def text(value: bytes | str) -> str:
+    """A string as stored (h5py gives utf-8 bytes for keys, reasons and attributes) as str."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def stage_group(index: int) -> str:
     """Group path of stage `index` (0-based, in the model's own order)."""
     return f"{STAGES}/{index}"

@@ -161,7 +161,7 @@ class Store:
         """(key, reason) of every image that could not be used."""
         keys = self.file[schema.FAILURE_KEY][:]
         reasons = self.file[schema.FAILURE_REASON][:]
-        return [(_text(k), _text(r)) for k, r in zip(keys, reasons, strict=True)]
+        return [(schema.text(k), schema.text(r)) for k, r in zip(keys, reasons, strict=True)]
 
     @property
     def ok(self) -> np.ndarray:
@@ -257,7 +257,3 @@ class Store:
 def open_store(path: str | os.PathLike, require_complete: bool = False) -> Store:
     """Open an fmpipe HDF5 file lazily (see `Store`)."""
     return Store(path, require_complete=require_complete)
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -168,7 +168,7 @@ class _FileCheck:
 
     def problem(self, what: str, stage: int | str | None = None, row: int | None = None) -> None:
         kept = len(self.report.problems) < MAX_PROBLEMS_KEPT  # past that only counted: no key to read
-        key = _text(self.file[schema.KEY][row]) if row is not None and kept else None
+        key = schema.text(self.file[schema.KEY][row]) if row is not None and kept else None
         self.report.add(Problem(what, stage, key, self.label))
 
     def _check_stage(self, path: str) -> None:
@@ -241,7 +241,3 @@ class _FileCheck:
         if self.config.images_root is not None and found.unchecked and not found.checked:
             # The user named the folder to check against and nothing in it matched: say so loudly.
             self.problem(f"none of the {found.unchecked} recorded sources was found below --images-root {root}")
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

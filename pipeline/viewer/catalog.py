@@ -145,9 +145,9 @@ class Catalog:
         lo, hi = int(rows.min()), int(rows.max()) + 1
         if hi - lo <= max(KEY_SPAN, 4 * len(rows)):
             block = dset[lo:hi]
-            return [_text(block[row - lo]) for row in rows]
+            return [schema.text(block[row - lo]) for row in rows]
         if len(rows) <= SPARSE_KEYS:
-            return [_text(dset[int(row)]) for row in rows]
+            return [schema.text(dset[int(row)]) for row in rows]
         return [key for _, key in iter_keys(self.store, rows)]
 
     def search(self, text: str) -> np.ndarray:
@@ -161,7 +161,7 @@ class Catalog:
         dset, found = self.store.file[schema.KEY], []
         for start in range(0, len(self.ok), KEY_BLOCK):
             block = dset[start : start + KEY_BLOCK]
-            found += [start + i for i, key in enumerate(block) if needle in _text(key).casefold()]
+            found += [start + i for i, key in enumerate(block) if needle in schema.text(key).casefold()]
         rows = np.asarray(found, dtype=np.int64)
         return rows[self.ok[rows]] if len(rows) else rows
 
@@ -254,7 +254,3 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     out = BytesIO()
     Image.fromarray(pixels).save(out, "JPEG", quality=THUMB_QUALITY)
     return out.getvalue()
-
-
-def _text(key: bytes | str) -> str:
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
