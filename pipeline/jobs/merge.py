@@ -11,7 +11,6 @@ single-file schema: `open_store` and `fmpipe info` treat it like an unsharded fi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from ..storage import schema
 from ..storage.dims import attach_dimensions
 from ..storage.files import merged_path, publish, shards_folder
 from ..storage.identity import describe_difference
+from ..storage.metadata import run_info
 from ..storage.store import open_store
 from ..storage.toplists import merge_top_lists
 from . import shards
@@ -186,7 +186,8 @@ def _check_fingerprints(found: shards.ShardScan, opened: list[h5py.File]) -> Non
         return
     ref = opened[prints.index(common)]
     odd = [(s, f) for s, f, p in zip(found.shards, opened, prints, strict=True) if p != common]
-    first = describe_difference(_parts(ref), _parts(odd[0][1]), now_label="this shard")
+    theirs, mine = (run_info(f.attrs).fingerprint_parts for f in (ref, odd[0][1]))
+    first = describe_difference(theirs, mine, now_label="this shard")
     raise FingerprintMismatch(
         f"shards {', '.join(str(s.index) for s, _ in odd)} of {found.num_shards} were made with a different "
         f"configuration than the others ({odd[0][0].label}: {first}). Re-extract them with the others' "
@@ -212,7 +213,7 @@ def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
         raise InputError(f"the shards of {out} hold {count} images, their collection {total}; re-extract them.")
     keys = [k.decode("utf-8") for p in parts for k in p.keys]
     digest = hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
-    expected = _parts(ref).get("keys_sha256")
+    expected = run_info(ref.attrs).fingerprint_parts.get("keys_sha256")
     # Undecodable file names are stored escaped ("\\x.."), so their hash cannot match: then at least
     # no key may repeat (an image list keeps its own order, so sorted keys cannot be asked for).
     if expected and not any("\\" in k for k in keys):
@@ -220,13 +221,6 @@ def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
             raise InputError(f"the shards' keys of {out} are not the collection they were extracted from; re-extract.")
     elif len(set(keys)) != len(keys):
         raise InputError(f"the shards of {out} overlap (an image is in two shards); re-extract them.")
-
-
-def _parts(file: h5py.File) -> dict:
-    try:
-        return json.loads(file.attrs.get(schema.ATTR_FINGERPRINT_JSON, "{}"))
-    except (TypeError, ValueError):
-        return {}
 
 
 def _is_fmpipe(path: Path) -> bool:

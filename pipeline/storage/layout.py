@@ -19,6 +19,7 @@ from ..records import StageInfo
 from . import identity, schema
 from .codecs import Codec
 from .dims import attach_dimensions
+from .metadata import run_info
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,6 @@ def drop_unfinished_failures(file: h5py.File) -> None:
     file.flush()
 
 
-def _stored_parts(file: h5py.File) -> dict:
-    try:
-        return json.loads(file.attrs.get(schema.ATTR_FINGERPRINT_JSON, "{}"))
-    except (TypeError, ValueError):
-        return {}
-
-
 def check_resumable(file: h5py.File, path: Path, plan: WritePlan) -> None:
     """Raise before anything is written unless `file` holds exactly this plan's rows: same
     fingerprint (model, weights, stages, size, ...), same keys in the same rows, same range of
@@ -145,7 +139,7 @@ def check_resumable(file: h5py.File, path: Path, plan: WritePlan) -> None:
         raise InputError(f"{path} exists but is not an fmpipe file; move it away or pass --overwrite.")
     done = int(np.count_nonzero(file[schema.DONE][:])) if schema.DONE in file else 0
     if file.attrs.get(schema.ATTR_FINGERPRINT) != plan.fingerprint:
-        raise FingerprintMismatch(_mismatch(path, _stored_parts(file), plan, done))
+        raise FingerprintMismatch(_mismatch(path, run_info(file.attrs).fingerprint_parts, plan, done))
     problem = _rows_problem(file, plan)
     if problem:
         raise FingerprintMismatch(
@@ -158,7 +152,7 @@ def check_finished(out: Path, plan: WritePlan) -> None:
     """Return when `out` is complete and holds exactly this plan's rows; raise otherwise."""
     try:
         with h5py.File(out, "r", locking=False) as file:
-            parts = _stored_parts(file)
+            parts = run_info(file.attrs).fingerprint_parts
             same = file.attrs.get(schema.ATTR_FINGERPRINT) == plan.fingerprint
             problem = _rows_problem(file, plan) if same else None
             complete = bool(file.attrs.get(schema.ATTR_COMPLETE)) and bool(file[schema.DONE][:].all())
