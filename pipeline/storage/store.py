@@ -177,10 +177,8 @@ class Store:
     @property
     def layer_names(self) -> list[str]:
         """Stored layers (`--layers`), in the order they were asked for."""
-        if schema.LAYERS not in self.file:
-            return []
-        group = self.file[schema.LAYERS]
-        return sorted(group, key=lambda name: int(group[name].attrs.get(schema.ATTR_STAGE_INDEX, 0)))
+        prefix = f"{schema.LAYERS}/"
+        return [path[len(prefix) :] for path in schema.map_groups(self.file) if path.startswith(prefix)]
 
     def stage(self, index: int) -> StageView:
         """The stage with this index (negative counts from the last stored stage)."""
