@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import FmpipeError
+from ..errors import FmpipeError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -42,6 +42,13 @@ def default(config: type, name: str) -> Any:
     """A config dataclass field's default: the CLI takes every default from there, never twice."""
     field = next(f for f in dataclasses.fields(config) if f.name == name)
     return field.default
+
+
+def map_ref(stage: int | None, layer: str | None) -> int | str:
+    """The stored map a command is about: `--stage S` (an index) or `--layer NAME`, exactly one."""
+    if (stage is None) == (layer is None):
+        raise UsageError("give --stage S or --layer NAME (one of them).")
+    return stage if layer is None else layer
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import typer
 
 from ..rendering.config import RenderConfig
 from ..site.config import GalleryConfig
-from .app import app, default
+from .app import app, default, map_ref
 
 File = Annotated[str, typer.Argument(help="An fmpipe HDF5 file (single, merged or copied).")]
 Stage = Annotated[int | None, typer.Option(help="Stage to draw (0 is the first; negative counts from the last).")]
@@ -68,13 +68,9 @@ def render(
     """Draw one stage's (or layer's) feature maps as PNGs: per channel, per-image grids, overlays, or a PCA picture."""
     import pipeline
 
-    from ..errors import UsageError
-
-    if (stage is None) == (layer is None):
-        raise UsageError("give --stage S or --layer NAME (one of them).")
     summary = pipeline.render(
         path,
-        stage if layer is None else layer,
+        map_ref(stage, layer),
         out=out,
         images=images,
         channels=channels,

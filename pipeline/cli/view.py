@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..viewer.config import MAX_K, TopConfig, ViewConfig
-from .app import app, default
+from .app import app, default, map_ref
 from .look import Cmap, File, ImagesRoot, Normalize
 
 
@@ -51,13 +51,9 @@ def top(
     """The images that drive one channel most (dataset examples), best first; ties to the lower row."""
     import pipeline
 
-    from ..errors import UsageError
-
-    if (stage is None) == (layer is None):
-        raise UsageError("give --stage S or --layer NAME (one of them).")
     result = pipeline.top(
         path,
-        stage=stage if layer is None else layer,
+        stage=map_ref(stage, layer),
         channel=channel,
         k=k,
         by=by,
