@@ -173,6 +173,8 @@ class Store:
         return list(self._key_list())
 
     def _key_list(self) -> list[str]:
+        if self._closed:
+            raise self._closed_error()
         if self._keys is None:
             self._keys = [schema.text(k) for k in self.file[schema.KEY][:]]
         return self._keys
