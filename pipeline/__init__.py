@@ -113,7 +113,7 @@ def export(
     `format="npy"`: one `DEST/<image folder>.npy` of (C, H, W) float32 per image of stage (int) or
     layer (str) `stage`, named by key as render names its folders (`cats/a.jpg` → `cats/a.npy`);
     `images` picks rows, ranges, keys (`"0:4,cats/a.jpg"`). `format="hdf5"`: DEST is a self-contained
-    copy with the same layout and dimension scales, compressed with gzip and shuffle only (built into
+    copy with the same layout and dimension scales, compressed with gzip (deflate) only (built into
     every HDF5 library: MATLAB, R, Julia, h5py without hdf5plugin), of every stage and layer or just
     `stage`. Refuses to replace existing files unless `overwrite`.
     """

@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..rendering.config import Spec
 
 FORMATS = ("npy", "hdf5")
-COMPRESSIONS = ("gzip",)  # built into every HDF5 library (deflate), with the shuffle filter
+COMPRESSIONS = ("gzip",)  # built into every HDF5 library (deflate)
 GZIP_LEVEL = 4
 METHODS = ("srp", "pca")
 

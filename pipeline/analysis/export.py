@@ -5,7 +5,8 @@
   collision-free, a function of the file's whole key list), so `cats/a.jpg` → `DEST/cats/a.npy`.
 - `--format hdf5 --compression gzip`: a self-contained copy with the same groups, datasets,
   attributes, dimension scales and top lists, every stage's data rewritten with HDF5's built-in
-  shuffle + deflate filters only, so MATLAB, R, Julia and h5py without hdf5plugin read it.
+  deflate filter only, so MATLAB, R, Julia and h5py without hdf5plugin read it (and fmpipe's
+  verify and viewer, which decode chunks themselves, still know every byte of it).
 
 Map values are read through the store's one decoder, so both formats hold decoded values. Every
 file is written under a temporary name and renamed when complete; existing files are replaced only
@@ -33,6 +34,10 @@ from .config import GZIP_LEVEL, ExportConfig
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 64 * 1024 * 1024  # hdf5: rows copied per step, about this many bytes of float32 maps
+# HDF5's shuffle filter (also built in) would shrink float16 maps a little more under deflate, but
+# verify and the viewer decode chunks themselves and know deflate alone (storage/chunks.py KINDS);
+# turn it on once they unshuffle.
+SHUFFLE = False
 # Root attributes of a merged file that a stand-alone copy must not carry (it has no shards).
 _MERGE_ONLY = (schema.ATTR_MERGED_FROM, schema.ATTR_MERGE_MODE)
 ATTR_EXPORTED_FROM = "exported_from"  # the copy's source file name (docs/format.md)
@@ -109,7 +114,7 @@ def _save(path: Path, maps: np.ndarray) -> int:
 
 
 def _export_hdf5(config: ExportConfig, store: Store) -> tuple[int, int, int]:
-    """A gzip + shuffle copy of the file (or of one stage or layer) at DEST; returns (images, 0, bytes)."""
+    """A gzip copy of the file (or of one stage or layer) at DEST; returns (images, 0, bytes)."""
     dest = Path(config.dest)
     if dest.exists() or dest.is_symlink():
         if not config.overwrite:
@@ -150,8 +155,8 @@ def _copy_tables(store: Store, out: h5py.File) -> None:
 
 
 def _copy_maps(store: Store, out: h5py.File, view: StageView) -> None:
-    """One stage or layer: its attributes, data decoded and rewritten with shuffle + deflate in row
-    blocks, statistics, dimension scales and top lists."""
+    """One stage or layer: its attributes, data decoded and rewritten with deflate in row blocks,
+    statistics, dimension scales and top lists."""
     source = store.file[view.group]
     group = out.create_group(view.group)
     group.attrs.update(dict(source.attrs))
@@ -163,8 +168,8 @@ def _copy_maps(store: Store, out: h5py.File, view: StageView) -> None:
         schema.DATA,
         shape=data.shape,
         dtype=dtype,
-        chunks=data.chunks,
-        shuffle=True,
+        chunks=(1, schema.chunk_channels(*data.shape[1:], dtype.itemsize), *data.shape[2:]),  # (1, k, H, W)
+        shuffle=SHUFFLE,
         compression="gzip",
         compression_opts=GZIP_LEVEL,
         fillvalue=np.nan,

@@ -31,9 +31,9 @@ def export(
             "Julia, h5py without hdf5plugin), every stage and layer unless --stage/--layer."
         ),
     ] = default(ExportConfig, "format"),
-    compression: Annotated[
-        str, typer.Option(help="hdf5: gzip (deflate + shuffle, built into every HDF5 library).")
-    ] = default(ExportConfig, "compression"),
+    compression: Annotated[str, typer.Option(help="hdf5: gzip (deflate, built into every HDF5 library).")] = default(
+        ExportConfig, "compression"
+    ),
     allow_partial: AllowPartial = default(ExportConfig, "allow_partial"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files an earlier export wrote.")] = False,
 ) -> None:
