@@ -153,9 +153,10 @@ def reduce(
     `method="srp"`: very sparse random projection (density 1/sqrt(features)), reproducible from
     `seed`; pairwise distances kept within the Johnson-Lindenstrauss bound. `method="pca"`:
     incremental PCA in two passes; `out` also holds `explained_variance_ratio` (dim,) and `mean`
-    (features,); it needs about 8 * (3 * block + dim) * features bytes and refuses up front when
-    that exceeds `max_memory_gb` (default: the memory available). `pool=(h, w)` average-pools every
-    map first. Returns a `ReduceSummary`. Needs scikit-learn (`pip install 'fmpipe[reduce]'`).
+    (features,); it needs about 44 * dim * features bytes (11 times the float32 components) and
+    refuses up front when that exceeds `max_memory_gb` (default: the memory available now).
+    `pool=(h, w)` average-pools every map first. Returns a `ReduceSummary`. Needs scikit-learn
+    (`pip install 'fmpipe[reduce]'`).
     """
     from .analysis.config import ReduceConfig
     from .analysis.reduction import reduce as run

@@ -28,7 +28,7 @@ from ..errors import InputError, OutputExistsError, RunFailure
 from ..rendering.selection import image_folders, iter_keys, select_rows
 from ..storage import schema
 from ..storage.dims import attach_dimensions
-from ..storage.store import StageView, Store, open_store
+from ..storage.store import STREAM_CACHE_BYTES, StageView, Store, open_store
 from .config import GZIP_LEVEL, ExportConfig
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ExportSummary:
 
 def export(config: ExportConfig) -> ExportSummary:
     started = time.perf_counter()
-    with open_store(config.path, require_complete=not config.allow_partial) as store:
+    with open_store(config.path, not config.allow_partial, STREAM_CACHE_BYTES) as store:
         if config.format == "npy":
             images, skipped, written = _export_npy(config, store)
         else:

@@ -25,7 +25,7 @@ from ..storage.store import Store
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 64 * 1024 * 1024  # maps read per step, as float32
+BLOCK_BYTES = 2 * 1024 * 1024  # maps read per step, as float32: bounds memory whatever the number of images
 COPY_BYTES = 16 * 1024 * 1024
 
 
@@ -71,7 +71,9 @@ def iter_blocks(
         rows = np.flatnonzero(ok[start:stop]) + start
         if not len(rows):
             continue
-        maps = store.read(info.key, slice(start, stop))[rows - start]
+        maps = store.read(info.key, slice(start, stop))
+        if len(rows) < stop - start:
+            maps = maps[rows - start]
         flat = (pooled(maps, pool) if pool else maps).reshape(len(rows), -1)
         finite = np.isfinite(flat).all(axis=1)
         if not finite.all():

@@ -4,9 +4,9 @@ reduced to D numbers, reading the file in row blocks so that memory does not gro
 - `srp`: scikit-learn's very sparse random projection (density 1/sqrt(F) for F features per image),
   fitted on the shape alone from the seed, applied block by block: the same seed gives the same
   features, and pairwise distances keep within the Johnson-Lindenstrauss bound for D.
-- `pca`: scikit-learn's IncrementalPCA, fitted over row blocks (first pass), then applied (second
-  pass). It holds the D×F components and a block of rows with its SVD, about
-  `pca_bytes(F, D)`; a fit that would not fit in memory is refused before anything is read.
+- `pca`: scikit-learn's IncrementalPCA, fitted over batches of at most 2·D rows (first pass), then
+  applied block by block (second pass). It holds the D×F components and a batch with its SVD, at
+  most 44·D·F bytes (`pca_bytes`); a fit that would not fit in memory is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError, OutputExistsError, UsageError
 from ..records import StageInfo
-from ..storage.store import Store, open_store
+from ..storage.store import STREAM_CACHE_BYTES, Store, open_store
 from .config import ReduceConfig
 from .features import BLOCK_BYTES, FeatureFile, available_bytes, block_rows, feature_count, iter_blocks
 
@@ -57,7 +57,7 @@ def reduce(config: ReduceConfig) -> ReduceSummary:
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist.")
     sklearn = _sklearn()
-    with open_store(config.path, require_complete=not config.allow_partial) as store:
+    with open_store(config.path, not config.allow_partial, STREAM_CACHE_BYTES) as store:
         info = store.view(config.stage)
         features = feature_count(info, config.pool)
         if config.dim > features:
@@ -88,9 +88,9 @@ def reduce(config: ReduceConfig) -> ReduceSummary:
 
 def pca_bytes(features: int, dim: int, rows: int) -> int:
     """Memory an incremental PCA of `features` numbers per image to `dim` components takes with
-    blocks of `rows` images (float32): the rows held back and read (2·rows + dim), the SVD's input
-    and output (2·(rows + dim)) and the components (dim), each `features` long; and one block of
-    maps as read, before pooling."""
+    fits of `rows` images (at most 2·dim), float32: the rows pending and read (2·rows + dim), the
+    SVD's input and output (2·(rows + dim)) and the components (dim), each `features` long; and
+    one block of maps as read, before pooling. At rows = 2·dim: 44·dim·features bytes."""
     return 4 * features * (4 * rows + 3 * dim) + BLOCK_BYTES
 
 
@@ -117,8 +117,9 @@ def _size(nbytes: int) -> str:
 
 
 def _pca_rows(config: ReduceConfig, info: StageInfo) -> int:
-    """Images per partial fit: a block (about 64 MB of maps), never fewer than the components."""
-    return block_rows(info, at_least=config.dim)
+    """Images per partial fit: twice the components, and no more than a block of maps (BLOCK_BYTES),
+    nor fewer than the components: the SVD of each fit is then of (batch + dim) rows."""
+    return max(config.dim, min(2 * config.dim, block_rows(info)))
 
 
 def _srp(sklearn, config: ReduceConfig, store: Store, info: StageInfo, features: int, archive: FeatureFile) -> dict:
@@ -134,16 +135,16 @@ def _srp(sklearn, config: ReduceConfig, store: Store, info: StageInfo, features:
 
 
 def _pca(sklearn, config: ReduceConfig, store: Store, info: StageInfo, archive: FeatureFile) -> dict:
-    """Two passes: partial fits over blocks of at least `dim` rows (the last `dim` rows are held back
-    so the final fit never gets fewer), then the projection of every block."""
+    """Two passes: partial fits of `batch` rows (at least `dim` rows are held back, so the final fit
+    never gets fewer), then the projection of every block."""
     pca = sklearn.decomposition.IncrementalPCA(n_components=config.dim)
     batch = _pca_rows(config, info)
     pending: np.ndarray | None = None
     for _, flat in iter_blocks(store, info, config.pool, block_rows(info)):
         pending = flat if pending is None else np.concatenate([pending, flat])
-        if len(pending) >= batch + config.dim:
-            pca.partial_fit(pending[: -config.dim])
-            pending = pending[-config.dim :].copy()
+        while len(pending) >= batch + config.dim:  # fits of `batch` rows; at least `dim` stay for the last
+            pca.partial_fit(pending[:batch])
+            pending = pending[batch:]
     if pending is None or (len(pending) < config.dim and not hasattr(pca, "components_")):
         raise InputError(f"PCA to {config.dim} components needs at least {config.dim} images with finite maps.")
     pca.partial_fit(pending)

@@ -33,6 +33,9 @@ from .virtual import check_virtual_sources
 # One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
 # is decoded again on every partial read).
 CHUNK_CACHE_BYTES = 64 * 1024 * 1024
+# What a pass that reads every chunk once (export, reduce) needs: a full cache only keeps chunks
+# that are never read again, and memory would grow with the images read, up to the 64 MB.
+STREAM_CACHE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +59,9 @@ class Store:
     `stage(i)`, `layer(name)` the stored datasets, lazily. Reads after `close()` raise `ClosedStoreError`.
     """
 
-    def __init__(self, path: str | os.PathLike, require_complete: bool = False):
+    def __init__(
+        self, path: str | os.PathLike, require_complete: bool = False, chunk_cache_bytes: int = CHUNK_CACHE_BYTES
+    ):
         self.path = Path(path)
         self._closed = False
         self._keys: list[str] | None = None  # read once, on first use
@@ -65,7 +70,7 @@ class Store:
             raise MissingFileError(f"{self.path} does not exist.")
         try:
             self._file = h5py.File(
-                self.path, "r", locking="best-effort", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007
+                self.path, "r", locking="best-effort", rdcc_nbytes=chunk_cache_bytes, rdcc_nslots=10007
             )
         except OSError as err:
             raise InputError(f"{self.path} is not a readable HDF5 file ({err}).") from None
@@ -356,9 +361,11 @@ class Store:
         self.close()
 
 
-def open_store(path: str | os.PathLike, require_complete: bool = False) -> Store:
+def open_store(
+    path: str | os.PathLike, require_complete: bool = False, chunk_cache_bytes: int = CHUNK_CACHE_BYTES
+) -> Store:
     """Open an fmpipe HDF5 file lazily (see `Store`)."""
-    return Store(path, require_complete=require_complete)
+    return Store(path, require_complete=require_complete, chunk_cache_bytes=chunk_cache_bytes)
 
 
 def decoded_maps(
