@@ -136,3 +136,16 @@ def test_bad_requests_are_usage_errors(collection, tmp_path):
     with pytest.raises(OutputExistsError):
         pipeline.reduce(collection, stage=2, method="srp", dim=4, out=tmp_path / "f.npz")
     assert (tmp_path / "f.npz").read_bytes() == b"mine"
+
+
+def test_the_readme_rsa_example_is_the_code_its_figure_runs():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo / "scripts"))
+    example = importlib.import_module("make_readme_pictures").RSA_EXAMPLE
+    readme = (repo / "README.md").read_text()
+    assert f"```python\n{example}```" in readme
+    assert "fmpipe reduce out.h5 --stage S --method srp --dim 256 --out sS.npz" in readme
