@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import InputError, OutputExistsError, RunFailure
+from ..errors import InputError, OutputExistsError, RunFailure, UsageError
 from ..rendering.selection import image_folders, iter_keys, select_rows
 from ..storage import schema
 from ..storage.dims import attach_dimensions
@@ -81,6 +81,8 @@ def _export_npy(config: ExportConfig, store: Store) -> tuple[int, int, int]:
     skipped = int((~store.ok).sum()) if config.images is None else 0  # a selection's are in the warning
     folders = image_folders(store)
     dest = Path(config.dest)
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} is a file; --format npy writes into a folder (one .npy per image).")
     targets = [(row, dest / f"{folders.folder(row, key)}.npy") for row, key in iter_keys(store, rows)]
     if not config.overwrite:
         existing = [path for _, path in targets if path.exists() or path.is_symlink()]
@@ -107,6 +109,9 @@ def _save(path: Path, maps: np.ndarray) -> int:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise RunFailure(f"cannot write {path}: {err.strerror or err}. Free space or pick another folder.") from err
+    except BaseException:  # Ctrl-C: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path.stat().st_size
 
 
@@ -121,6 +126,8 @@ def _export_hdf5(config: ExportConfig, store: Store) -> tuple[int, int, int]:
             raise OutputExistsError(f"{dest} exists; pass --overwrite to replace it.")
         if dest.exists() and dest.resolve() == store.path.resolve():
             raise InputError(f"{dest} is the file being exported; write the copy elsewhere.")
+    if not dest.parent.is_dir():
+        raise UsageError(f"{dest}: the folder {dest.parent} does not exist.")
     views = [store.view(config.stage)] if config.stage is not None else store.maps
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:

@@ -131,6 +131,9 @@ class FeatureFile:
             raise RunFailure(
                 f"cannot write {self.path}: {err.strerror or err}. Free space or pick another place."
             ) from err
+        except BaseException:  # Ctrl-C: no half-written archive left behind
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
             self._spool.close()
         return rows
