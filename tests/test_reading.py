@@ -14,7 +14,7 @@ from conftest import write_images
 from helpers import fmpipe
 
 import pipeline
-from pipeline.errors import ClosedStoreError, FmpipeError, InputError
+from pipeline.errors import ClosedStoreError, FmpipeError, InputError, UsageError
 from pipeline.jobs import merge
 from pipeline.storage import files
 
@@ -165,3 +165,22 @@ def test_importing_pipeline_is_enough_for_plain_xarray(outputs):
 def test_cli_says_a_missing_file_does_not_exist(tmp_path):
     run = fmpipe(["reduce", tmp_path / "none.h5", "--stage", "0", "--method", "srp", "--dim", "4", "--out", "f.npz"])
     assert run.returncode == 2 and "fmpipe: error:" in run.stderr and "does not exist" in run.stderr
+
+
+def test_uint8_files_read_decoded_by_key_and_by_row(outputs, tmp_path):
+    """Active once `--dtype uint8` exists (the bytes branch): reads go through the one decoder."""
+    try:
+        pipeline.extract(str(outputs / "images"), str(tmp_path / "u8.h5"), dtype="uint8", **OPTIONS)
+    except UsageError as err:
+        pytest.skip(f"this fmpipe stores no uint8 yet ({err})")
+    with pipeline.open_store(tmp_path / "u8.h5") as u8, pipeline.open_store(outputs / "f32.h5") as full:
+        for view in u8.maps:
+            for row, key in enumerate(u8.keys):
+                got = u8.read(view.key, key)
+                assert got.dtype == np.float32
+                np.testing.assert_array_equal(got, u8.read(view.key, row))
+                if not u8.ok[row]:
+                    continue
+                want = full.read(view.key, key)
+                step = (want.max(axis=(1, 2)) - want.min(axis=(1, 2)))[:, None, None] / 255
+                assert (np.abs(got - want) <= step * 0.51 + 1e-6).all()  # within half a quantisation step

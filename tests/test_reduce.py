@@ -149,3 +149,22 @@ def test_the_readme_rsa_example_is_the_code_its_figure_runs():
     readme = (repo / "README.md").read_text()
     assert f"```python\n{example}```" in readme
     assert "fmpipe reduce out.h5 --stage S --method srp --dim 256 --out sS.npz" in readme
+
+
+@pytest.mark.slow
+def test_reduce_export_and_open_dataset_never_import_torch(collection, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipeline\n"
+        "path, out = sys.argv[1], sys.argv[2]\n"
+        "pipeline.reduce(path, stage=2, method='srp', dim=8, out=out + '/s.npz')\n"
+        "pipeline.reduce(path, stage=2, method='pca', dim=4, out=out + '/p.npz')\n"
+        "pipeline.export(path, out + '/npy', stage=2, images='0:3')\n"
+        "pipeline.open_dataset(path, 2)['data'][:2].values\n"
+        "print('torch' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(collection), str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
