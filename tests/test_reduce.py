@@ -15,7 +15,7 @@ from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
 import pipeline
 from pipeline.analysis.features import pooled
-from pipeline.errors import OutputExistsError, UsageError
+from pipeline.errors import InputError, OutputExistsError, UsageError
 
 OPTIONS = dict(model="tiny_models:plain_net", size=(64, 64), batch_size=32, workers=0, device="cpu")
 BROKEN = "img007b.png"
@@ -132,6 +132,8 @@ def test_bad_requests_are_usage_errors(collection, tmp_path):
         pipeline.reduce(collection, stage=2, method="srp", dim=4, pool=(9, 9), out=tmp_path / "f.npz")
     with pytest.raises(UsageError, match=r"must end in \.npz"):
         pipeline.reduce(collection, stage=2, method="srp", dim=4, out=tmp_path / "f.npy")
+    with pytest.raises(InputError, match=r"needs at least 300 images with maps; .* has 200"):
+        pipeline.reduce(collection, stage=2, method="pca", dim=300, out=tmp_path / "f.npz")
     (tmp_path / "f.npz").write_bytes(b"mine")
     with pytest.raises(OutputExistsError):
         pipeline.reduce(collection, stage=2, method="srp", dim=4, out=tmp_path / "f.npz")
@@ -168,3 +170,28 @@ def test_reduce_export_and_open_dataset_never_import_torch(collection, tmp_path)
     run = subprocess.run([sys.executable, "-c", code, str(collection), str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_missing_optional_libraries_are_named_with_the_install_command(collection, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['sklearn'] = sys.modules['xarray'] = None  # as if not installed\n"
+        "import pipeline\n"
+        "for call in (lambda: pipeline.reduce(sys.argv[1], stage=0, method='srp', dim=4, out=sys.argv[2]),\n"
+        "             lambda: pipeline.open_dataset(sys.argv[1], 0)):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except pipeline.errors.UsageError as err:\n"
+        "        print(err)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(collection), str(tmp_path / "f.npz")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert "pip install 'fmpipe[reduce]'" in lines[0] and "pip install 'fmpipe[xarray]'" in lines[1]
+    assert not (tmp_path / "f.npz").exists()
