@@ -184,3 +184,14 @@ def test_uint8_files_read_decoded_by_key_and_by_row(outputs, tmp_path):
                 want = full.read(view.key, key)
                 step = (want.max(axis=(1, 2)) - want.min(axis=(1, 2)))[:, None, None] / 255
                 assert (np.abs(got - want) <= step * 0.51 + 1e-6).all()  # within half a quantisation step
+
+
+def test_open_dataset_blocks_of_rows_and_a_layer_by_name(outputs):
+    with pipeline.open_dataset(outputs / "single.h5", -1, chunks=7) as ds:
+        assert ds["data"].chunks[0] == (7, 7, 7) and ds.attrs["stage"] == 2 and ds.attrs["module"] == "head"
+        with pipeline.open_store(outputs / "single.h5") as store:
+            np.testing.assert_array_equal(ds["data"][3:9, 1].values, store.read(2, slice(3, 9))[:, 1])
+    with pytest.raises(UsageError, match="chunks must be at least 1"):
+        pipeline.open_dataset(outputs / "single.h5", 0, chunks=0)
+    with pytest.raises(FmpipeError, match="layer 'nope' is not in"):
+        pipeline.open_dataset(outputs / "single.h5", "nope")

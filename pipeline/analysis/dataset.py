@@ -18,6 +18,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from ..errors import UsageError
 from ..storage import schema
 from ..storage.store import StageView, Store, decoded_maps, open_store
 
@@ -34,6 +35,8 @@ def open_dataset(path: str | os.PathLike, ref: int | str, *, chunks: int | None 
     installed every variable is a dask array of `chunks` rows per block (default: about 64 MB of
     maps). `ds.close()` closes the file.
     """
+    if chunks is not None and chunks < 1:
+        raise UsageError(f"chunks must be at least 1 (images per dask block), got {chunks}.")
     store = open_store(path)
     try:
         view = store.view(ref)
