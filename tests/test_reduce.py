@@ -195,3 +195,30 @@ def test_missing_optional_libraries_are_named_with_the_install_command(collectio
     lines = run.stdout.splitlines()
     assert "pip install 'fmpipe[reduce]'" in lines[0] and "pip install 'fmpipe[xarray]'" in lines[1]
     assert not (tmp_path / "f.npz").exists()
+
+
+def test_a_stage_declaring_huge_maps_is_refused_before_reading(collection, tmp_path):
+    """A crafted file may declare any shape: one image of 100,000×1,000×1,000 is 400 GB as float32."""
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "huge.h5"
+    shutil.copy(collection, path)
+    with h5py.File(path, "r+") as f:
+        group = f["stages/0"]
+        n = group["data"].shape[0]
+        for name in ("data", "min", "max", "mean", "image", "channel", "y", "x"):
+            del group[name]
+        group.create_dataset("data", shape=(n, 100_000, 1000, 1000), dtype="f2", chunks=(1, 1, 1000, 1000))
+        for name in ("min", "max", "mean"):
+            group.create_dataset(name, shape=(n, 100_000), dtype="f4")
+        group.attrs.update({"channels": 100_000, "height": 1000, "width": 1000})
+    for call in (
+        lambda: pipeline.reduce(path, stage=0, method="srp", dim=8, out=tmp_path / "f.npz"),
+        lambda: pipeline.export(path, tmp_path / "npy", stage=0),
+        lambda: pipeline.export(path, tmp_path / "copy.h5", format="hdf5"),
+    ):
+        with pytest.raises(InputError, match=r"one image's maps of stage 0 \(100000×1000×1000\) need 1200\.0 GB"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.h5"]

@@ -30,6 +30,7 @@ from ..storage import schema
 from ..storage.dims import attach_dimensions
 from ..storage.store import STREAM_CACHE_BYTES, StageView, Store, open_store
 from .config import GZIP_LEVEL, ExportConfig
+from .features import check_row_fits
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def export(config: ExportConfig) -> ExportSummary:
 def _export_npy(config: ExportConfig, store: Store) -> tuple[int, int, int]:
     """One .npy per selected image that holds maps; returns (written, left out, bytes)."""
     view = store.view(config.stage)
+    check_row_fits(view)
     rows = select_rows(store, config.images)  # failed and unfinished rows dropped, with a warning
     skipped = int((~store.ok).sum()) if config.images is None else 0  # a selection's are in the warning
     folders = image_folders(store)
@@ -164,6 +166,7 @@ def _copy_tables(store: Store, out: h5py.File) -> None:
 def _copy_maps(store: Store, out: h5py.File, view: StageView) -> None:
     """One stage or layer: its attributes, data decoded and rewritten with deflate in row blocks,
     statistics, dimension scales and top lists."""
+    check_row_fits(view)
     source = store.file[view.group]
     group = out.create_group(view.group)
     group.attrs.update(dict(source.attrs))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RunFailure, UsageError
+from ..errors import InputError, RunFailure, UsageError
 from ..records import StageInfo
 from ..rendering.selection import iter_keys
 from ..storage.store import Store
@@ -81,6 +81,17 @@ def iter_blocks(
             key = next(iter_keys(store, bad[:1]))[1]
             log.warning("left out %d images whose maps hold NaN or inf (first: %s)", len(bad), key)
         yield rows[finite], flat[finite]
+
+
+def check_row_fits(info: StageInfo) -> None:
+    """Refuse a stage whose one image's float32 maps (read, decoded, flattened: about 3 copies) would
+    not fit in memory now: a damaged or crafted file may declare any shape."""
+    row_bytes = 4 * info.channels * info.height * info.width
+    if 3 * row_bytes > available_bytes():
+        raise InputError(
+            f"one image's maps of {info.label} ({info.channels}×{info.height}×{info.width}) need "
+            f"{3 * row_bytes / 1e9:.1f} GB to read as float32; {available_bytes() / 1e9:.1f} GB are available."
+        )
 
 
 def available_bytes() -> int:

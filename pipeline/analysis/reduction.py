@@ -22,7 +22,15 @@ from ..errors import InputError, OutputExistsError, UsageError
 from ..records import StageInfo
 from ..storage.store import STREAM_CACHE_BYTES, Store, open_store
 from .config import ReduceConfig
-from .features import BLOCK_BYTES, FeatureFile, available_bytes, block_rows, feature_count, iter_blocks
+from .features import (
+    BLOCK_BYTES,
+    FeatureFile,
+    available_bytes,
+    block_rows,
+    check_row_fits,
+    feature_count,
+    iter_blocks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,7 @@ def reduce(config: ReduceConfig) -> ReduceSummary:
     sklearn = _sklearn()
     with open_store(config.path, not config.allow_partial, STREAM_CACHE_BYTES) as store:
         info = store.view(config.stage)
+        check_row_fits(info)
         features = feature_count(info, config.pool)
         if config.dim > features:
             raise UsageError(
