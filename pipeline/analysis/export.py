@@ -156,6 +156,8 @@ def _copy_tables(store: Store, out: h5py.File) -> None:
             out.attrs[name] = value
     out.attrs[schema.ATTR_COMPRESSION] = "gzip"
     out.attrs[schema.ATTR_CHUNK_CHECKSUM] = "zlib-adler32"
+    if "shuffle" in out.attrs:  # the storage choices' byte-shuffle flag (schema.ATTR_SHUFFLE there): not here
+        out.attrs["shuffle"] = SHUFFLE
     out.attrs[ATTR_EXPORTED_FROM] = store.path.name
     for group in (schema.IMAGES, schema.FAILURES):
         for name, dset in store.file[group].items():
