@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from ..storage import schema
 from ..storage.dims import attach_dimensions
 from ..storage.store import STREAM_CACHE_BYTES, StageView, Store, open_store
 from .config import GZIP_LEVEL, ExportConfig
-from .features import check_row_fits
+from .features import block_rows, check_row_fits
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +86,35 @@ def _export_npy(config: ExportConfig, store: Store) -> tuple[int, int, int]:
     dest = Path(config.dest)
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} is a file; --format npy writes into a folder (one .npy per image).")
-    targets = [(row, dest / f"{folders.folder(row, key)}.npy") for row, key in iter_keys(store, rows)]
+
+    def targets() -> Iterator[tuple[int, Path]]:  # streamed twice: no list of N paths in memory
+        return ((row, dest / f"{folders.folder(row, key)}.npy") for row, key in iter_keys(store, rows))
+
     if not config.overwrite:
-        existing = [path for _, path in targets if path.exists() or path.is_symlink()]
+        existing = [path for _, path in targets() if path.exists() or path.is_symlink()]
         if existing:
             raise OutputExistsError(
-                f"{len(existing)} of the {len(targets)} files to write exist already (first: {existing[0]}); "
+                f"{len(existing)} of the {len(rows)} files to write exist already (first: {existing[0]}); "
                 "pass --overwrite to replace them, or export into another folder."
             )
     written = 0
-    for row, path in targets:
-        written += _save(path, store.read(view.key, row))
-    log.info("exported %s of %d images to %s", view.label, len(targets), dest)
-    return len(targets), skipped, written
+    for block in _blocks(targets(), block_rows(view)):  # rows read a block at a time, one file each
+        maps = store.read(view.key, [row for row, _ in block])
+        for (_, path), image in zip(block, maps, strict=True):
+            written += _save(path, image)
+    log.info("exported %s of %d images to %s", view.label, len(rows), dest)
+    return len(rows), skipped, written
+
+
+def _blocks(items: Iterator, size: int) -> Iterator[list]:
+    block: list = []
+    for item in items:
+        block.append(item)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def _save(path: Path, maps: np.ndarray) -> int:
