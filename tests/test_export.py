@@ -147,3 +147,15 @@ def test_gzip_copy_of_one_stage_and_refusals(outputs, tmp_path):
     with pytest.raises(pipeline.errors.InputError, match="being exported"):
         pipeline.export(outputs / "single.h5", outputs / "single.h5", format="hdf5", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s2.h5"]
+
+
+@pytest.mark.slow
+def test_cli_npy_export_and_its_usage_errors(outputs, tmp_path):
+    run = fmpipe(["export", outputs / "single.h5", tmp_path / "maps", "--stage", "1", "--images", "0:2"])
+    assert run.returncode == 0, run.stderr
+    assert "maps: 2 files written" in run.stdout
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.npy", "a_png.npy"]
+    both = fmpipe(["export", outputs / "single.h5", tmp_path / "m2", "--stage", "1", "--layer", "body.0"])
+    assert both.returncode == 2 and "give --stage S or --layer NAME (one of them)" in both.stderr
+    again = fmpipe(["export", outputs / "single.h5", tmp_path / "maps", "--stage", "1", "--images", "0:2"])
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr and "Traceback" not in again.stderr
