@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 2 * 1024 * 1024  # maps read per step, as float32: bounds memory whatever the number of images
 COPY_BYTES = 16 * 1024 * 1024
+PROGRESS_S = 10.0
 
 
 def block_rows(info: StageInfo, at_least: int = 1) -> int:
@@ -61,12 +63,17 @@ def pooled(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def iter_blocks(
-    store: Store, info: StageInfo, pool: tuple[int, int] | None, rows_per_block: int
+    store: Store, info: StageInfo, pool: tuple[int, int] | None, rows_per_block: int, what: str = "read"
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows, features): (n,) int64 rows holding finite maps and their (n, F) float32 features, block by
-    block in row order. Failed, unfinished and non-finite rows are left out (the last are logged)."""
+    block in row order. Failed, unfinished and non-finite rows are left out (the last are logged).
+    Progress (`what`: the pass) is logged every PROGRESS_S seconds."""
     ok = store.ok
+    said = time.monotonic()
     for start in range(0, len(store), rows_per_block):
+        if time.monotonic() - said > PROGRESS_S:
+            said = time.monotonic()
+            log.info("%s: %d of %d images of %s", what, start, len(store), info.label)
         stop = min(start + rows_per_block, len(store))
         rows = np.flatnonzero(ok[start:stop]) + start
         if not len(rows):

@@ -138,9 +138,14 @@ def _srp(sklearn, config: ReduceConfig, store: Store, info: StageInfo, features:
         n_components=config.dim, density="auto", dense_output=True, random_state=config.seed
     )
     projection.fit(scipy.sparse.csr_matrix((1, features), dtype=np.float32))  # the shape is all it needs
-    for rows, flat in iter_blocks(store, info, config.pool, block_rows(info)):
+    for rows, flat in iter_blocks(store, info, config.pool, block_rows(info), "srp"):
         archive.add(rows, projection.transform(flat))
-    return {"density": np.float64(projection.density_), "seed": np.int64(config.seed)}
+    # The same seed gives the same projection with the same scikit-learn: record which one.
+    return {
+        "density": np.float64(projection.density_),
+        "seed": np.int64(config.seed),
+        "sklearn_version": np.str_(sklearn.__version__),
+    }
 
 
 def _pca(sklearn, config: ReduceConfig, store: Store, info: StageInfo, archive: FeatureFile) -> dict:
@@ -149,7 +154,7 @@ def _pca(sklearn, config: ReduceConfig, store: Store, info: StageInfo, archive: 
     pca = sklearn.decomposition.IncrementalPCA(n_components=config.dim)
     batch = _pca_rows(config, info)
     pending: np.ndarray | None = None
-    for _, flat in iter_blocks(store, info, config.pool, block_rows(info)):
+    for _, flat in iter_blocks(store, info, config.pool, block_rows(info), "pca fit (pass 1 of 2)"):
         pending = flat if pending is None else np.concatenate([pending, flat])
         while len(pending) >= batch + config.dim:  # fits of `batch` rows; at least `dim` stay for the last
             pca.partial_fit(pending[:batch])
@@ -158,11 +163,12 @@ def _pca(sklearn, config: ReduceConfig, store: Store, info: StageInfo, archive: 
         raise InputError(f"PCA to {config.dim} components needs at least {config.dim} images with finite maps.")
     pca.partial_fit(pending)
     del pending
-    for rows, flat in iter_blocks(store, info, config.pool, block_rows(info)):
+    for rows, flat in iter_blocks(store, info, config.pool, block_rows(info), "pca projection (pass 2 of 2)"):
         archive.add(rows, pca.transform(flat).astype(np.float32))
     return {
         "explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float32),
         "mean": pca.mean_.astype(np.float32),
+        "sklearn_version": np.str_(sklearn.__version__),
     }
 
 
