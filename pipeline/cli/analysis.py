@@ -16,7 +16,7 @@ from .look import AllowPartial, File, ImagesSpec, Layer
 Stage = Annotated[int | None, typer.Option(help="Stage (0 is the first; negative counts from the last).")]
 
 
-@app.command()
+@app.command(rich_help_panel="Analysis: the maps for other tools")
 def export(
     path: File,
     dest: Annotated[str, typer.Argument(help="npy: a folder (one FILE per image); hdf5: the new .h5 file.")],
@@ -54,7 +54,7 @@ def export(
     typer.echo(summary.line())
 
 
-@app.command()
+@app.command(rich_help_panel="Analysis: the maps for other tools")
 def reduce(
     path: File,
     method: Annotated[
