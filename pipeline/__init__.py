@@ -7,15 +7,20 @@
     pipeline.render("out.h5", 2, top_k=9, layout="grid")       # PNGs
     report = pipeline.verify("out.h5", recompute=4)            # intact and true to its sources?
     pipeline.top("out.h5", stage=2, channel=7).items          # the images that drive a channel
+    ds = pipeline.open_dataset("out.h5", 2)                    # xarray, lazy, decoded float32
+    pipeline.reduce("out.h5", stage=2, method="pca", dim=100, out="f.npz")   # features for RSA, probes
 
 One verb per command of the `fmpipe` CLI, which calls these; options are keyword-only and an
 unknown one is a `UsageError` that lists the valid ones. Heavy modules load on first use:
-only `extract`, `stages` and `verify(recompute=...)` import torch.
+only `extract`, `stages` and `verify(recompute=...)` import torch. Importing `pipeline` registers
+hdf5plugin's filters (zstd), so h5py, xarray and h5netcdf read fmpipe files with no other import.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+import hdf5plugin  # noqa: F401  (registers the zstd filter for every HDF5 reader in this process)
 
 from .errors import UsageError
 from .version import __version__
@@ -23,12 +28,15 @@ from .version import __version__
 __all__ = [
     "__version__",
     "colorize",
+    "export",
     "extract",
     "gallery",
     "info",
     "layers",
     "merge",
+    "open_dataset",
     "open_store",
+    "reduce",
     "render",
     "stages",
     "top",
@@ -73,6 +81,99 @@ def open_store(path, *, require_complete: bool = False):
     from .storage.store import open_store as _open
 
     return _open(path, require_complete=require_complete)
+
+
+def open_dataset(path, ref: int | str, *, chunks: int | None = None):
+    """Stage `ref` (an int index) or layer `ref` (a str) of an fmpipe file as a lazy `xarray.Dataset`:
+    `data` (image, channel, y, x) float32 decoded, `min`/`max`/`mean` (image, channel), the keys as
+    the `image` coordinate; dask arrays of `chunks` rows when dask is installed. Needs
+    `pip install 'fmpipe[xarray]'`; see `pipeline.analysis.dataset.open_dataset`."""
+    try:
+        from .analysis.dataset import open_dataset as _open
+    except ImportError as err:
+        if err.name != "xarray":
+            raise
+        raise UsageError("pipeline.open_dataset needs xarray: python -m pip install 'fmpipe[xarray]'.") from None
+    return _open(path, ref, chunks=chunks)
+
+
+def export(
+    path,
+    dest,
+    *,
+    stage: int | str | None = None,
+    images=None,
+    format: str = "npy",
+    compression: str = "gzip",
+    allow_partial: bool = False,
+    overwrite: bool = False,
+):
+    """Write maps for other tools; returns an `ExportSummary`.
+
+    `format="npy"`: one `DEST/<image folder>.npy` of (C, H, W) float32 per image of stage (int) or
+    layer (str) `stage`, named by key as render names its folders (`cats/a.jpg` → `cats/a.npy`);
+    `images` picks rows, ranges, keys (`"0:4,cats/a.jpg"`). `format="hdf5"`: DEST is a self-contained
+    copy with the same layout and dimension scales, compressed with gzip (deflate) only (built into
+    every HDF5 library: MATLAB, R, Julia, h5py without hdf5plugin), of every stage and layer or just
+    `stage`. Refuses to replace existing files unless `overwrite`.
+    """
+    from .analysis.config import ExportConfig
+    from .analysis.export import export as run
+
+    config = ExportConfig(
+        path=str(path),
+        dest=str(dest),
+        stage=stage,
+        images=images,
+        format=format,
+        compression=compression,
+        allow_partial=allow_partial,
+        overwrite=overwrite,
+    )
+    return run(config)
+
+
+def reduce(
+    path,
+    *,
+    stage: int | str,
+    method: str,
+    dim: int,
+    out,
+    seed: int = 0,
+    pool: tuple[int, int] | None = None,
+    max_memory_gb: float | None = None,
+    allow_partial: bool = False,
+    overwrite: bool = False,
+):
+    """Reduce each image's flattened maps of stage (int) or layer (str) `stage` to `dim` numbers, in
+    row blocks (memory does not grow with the images), into `out` (.npz): `features` (N, dim)
+    float32 and `keys` (N,) of the images that hold maps (failed ones are left out, and logged).
+
+    `method="srp"`: very sparse random projection (density 1/sqrt(features)), reproducible from
+    `seed`; pairwise distances kept within the Johnson-Lindenstrauss bound. `method="pca"`:
+    incremental PCA in two passes; `out` also holds `explained_variance_ratio` (dim,) and `mean`
+    (features,); it needs about 44 * dim * features bytes (11 times the float32 components) and
+    refuses up front when that exceeds `max_memory_gb` (default: the memory available now).
+    `pool=(h, w)` average-pools every map first. Returns a `ReduceSummary`. Needs scikit-learn
+    (`pip install 'fmpipe[reduce]'`).
+    """
+    from .analysis.config import ReduceConfig
+    from .analysis.reduction import reduce as run
+
+    config = ReduceConfig(
+        path=str(path),
+        stage=stage,
+        method=method,
+        dim=dim,
+        out=str(out),
+        seed=seed,
+        pool=pool,
+        max_memory_gb=max_memory_gb,
+        allow_partial=allow_partial,
+        overwrite=overwrite,
+    )
+    return run(config)
 
 
 def info(path) -> str:

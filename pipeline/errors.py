@@ -45,3 +45,24 @@ class Interrupted(RunFailure):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class UnknownKeyError(InputError, KeyError):
+    """No image with this key: an fmpipe error for the CLI, and a `KeyError` for `except KeyError`."""
+
+    def __str__(self) -> str:  # KeyError's own str() would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """A path that does not exist: an fmpipe error for the CLI, and a `FileNotFoundError` for Python."""
+
+
+class ClosedStoreError(FmpipeError, ValueError):
+    """A read from a store after `close()` (or after its `with` block), like a closed Python file."""
+
+    exit_code = 1
+
+
+class RowOutOfRange(UsageError, IndexError):
+    """A row number outside the file: an fmpipe error for the CLI, and an `IndexError` for Python."""

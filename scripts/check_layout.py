@@ -34,6 +34,7 @@ LAYERS = {
     "rendering": {"shared", "storage"},
     "site": {"shared", "storage", "rendering"},
     "viewer": {"shared", "storage", "rendering", "site"},
+    "analysis": {"shared", "storage", "rendering"},
 }
 FACES = {"pipeline", "pipeline.__main__", "pipeline.cli"}
 

@@ -38,7 +38,17 @@ COMMANDS = [
     "render out.h5 --stage 3 --images chelsea.jpg --top-k 16 --layout grid",
     "render out.h5 --stage 2 --images chelsea.jpg --channels 6 --overlay --layout channels",
     "render out.h5 --stage 2 --layout pca",
+    *(f"reduce out.h5 --stage {s} --method srp --dim 256 --out s{s}.npz" for s in range(5)),
 ]
+# The README's RSA example, run as written after COMMANDS' reductions; its `rdms` and `similarity`
+# are drawn as rsa-stages.png (README.md must hold these very lines: tests check it).
+RSA_EXAMPLE = """\
+import numpy as np
+features = [np.load(f"s{s}.npz")["features"] for s in range(5)]    # (N, 256) per stage
+rdms = [1 - np.corrcoef(f) for f in features]                       # (N, N): 1 - Pearson r
+upper = np.triu_indices(len(rdms[0]), k=1)
+similarity = np.corrcoef([rdm[upper] for rdm in rdms])              # (5, 5): stages compared
+"""
 PICTURES = {  # docs/images/<name>: the file COMMANDS wrote, below out-render/
     "chelsea-stage1-grid.png": "stage1/chelsea/grid.png",
     "chelsea-stage3-grid.png": "stage3/chelsea/grid.png",
@@ -48,6 +58,7 @@ PICTURES = {  # docs/images/<name>: the file COMMANDS wrote, below out-render/
     "pca-stage2-chelsea.png": "stage2/chelsea/pca.png",
     "pca-stage2-coffee.png": "stage2/coffee/pca.png",
     "pca-stage2-rocket.png": "stage2/more/rocket/pca.png",
+    "rsa-stages.png": "rsa-stages.png",  # drawn by draw_rsa from RSA_EXAMPLE's arrays
 }
 GALLERY_COMMANDS = [
     *(f"render out.h5 --stage {s} --layout grid --out tour" for s in range(5)),
@@ -96,6 +107,7 @@ def make(scratch: Path, source: str | None, screenshot: bool) -> None:
         fmpipe(scratch, f"extract {shlex.quote(str(REPO / 'data' / 'images'))} out.h5")
     for command in COMMANDS:
         fmpipe(scratch, command)
+    draw_rsa(scratch, scratch / "out-render" / PICTURES["rsa-stages.png"])
     if screenshot:
         for command in GALLERY_COMMANDS:
             fmpipe(scratch, command)
@@ -104,6 +116,33 @@ def make(scratch: Path, source: str | None, screenshot: bool) -> None:
         name, page, size = VIEW_PAGE
         with viewer(scratch) as url:
             capture(url + page, scratch / name, size)
+
+
+def draw_rsa(scratch: Path, target: Path) -> None:
+    """Run RSA_EXAMPLE in `scratch`; draw each stage's RDM and the stage-by-stage similarity (viridis,
+    each on its own range, 24 pixels per cell) as one labelled grid with render's own tiling."""
+    from pipeline.rendering.colormaps import finite_range, lut, to_indices
+    from pipeline.rendering.png import encode_rgb
+    from pipeline.rendering.tiling import Grid, upscale
+
+    print("$ python  # the README's RSA example", flush=True)
+    namespace: dict = {}
+    cwd = Path.cwd()
+    os.chdir(scratch)
+    try:
+        exec(RSA_EXAMPLE, namespace)  # the README's lines, as a reader would run them
+    finally:
+        os.chdir(cwd)
+    matrices = [*namespace["rdms"], namespace["similarity"]]
+    labels = [f"stage {s} RDM" for s in range(len(matrices) - 1)] + ["stages r"]
+    cell = 24
+    side = cell * max(len(m) for m in matrices)
+    grid = Grid(len(matrices), side, side)
+    for position, (matrix, label) in enumerate(zip(matrices, labels, strict=True)):
+        values = np.asarray(matrix, np.float32)
+        tile = lut("viridis")[to_indices(values, *finite_range(values))]
+        grid.put(position, upscale(tile, side // len(matrix)), label)
+    target.write_bytes(encode_rgb(grid.finish()))
 
 
 def fmpipe(cwd: Path, command: str) -> None:

@@ -249,8 +249,8 @@ def _clean(part: str) -> str:
     part = _UNSAFE.sub("_", part)
     if part in ("", ".", ".."):
         return part.replace(".", "_") or "_"
-    if part.lower().endswith(".png"):  # could clash with a channel PNG beside it
-        part = part[:-4] + "_png"
+    if part.lower().endswith((".png", ".npy")):  # could clash with a channel PNG, or an exported .npy, beside it
+        part = part[:-4] + "_" + part[-3:].lower()
     raw = part.encode("utf-8", "surrogateescape")
     if len(raw) > MAX_COMPONENT_BYTES:
         digest = hashlib.sha1(raw).hexdigest()[:8]

@@ -1,6 +1,7 @@
 """Lazy read-only view of an fmpipe file: a single shard, a merged (virtual) or a copied file.
 
-Nothing is read until asked: `store.stage(2).data[i]` reads only image i's chunks.
+Nothing is read until asked: `store.read(2, "cats/a.jpg")` reads only that image's chunks of
+stage 2 and returns them decoded, (C, H, W) float32; `store.stage(2).data[i]` is the stored array.
 A virtual file's sources are checked before any read, because HDF5 silently returns
 fill values for a missing source.
 """
@@ -8,6 +9,7 @@ fill values for a missing source.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,14 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the zstd filter for reading)
 import numpy as np
 
-from ..errors import IncompleteFileError, InputError
+from ..errors import (
+    ClosedStoreError,
+    IncompleteFileError,
+    InputError,
+    MissingFileError,
+    RowOutOfRange,
+    UnknownKeyError,
+)
 from ..records import StageInfo
 from . import schema
 from .metadata import RunInfo, run_info
@@ -24,6 +33,9 @@ from .virtual import check_virtual_sources
 # One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
 # is decoded again on every partial read).
 CHUNK_CACHE_BYTES = 64 * 1024 * 1024
+# What a pass that reads every chunk once (export, reduce) needs: a full cache only keeps chunks
+# that are never read again, and memory would grow with the images read, up to the 64 MB.
+STREAM_CACHE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,24 +48,49 @@ class StageView(StageInfo):
     mean: h5py.Dataset  # (N, C) float32
 
 
-class Store:
-    """An open fmpipe file. Use as a context manager or call `close()`."""
+# An image as `read` takes it: a key, a row, a slice of rows, or a sequence of keys and rows.
+Images = str | int | slice | Iterable[str | int]
 
-    def __init__(self, path: str | os.PathLike, require_complete: bool = False):
+
+class Store:
+    """An open fmpipe file. Use as a context manager or call `close()`.
+
+    `read(ref, image)` gives decoded maps as float32 numpy arrays; `row(key)` a key's row in O(1);
+    `stage(i)`, `layer(name)` the stored datasets, lazily. Reads after `close()` raise `ClosedStoreError`.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, require_complete: bool = False, chunk_cache_bytes: int = CHUNK_CACHE_BYTES
+    ):
         self.path = Path(path)
+        self._closed = False
+        self._keys: list[str] | None = None  # read once, on first use
+        self._rows: dict[str, int] | None = None  # key → row, built on the first row() call
         if not self.path.exists():
-            raise InputError(f"{self.path} does not exist.")
+            raise MissingFileError(f"{self.path} does not exist.")
         try:
-            self.file = h5py.File(
-                self.path, "r", locking="best-effort", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007
+            self._file = h5py.File(
+                self.path, "r", locking="best-effort", rdcc_nbytes=chunk_cache_bytes, rdcc_nslots=10007
             )
         except OSError as err:
             raise InputError(f"{self.path} is not a readable HDF5 file ({err}).") from None
         try:
             self._validate(require_complete)
         except Exception:
-            self.file.close()
+            self._file.close()
             raise
+
+    @property
+    def file(self) -> h5py.File:
+        """The open h5py file (read-only); `ClosedStoreError` once the store is closed."""
+        if self._closed:
+            raise self._closed_error()
+        return self._file
+
+    def _closed_error(self) -> ClosedStoreError:
+        return ClosedStoreError(
+            f"{self.path} is closed: read it before closing it (inside its `with` block), or open it again."
+        )
 
     def _validate(self, require_complete: bool) -> None:
         attrs = self.file.attrs
@@ -137,8 +174,15 @@ class Store:
 
     @property
     def keys(self) -> list[str]:
-        """Image keys, row order (sorted relative POSIX paths)."""
-        return [k.decode() if isinstance(k, bytes) else k for k in self.file[schema.KEY][:]]
+        """Image keys, row order (sorted relative POSIX paths); read from the file once."""
+        return list(self._key_list())
+
+    def _key_list(self) -> list[str]:
+        if self._closed:
+            raise self._closed_error()
+        if self._keys is None:
+            self._keys = [schema.text(k) for k in self.file[schema.KEY][:]]
+        return self._keys
 
     def __len__(self) -> int:
         return self.file[schema.KEY].shape[0]
@@ -236,14 +280,79 @@ class Store:
         return self.stages + self.layers
 
     def row(self, key: str) -> int:
-        """Row of an image key."""
-        try:
-            return self.keys.index(key)
-        except ValueError:
-            raise InputError(f"no image with key {key!r} in {self.path}.") from None
+        """Row of an image key, in O(1): a dict of every key is built on the first call (about 70
+        bytes per image beside the cached keys). An unknown key raises `UnknownKeyError`, a `KeyError`."""
+        if self._closed:
+            raise self._closed_error()
+        rows = self._rows
+        if rows is None:
+            rows = {}
+            for row, name in enumerate(self._key_list()):
+                rows.setdefault(name, row)  # a (damaged) file with a key twice: its first row
+            self._rows = rows
+        found = rows.get(key) if isinstance(key, str) else None
+        if found is None:
+            example = f" (e.g. {self._key_list()[0]!r})" if self._key_list() else ""
+            raise UnknownKeyError(
+                f"no image with key {key!r} in {self.path}: keys are paths relative to the extracted "
+                f"folder, with extension{example}; `store.keys` lists all {len(rows)}."
+            )
+        return found
+
+    def read(self, ref: int | str, images: Images) -> np.ndarray:
+        """Decoded maps of stage `ref` (an int index, negative from the last) or layer `ref` (a str).
+
+        `images` is a key (str) or a row (int, negative from the end) → (C, H, W) float32; a list
+        of keys and rows (repeats allowed, any order) or a slice of rows → (N, C, H, W) float32, in
+        that order. Values are decoded from the file's storage dtype (float16, float32, ...); rows
+        that failed or are not done yet read as NaN (`store.ok` says which hold maps). Reads only
+        the chunks of the rows asked for.
+        """
+        view = self.view(ref)
+        if isinstance(images, slice):
+            start, stop, step = images.indices(len(self))
+            if step == 1:
+                return decoded_maps(view, slice(start, stop), view.data[start:stop])
+            return self._read_rows(view, list(range(start, stop, step)))
+        if isinstance(images, str | int | np.integer):
+            row = self._row_of(images)
+            return decoded_maps(view, slice(row, row + 1), view.data[row : row + 1])[0]
+        return self._read_rows(view, [self._row_of(image) for image in images])
+
+    def _read_rows(self, view: StageView, rows: list[int]) -> np.ndarray:
+        """(len(rows), C, H, W) float32 of any rows: each distinct row read once, in ascending order (h5py's rule)."""
+        if not rows:
+            return np.empty((0, *view.data.shape[1:]), np.float32)
+        unique, inverse = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+        return decoded_maps(view, unique, view.data[unique])[inverse.reshape(-1)]
+
+    def _row_of(self, image: str | int) -> int:
+        """A key's or a row number's row (negative rows count from the end)."""
+        if isinstance(image, str):
+            return self.row(image)
+        if isinstance(image, bool) or not isinstance(image, int | np.integer):
+            raise TypeError(f"an image is a key (str) or a row (int), not {type(image).__name__}: {image!r}.")
+        n = len(self)
+        if not -n <= image < n:
+            raise RowOutOfRange(f"row {image} is not in {self.path}: it holds {n} images (rows 0..{n - 1}).")
+        return int(image) % n
 
     def close(self) -> None:
-        self.file.close()
+        """Close the file; later reads raise `ClosedStoreError`. Closing twice is harmless."""
+        self._closed = True
+        self._file.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<fmpipe Store {str(self.path)!r}, closed>"
+        try:
+            failed = self.file[schema.FAILURE_INDEX].shape[0]
+            state = "complete" if self.complete else f"partial, {self.done_count} done"
+            maps = f"stages {self.stage_indices}" + (f", layers {self.layer_names}" if self.layer_names else "")
+            run = f"{self.file.attrs.get(schema.ATTR_MODEL, '?')}, {self.file.attrs.get(schema.ATTR_DTYPE, '?')}"
+            return f"<fmpipe Store {str(self.path)!r}: {len(self)} images ({state}, {failed} failed), {maps}; {run}>"
+        except Exception:  # a repr never raises, even on a damaged file
+            return f"<fmpipe Store {str(self.path)!r}>"
 
     def __enter__(self) -> Store:
         return self
@@ -252,6 +361,19 @@ class Store:
         self.close()
 
 
-def open_store(path: str | os.PathLike, require_complete: bool = False) -> Store:
+def open_store(
+    path: str | os.PathLike, require_complete: bool = False, chunk_cache_bytes: int = CHUNK_CACHE_BYTES
+) -> Store:
     """Open an fmpipe HDF5 file lazily (see `Store`)."""
-    return Store(path, require_complete=require_complete)
+    return Store(path, require_complete=require_complete, chunk_cache_bytes=chunk_cache_bytes)
+
+
+def decoded_maps(
+    view: StageView, rows: slice | np.ndarray, stored: np.ndarray, channels: slice = slice(None)
+) -> np.ndarray:
+    """Stored map values → float32: `stored` is `view.data[rows, channels]` (any y, x subset), 4-d.
+
+    The one decoder: every read of map values (`Store.read`, `open_dataset`, export, reduce) passes
+    here, so a storage dtype that needs decoding (uint8 with a per-(image, channel) lo/hi, read from
+    `view` at `rows` and `channels`) plugs in at this one place. Today: float16/float32 → float32."""
+    return stored.astype(np.float32, copy=False)
