@@ -121,7 +121,7 @@ def _check_scan(found: shards.ShardScan, out: Path) -> None:
     if unreadable:
         listed = "; ".join(f"{s.label} {s.reason}" for s in unreadable)
         raise InputError(f"cannot merge {out}: {listed}. Remove or re-extract those shards (--overwrite).")
-    missing, partial = found.with_state("missing"), found.with_state("partial")
+    missing, partial = found.with_state("missing", "starting"), found.with_state("partial")
     if not missing and not partial:
         return
     problems = [f"shard {s.index} of {n} is missing ({s.path.name})" for s in missing]
