@@ -121,3 +121,29 @@ def test_merged_files_keep_the_peaks_and_files_without_them_say_so(tmp_path):
     assert pipeline.top(old, stage=1, channel=0, k=2).items  # ranking still works
     with pytest.raises(InputError, match="no peak positions"):
         pipeline.top(old, stage=1, channel=0, k=2, crop=True)
+
+
+@pytest.mark.slow
+def test_the_viewers_dataset_examples_show_each_crop_beside_the_overlay(sample):
+    import io
+    import re
+
+    from pipeline.viewer.catalog import Catalog
+    from pipeline.viewer.routes import App
+
+    result = pipeline.top(sample, stage=STAGE, channel=CHANNEL, k=5, crop=True)
+    with Catalog(sample) as catalog:
+        app = App(catalog)
+        page = app.get(f"/examples/{STAGE}/{CHANNEL}?k=5")
+        assert page.status == 200
+        boxes = re.findall(r'data-crop="([\d,]+)"', page.body.decode())
+        assert boxes == [",".join(map(str, c.box)) for c in result.crops]
+        for item, crop in zip(result.items, result.crops, strict=True):
+            assert f'src="/crop/{STAGE}/{item.row}/{CHANNEL}.png"' in page.body.decode()
+            picture = app.get(f"/crop/{STAGE}/{item.row}/{CHANNEL}.png")
+            assert picture.status == 200
+            x0, y0, x1, y1 = crop.box  # the sample photos' crops are under 448 pixels: sent as they are
+            with Image.open(io.BytesIO(picture.body)) as image:
+                assert np.array_equal(np.asarray(image.convert("RGB")), _source(item.key)[y0:y1, x0:x1])
+        assert app.get(f"/crop/{STAGE}/99/{CHANNEL}.png").status == 404
+        assert app.get(f"/crop/{STAGE}/0/9999.png").status == 404

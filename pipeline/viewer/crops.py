@@ -14,13 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from ..decoding import DecodeError, decode
 from ..errors import InputError
+from ..rendering.png import encode_rgb
 from .catalog import Catalog
 
 CROP_STRIDES = 4  # a crop spans this many of the stage's strides (input pixels), about its receptive field's core
 MIN_CROP_INPUT = 32  # input pixels: early stages (stride 2) still get a recognisable patch
+MAX_PNG_SIDE = 448  # the viewer's crop pictures are shrunk to this (a crop of a 4000-pixel photo is large)
 
 
 @dataclass(frozen=True)
@@ -95,3 +98,12 @@ def crop_pixels(catalog: Catalog, crop: Crop) -> np.ndarray:
     pixels = decode(path, (height, width)).pixels
     x0, y0, x1, y1 = crop.box
     return pixels[y0:y1, x0:x1]
+
+
+def crop_png(catalog: Catalog, stage: int | str, row: int, channel: int) -> bytes:
+    """PNG of one crop for the viewer (`/crop/...png`), its longer side at most MAX_PNG_SIDE."""
+    crop = crops(catalog, stage, channel, [row])[0]
+    image = Image.fromarray(crop_pixels(catalog, crop))
+    image.thumbnail((MAX_PNG_SIDE, MAX_PNG_SIDE), Image.Resampling.BICUBIC)
+    box = ",".join(map(str, crop.box))
+    return encode_rgb(np.asarray(image), text=f"fmpipe crop of row {row}, channel {channel}, source box {box}")
