@@ -38,6 +38,7 @@ COMMANDS = [
     "render out.h5 --stage 3 --images chelsea.jpg --top-k 16 --layout grid",
     "render out.h5 --stage 2 --images chelsea.jpg --channels 6 --overlay --layout channels",
     "render out.h5 --stage 2 --layout pca",
+    "top out.h5 --stage 2 --channel 6 -k 4 --crop --out out-render/top-stage2-c6-crop.png",
 ]
 PICTURES = {  # docs/images/<name>: the file COMMANDS wrote, below out-render/
     "chelsea-stage1-grid.png": "stage1/chelsea/grid.png",
@@ -48,6 +49,7 @@ PICTURES = {  # docs/images/<name>: the file COMMANDS wrote, below out-render/
     "pca-stage2-chelsea.png": "stage2/chelsea/pca.png",
     "pca-stage2-coffee.png": "stage2/coffee/pca.png",
     "pca-stage2-rocket.png": "stage2/more/rocket/pca.png",
+    "top-stage2-c6-crop.png": "top-stage2-c6-crop.png",  # dataset examples with receptive-field crops
 }
 GALLERY_COMMANDS = [
     *(f"render out.h5 --stage {s} --layout grid --out tour" for s in range(5)),
