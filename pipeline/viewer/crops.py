@@ -70,8 +70,9 @@ def _window(centre: float, side: float, limit: int) -> tuple[int, int]:
     return lo, lo + size
 
 
-def crops(catalog: Catalog, stage: int | str, channel: int, rows: list[int]) -> list[Crop]:
-    """The crop of each of `rows` (done, not failed) for one channel, from the stored argmax."""
+def crops(catalog: Catalog, stage: int | str, channel: int, rows: list[int]) -> list[Crop | None]:
+    """The crop of each of `rows` (done, not failed) for one channel, from the stored argmax; None
+    for a row without a stored peak (-1: written without one) or with one outside the map."""
     view = catalog.stage(stage)
     if view.argmax is None:
         raise InputError(
@@ -82,7 +83,8 @@ def crops(catalog: Catalog, stage: int | str, channel: int, rows: list[int]) -> 
     for row in rows:
         flat = int(view.argmax[row, channel])
         if not 0 <= flat < view.height * view.width:
-            raise InputError(f"{catalog.path}: {view.label}, row {row}: stored argmax {flat} is outside the map.")
+            found.append(None)
+            continue
         orig = tuple(int(v) for v in catalog.orig_hw(row))
         found.append(crop_at(row, channel, flat, (view.height, view.width), view.stride, catalog.input_hw, orig))
     return found
@@ -103,6 +105,8 @@ def crop_pixels(catalog: Catalog, crop: Crop) -> np.ndarray:
 def crop_png(catalog: Catalog, stage: int | str, row: int, channel: int) -> bytes:
     """PNG of one crop for the viewer (`/crop/...png`), its longer side at most MAX_PNG_SIDE."""
     crop = crops(catalog, stage, channel, [row])[0]
+    if crop is None:
+        raise DecodeError(f"no peak position is stored for row {row}, channel {channel}")
     image = Image.fromarray(crop_pixels(catalog, crop))
     image.thumbnail((MAX_PNG_SIDE, MAX_PNG_SIDE), Image.Resampling.BICUBIC)
     box = ",".join(map(str, crop.box))

@@ -54,7 +54,7 @@ class TopResult:
     by: str
     items: tuple[TopItem, ...]
     out: Path | None = None
-    crops: tuple[Crop, ...] = ()  # with `crop`: where each item's map peaks, in its source photo
+    crops: tuple[Crop | None, ...] = ()  # with `crop`: where each item's map peaks in its source (None: not stored)
 
     def to_json(self) -> str:
         """Exactly the body `/api/top` returns for the same stage, channel, k and by."""
@@ -67,7 +67,7 @@ class TopResult:
         if self.crops:  # where each map peaks (map y, x) and the crop around it in the source
             lines = [head, f"{'rank':>4}  {'row':>8}  {self.by:>12}  {'peak y,x':>9}  {'crop x0,y0-x1,y1':>19}  key"]
             for i, (t, c) in enumerate(zip(self.items, self.crops, strict=True), 1):
-                peak, box = "{},{}".format(*c.peak_yx), "{},{}-{},{}".format(*c.box)
+                peak, box = ("{},{}".format(*c.peak_yx), "{},{}-{},{}".format(*c.box)) if c else ("-", "-")
                 lines.append(f"{i:>4}  {t.row:>8}  {t.value:>12.5g}  {peak:>9}  {box:>19}  {t.key}")
             return "\n".join(lines)
         lines = [head, f"{'rank':>4}  {'row':>8}  {self.by:>12}  key"]
@@ -106,7 +106,7 @@ def top(config: TopConfig) -> TopResult:
         return TopResult(catalog.path, config.stage, config.channel, config.by, items, out, found)
 
 
-def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...], cut: tuple[Crop, ...] = ()) -> bytes:
+def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...], cut: tuple[Crop | None, ...] = ()) -> bytes:
     """PNG of the K pictures in a grid, each labelled with its rank, value and key; a title on top.
     With `cut` (one crop per item), each map over its photo has the crop beside it, its box drawn."""
     view = catalog.stage(config.stage)
@@ -128,7 +128,7 @@ def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...], cut:
         y = TITLE_HEIGHT + (n // cols) * (cell_h + LABEL_HEIGHT + GUTTER)
         x = GUTTER + (n % cols) * (step_w + GUTTER)
         canvas.paste(_picture(catalog, config, item.row, (cell_w, cell_h)), (x, y))
-        if cut:
+        if cut and cut[n] is not None:
             _paste_crop(canvas, catalog, cut[n], (x, y, cell_w, cell_h))
         label = f"#{n + 1}  {config.by} {item.value:.4g}  row {item.row}"
         draw.text((x, y + cell_h + 2), label, INK, font)
