@@ -147,3 +147,19 @@ def test_the_viewers_dataset_examples_show_each_crop_beside_the_overlay(sample):
                 assert np.array_equal(np.asarray(image.convert("RGB")), _source(item.key)[y0:y1, x0:x1])
         assert app.get(f"/crop/{STAGE}/99/{CHANNEL}.png").status == 404
         assert app.get(f"/crop/{STAGE}/0/9999.png").status == 404
+
+
+@pytest.mark.slow
+def test_a_row_without_a_stored_peak_gets_no_crop(sample, tmp_path):
+    damaged = tmp_path / "no-peak.h5"
+    shutil.copy(sample, damaged)
+    with h5py.File(damaged, "r+") as f:
+        f[f"stages/{STAGE}/argmax"][2] = -1  # chelsea.jpg: as a row written without peaks reads
+        f[f"stages/{STAGE}/argmax"][0, CHANNEL] = 10**6  # astronaut.jpg: outside the map (a hostile file)
+    result = pipeline.top(damaged, stage=STAGE, channel=CHANNEL, k=5, crop=True)
+    missing = {t.key for t, c in zip(result.items, result.crops, strict=True) if c is None}
+    assert missing == {"chelsea.jpg", "astronaut.jpg"}
+    line = next(ln for ln in result.table().splitlines() if ln.endswith("chelsea.jpg"))
+    assert line.split()[-3:] == ["-", "-", "chelsea.jpg"], line
+    out = tmp_path / "grid.png"
+    assert pipeline.top(damaged, stage=STAGE, channel=CHANNEL, k=5, crop=True, out=str(out)).out == out
