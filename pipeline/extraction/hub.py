@@ -5,6 +5,7 @@ well under 5 s with the offline advice instead of after about a minute of hub re
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -45,6 +46,7 @@ def check_weights_reachable(config: ExtractConfig) -> None:
     raise ModelError(OFFLINE_HINT.format(name=config.model, err=unreachable))
 
 
+@functools.cache  # one probe per process: extract checks before torch, the model build again
 def hub_unreachable() -> str | None:
     """Why the hub cannot be reached (and the hub client is now offline), or None when it can.
     HF_HUB_OFFLINE=1 counts as unreachable, without a probe."""
