@@ -72,6 +72,11 @@ CHROMIUM_FLAGS = [
 ]
 TOLERANCE = 2  # colour levels a pixel may move on another CPU
 MAX_MOVED = 0.005  # ... and the fraction of pixels that may move more
+# Pictures full of photos, stored with 256 colours (each pixel the nearest of a median-cut palette) to
+# stay small; --check maps the drawn picture onto the committed palette the same way, where a level
+# moved on another CPU can flip a pixel to a neighbouring colour: more of them may move.
+QUANTIZED = {"top-stage2-c6-crop.png"}
+MAX_MOVED_QUANTIZED = 0.02
 
 
 def main() -> int:
@@ -170,8 +175,14 @@ def publish(scratch: Path) -> int:
     shots = {SCREENSHOT[0], VIEW_PAGE[0]}
     for name, produced in [*PICTURES.items(), *((shot, shot) for shot in sorted(shots))]:
         source = scratch / "out-render" / produced if name not in shots else scratch / produced
-        shutil.copyfile(source, IMAGES / name)
-        print(f"{IMAGES / name}: {source.stat().st_size / 1024:.0f} KB")
+        if name in QUANTIZED:
+            with Image.open(source) as image:
+                rgb = image.convert("RGB")
+                palette = rgb.quantize(256, dither=Image.Dither.NONE)
+                rgb.quantize(palette=palette, dither=Image.Dither.NONE).save(IMAGES / name, optimize=True)
+        else:
+            shutil.copyfile(source, IMAGES / name)
+        print(f"{IMAGES / name}: {(IMAGES / name).stat().st_size / 1024:.0f} KB")
     return 0
 
 
@@ -200,12 +211,17 @@ def difference(committed: Path, made: Path) -> str | None:
         return "missing"
     if committed.read_bytes() == made.read_bytes():
         return None
+    quantized = committed.name in QUANTIZED
     with Image.open(committed) as a, Image.open(made) as b:
-        old, new = np.asarray(a.convert("RGB"), dtype=np.int16), np.asarray(b.convert("RGB"), dtype=np.int16)
+        drawn = b.convert("RGB")
+        if quantized and a.mode == "P" and a.size == drawn.size:
+            drawn = drawn.quantize(palette=a, dither=Image.Dither.NONE)
+        old, new = np.asarray(a.convert("RGB"), dtype=np.int16), np.asarray(drawn.convert("RGB"), dtype=np.int16)
     if old.shape != new.shape:
         return f"size {old.shape[1]}×{old.shape[0]}, the command draws {new.shape[1]}×{new.shape[0]}"
     moved = float((np.abs(old - new).max(axis=2) > TOLERANCE).mean())
-    return None if moved <= MAX_MOVED else f"{moved:.1%} of the pixels differ by more than {TOLERANCE} levels"
+    limit = MAX_MOVED_QUANTIZED if quantized else MAX_MOVED
+    return None if moved <= limit else f"{moved:.1%} of the pixels differ by more than {TOLERANCE} levels"
 
 
 if __name__ == "__main__":

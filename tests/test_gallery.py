@@ -413,13 +413,13 @@ def test_readme_pictures_match_the_commands(quick):
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "all 8 pictures match the commands" in run.stdout
+    assert "all 9 pictures match the commands" in run.stdout
 
 
 def test_readme_shows_every_picture_and_they_are_small():
     readme = (REPO / "README.md").read_text()
     pictures = sorted((REPO / "docs" / "images").glob("*.png"))
-    assert len(pictures) == 10  # 8 drawn by commands, the gallery and viewer screenshots
+    assert len(pictures) == 11  # 9 drawn by commands, the gallery and viewer screenshots
     for picture in pictures:
         assert f"docs/images/{picture.name}" in readme, picture.name
         assert picture.stat().st_size < 250_000, picture.name
