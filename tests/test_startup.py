@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -157,6 +158,12 @@ def test_info_on_a_shards_folder_whose_tasks_are_starting(tmp_path):
     assert "0 of 2 shards complete" in text, text
     assert "shard     0  starting     task started (pid 4242 on node07, Slurm job 99_0" in text, text
     assert "shard     1  missing" in text, text
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"pid": int(ended.stdout), "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}
+    (tmp_path / "out.h5.shards" / "shard-00001-of-00002.h5.lock").write_text(json.dumps(dead))  # left by a SIGKILL
+    text = pipeline.info(tmp_path / "out.h5.shards")
+    assert f"shard     1  missing      its task (pid {dead['pid']} on {dead['host']}" in text, text
+    assert "ended before writing a file" in text
     merged = fmpipe(["merge", out])
     assert merged.returncode != 0 and "shard 0 of 2 is missing" in merged.stderr, merged.stderr
     assert not out.exists()

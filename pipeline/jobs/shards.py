@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import h5py
 from ..errors import InputError
 from ..storage import schema
 from ..storage.files import PARTIAL_SUFFIX, SHARD_RE, merged_path, shard_name
-from ..storage.lockholders import describe, parse
+from ..storage.lockholders import describe, parse, process_state
 from ..storage.manifest import MANIFEST_NAME
 from ..storage.manifest import read as read_manifest
 
@@ -94,12 +95,22 @@ def scan(folder: str | os.PathLike) -> ShardScan:
         elif True in paths:
             shards.append(read_state(paths[True], index))
         elif (index, num_shards) in locks:
-            holder = parse(locks[(index, num_shards)].read_bytes()[:4096])
-            path = folder / shard_name(index, num_shards)
-            shards.append(ShardState(index, path, "starting", reason=f"task started ({describe(holder)}); no file yet"))
+            shards.append(_locked(folder / shard_name(index, num_shards), locks[(index, num_shards)], index))
         else:
             shards.append(ShardState(index, folder / shard_name(index, num_shards), "missing"))
     return ShardScan(folder, num_shards, shards, sorted(n for n in counts if n != num_shards))
+
+
+def _locked(path: Path, lock: Path, index: int) -> ShardState:
+    """A shard whose task took its lock but wrote no file yet: starting (loading its model), or, when
+    the holder was on this machine and is gone, a task that died before writing anything."""
+    try:
+        holder = parse(lock.read_bytes()[:4096])
+    except OSError:  # released (and removed) between the listing and now
+        holder = None
+    if holder is not None and holder.get("host") == socket.gethostname() and process_state(holder) == "gone":
+        return ShardState(index, path, "missing", reason=f"its task ({describe(holder)}) ended before writing a file")
+    return ShardState(index, path, "starting", reason=f"task started ({describe(holder)}); no file yet")
 
 
 def read_state(path: Path, index: int) -> ShardState:
