@@ -184,7 +184,8 @@ def top(path, *, stage: int, channel: int, **options):
     """The images whose map of one channel has the largest max (or mean), best first; returns a
     `TopResult` (`.items`, `.to_json()` as the viewer's /api/top, `.table()`).
 
-    Options are `pipeline.viewer.TopConfig`'s fields (k, by, out, images_root, cmap, normalize, overwrite).
+    Options are `pipeline.viewer.TopConfig`'s fields (k, by, out, images_root, cmap, normalize, overwrite,
+    crop: `.crops` then holds where each image's map peaks, in its source photo).
     """
     from .viewer.config import TopConfig
     from .viewer.examples import top as run
