@@ -52,9 +52,18 @@ def extract(images, out, **options):
     batch_size, device, dtype, compression, workers, shard_index, num_shards, overwrite, ...).
     """
     from .config import ExtractConfig
+    from .extraction.summary import already_complete
+
+    config = _config(ExtractConfig, "extract", images=str(images), out=str(out), **options)
+    finished = already_complete(config)  # answered from the file, before torch is imported
+    if finished is not None:
+        return finished
+    from .extraction.hub import check_weights_reachable
+
+    check_weights_reachable(config)  # no network and nothing cached: fail before torch is imported
     from .extraction.runner import extract as run
 
-    return run(_config(ExtractConfig, "extract", images=str(images), out=str(out), **options))
+    return run(config)
 
 
 def stages(model: str | None = None, *, size: tuple[int, int] | None = None):
@@ -276,7 +285,8 @@ def top(path, *, stage: int, channel: int, **options):
     """The images whose map of one channel has the largest max (or mean), best first; returns a
     `TopResult` (`.items`, `.to_json()` as the viewer's /api/top, `.table()`).
 
-    Options are `pipeline.viewer.TopConfig`'s fields (k, by, out, images_root, cmap, normalize, overwrite).
+    Options are `pipeline.viewer.TopConfig`'s fields (k, by, out, images_root, cmap, normalize, overwrite,
+    crop: `.crops` then holds where each image's map peaks, in its source photo).
     """
     from .viewer.config import TopConfig
     from .viewer.examples import top as run

@@ -87,3 +87,4 @@ class BatchResult:
     stats: dict[int | str, np.ndarray]  # StageInfo.key → (3, B_ok, C) float32: min, max, mean
     source_sha256: np.ndarray | None = None  # (B,) S64 hex sha256 of each source file (b"" if unread)
     source_size: np.ndarray | None = None  # (B,) int64 bytes of each source file (-1 if unread)
+    argmax: dict[int | str, np.ndarray] | None = None  # StageInfo.key → (B_ok, C) int32: y * W + x of each max

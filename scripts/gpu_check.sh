@@ -31,3 +31,18 @@ timeout 150 python3 scripts/bench_extract.py --device cuda --write-bound --batch
     --work "$work" --json "$OUT/gpu-write-bound.json" \
     --markdown docs/benchmarks.md --section "GPU: write-bound (resnet18 at 512, stages 0-1)" 2>&1 | tee "$OUT/gpu-write-bound.log"
 cp docs/benchmarks.md "$OUT/benchmarks.md"
+# The stored peaks (argmax, for receptive-field crops) through the CUDA path's asynchronous host copy.
+timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/gpu-argmax.log"
+import numpy as np
+
+import pipeline
+
+out = "/tmp/fmpipe-argmax.h5"
+pipeline.extract("data/images", out, model="resnet18", random_init=True, device="cuda", overwrite=True, workers=0)
+with pipeline.open_store(out) as store:
+    for view in store.stages:
+        maps = view.data[:].astype(np.float32).reshape(*view.data.shape[:2], -1)
+        at_peak = np.take_along_axis(maps, view.argmax[:][..., None].astype(np.int64), axis=2)[..., 0]
+        assert np.array_equal(at_peak, maps.max(axis=2)), view.label
+print("CUDA: every stored argmax holds its map's maximum")
+PY

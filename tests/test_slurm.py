@@ -39,7 +39,7 @@ def find_slurm() -> tuple[dict | None, str]:
         if (state / "slurm.conf").exists():
             env["SLURM_CONF"] = str(state / "slurm.conf")
     if not shutil.which("sbatch"):
-        return None, "sbatch is not installed (bash scripts/slurm/local-cluster.sh start installs and starts one)"
+        return None, "sbatch is not installed (local-cluster.sh installs it on Debian)"
     try:
         run = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
@@ -56,7 +56,7 @@ def slurm_env() -> dict:
     if env is None:
         if os.environ.get("FMPIPE_REQUIRE_SLURM") == "1":
             pytest.fail(f"FMPIPE_REQUIRE_SLURM=1 but no Slurm is reachable: {reason}")
-        pytest.skip(reason)
+        pytest.skip(f"{reason}; start a local one with `bash scripts/slurm/local-cluster.sh start`")
     return env
 
 

@@ -16,18 +16,33 @@ import typer
 
 from ..errors import FmpipeError, UsageError
 
+# Plain click help: typer's rich panels print `<bool>` beside every flag (`--overlay <bool>`), as if
+# it took a value, and importing rich costs start-up time on every command.
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
     help="Extract every stage's feature maps of a vision network into one HDF5 file, and look at them.",
 )
 _state = {"debug": False}
+
+
+def _version(show: bool) -> None:
+    if show:
+        from ..version import __version__
+
+        typer.echo(f"fmpipe {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print fmpipe's version and exit.")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     logging.basicConfig(

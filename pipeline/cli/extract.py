@@ -124,20 +124,26 @@ def extract(
         null_writer=null_writer,
     )
     summary = pipeline.extract(images, out, **options)
-    typer.echo(_describe(summary, model, dtype))
+    typer.echo(_describe(summary, model, dtype, chosen=stages is not None or layers is not None))
 
 
-def _describe(summary, model: str, dtype: str) -> str:
-    from ..extraction.runner import estimate_bytes
-
+def _describe(summary, model: str, dtype: str, chosen: bool) -> str:
     if summary.dry_run:
+        from ..extraction.runner import estimate_bytes
         from ..storage.info import describe_stages
 
         per_image = estimate_bytes(summary.stages, dtype)
+        label = _stored_label(summary.stages) if chosen else "all stages"
         return (
-            describe_stages(model, summary.input_hw, summary.stages, 2 if dtype == "float16" else 4)
+            describe_stages(model, summary.input_hw, summary.stages, 2 if dtype == "float16" else 4, label)
             + f"\ndry run: {summary.images} images → {summary.out}, about "
             f"{per_image * summary.images / 1e6:.1f} MB before compression; nothing computed."
+        )
+    if summary.already_complete:
+        return (
+            f"{summary.out}: already complete with this configuration and these images "
+            f"({summary.images} images, {summary.failed_before} failed); nothing to do. "
+            "--overwrite computes it again."
         )
     done = f", {summary.done_before} already done" if summary.done_before else ""
     redone = f", {summary.redone} redone (source changed)" if summary.redone else ""
@@ -149,6 +155,15 @@ def _describe(summary, model: str, dtype: str) -> str:
     if summary.failed:
         text += f"\n{summary.failed} images could not be used; `fmpipe info {summary.out}` lists them."
     return text
+
+
+def _stored_label(stored) -> str:
+    """`stages 0, 4 and layer blocks.1`: what a run with --stages/--layers stores."""
+    indices = [str(s.index) for s in stored if s.layer is None]
+    names = [s.layer for s in stored if s.layer is not None]
+    parts = [f"stage{'s' if len(indices) > 1 else ''} {', '.join(indices)}"] if indices else []
+    parts += [f"layer{'s' if len(names) > 1 else ''} {', '.join(names)}"] if names else []
+    return " and ".join(parts)
 
 
 @app.command()

@@ -47,6 +47,14 @@ def top(
     cmap: Cmap = default(TopConfig, "cmap"),
     normalize: Normalize = default(TopConfig, "normalize"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    crop: Annotated[
+        bool,
+        typer.Option(
+            "--crop",
+            help="Also each image cut around where the channel peaks (stored argmax; a window of 4 strides), "
+            "listed in the table and drawn beside each picture in --out.",
+        ),
+    ] = False,
 ) -> None:
     """The images that drive one channel most (dataset examples), best first; ties to the lower row."""
     import pipeline
@@ -62,6 +70,7 @@ def top(
         cmap=cmap,
         normalize=normalize,
         overwrite=overwrite,
+        crop=crop,
     )
     typer.echo(result.to_json() if json else result.table())
     if out:

@@ -250,19 +250,56 @@ def _read(file: Path, unsafe_pickle: bool) -> object:
             return load_file(str(file), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise InputError(f"--weights {str(file)!r} cannot be read as safetensors: {_short(err)}") from None
+    _check_torch_format(file)
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(file, map_location="cpu", weights_only=not unsafe_pickle)
     except Exception as err:  # torch.load raises many types for foreign or damaged files
-        if not unsafe_pickle and "weights_only" in str(err).lower():
-            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        text = str(err)
+        refused = "WeightsUnpickler error" in text and not re.search(r"truncated|EOF|ran out of input", text, re.I)
+        if not unsafe_pickle and refused:  # a well-formed pickle that holds more than tensors
+            found = re.search(r"GLOBAL ([\w.]+)", text)
             held = f" (it holds a {found.group(1)})" if found else ""
             raise InputError(
-                f"--weights {str(file)!r} holds more than tensors{held}, so it was refused: unpickling "
-                "it could run code. Re-save it as a plain state dict (torch.save(model.state_dict(), FILE)); "
-                "only if you trust its origin, pass --unsafe-pickle."
+                f"--weights {str(file)!r} holds more than tensors{held}, so it was "
+                "refused: unpickling it could run code. Re-save it as a plain state dict "
+                "(torch.save(model.state_dict(), FILE)); only if you trust its origin, pass --unsafe-pickle."
             ) from None
-        raise InputError(f"--weights {str(file)!r} cannot be read: {_short(err)}") from None
+        raise InputError(
+            f"--weights {str(file)!r} is not a readable PyTorch/safetensors checkpoint (truncated or damaged?): "
+            f"{_short(err)}"
+        ) from None
+
+
+# What a file that is not a checkpoint starts with, for the message.
+_FOREIGN = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"\x1f\x8b", "a gzip file"),
+)
+
+
+def _check_torch_format(file: Path) -> None:
+    """A torch.save file is a zip archive (PK..) or, in the legacy format, a pickle (0x80, protocol
+    2 to 5). Anything else is refused by what it is, never with advice about unpickling."""
+    with open(file, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return
+    what = next((name for magic, name in _FOREIGN if head.startswith(magic)), None)
+    if what is None:
+        what = "an empty file" if not head else "text" if _is_text(head) else f"bytes {head[:8].hex(' ')} ..."
+    raise InputError(
+        f"--weights {str(file)!r} is not a PyTorch/safetensors checkpoint: it is {what}. Give the .pt, .pth "
+        "or .safetensors file that torch.save or safetensors wrote."
+    )
+
+
+def _is_text(head: bytes) -> bool:
+    text = head.decode("utf-8", errors="replace")
+    return all(c.isprintable() or c.isspace() for c in text.rstrip("\ufffd"))
 
 
 def _is_safetensors(file: Path) -> bool:

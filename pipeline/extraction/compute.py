@@ -27,6 +27,7 @@ class Staged:
     batch: Batch
     data: dict[int, torch.Tensor]  # stage → (B_ok, C, H, W) storage dtype, on the host
     stats: dict[int, torch.Tensor]  # stage → (3, B_ok, C) float32 min, max, mean, on the host
+    argmax: dict[int, torch.Tensor]  # stage → (B_ok, C) int32: y * W + x of each map's maximum, on the host
     copied: torch.cuda.Event | None = None  # set while an asynchronous copy is in flight
 
     def result(self) -> BatchResult:
@@ -35,7 +36,10 @@ class Staged:
         b = self.batch
         data = {i: t.numpy() for i, t in self.data.items()}
         stats = {i: s.numpy() for i, s in self.stats.items()}
-        return BatchResult(b.rows, b.ok_rows, b.orig_hw, b.failures, data, stats, b.source_sha256, b.source_size)
+        argmax = {i: a.numpy() for i, a in self.argmax.items()}
+        return BatchResult(
+            b.rows, b.ok_rows, b.orig_hw, b.failures, data, stats, b.source_sha256, b.source_size, argmax
+        )
 
 
 class Forward:
@@ -55,14 +59,16 @@ class Forward:
     def __call__(self, batch: Batch) -> Staged:
         data: dict[int, torch.Tensor] = {}
         stats: dict[int, torch.Tensor] = {}
+        argmax: dict[int, torch.Tensor] = {}
         if not len(batch.ok_rows):
-            return Staged(batch, data, stats)
+            return Staged(batch, data, stats, argmax)
 
         def sink(index: int, tensor: torch.Tensor) -> None:
             t = tensor.detach()
             flat = t.float().flatten(2)  # (B, C, H*W)
             # amin and amax, not aminmax: on the CPU the fused op measured 9x slower than both.
             stats[index] = torch.stack([flat.amin(dim=2), flat.amax(dim=2), flat.mean(dim=2)])
+            argmax[index] = flat.argmax(dim=2).to(torch.int32)  # where dataset examples crop
             data[index] = t.to(self.dtype, memory_format=torch.contiguous_format, copy=True)
 
         with torch.inference_mode():
@@ -70,24 +76,25 @@ class Forward:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 self.tap(x, sink)
             if self.stream is None:
-                return Staged(batch, data, stats)
-            return self._copy_async(batch, data, stats)
+                return Staged(batch, data, stats, argmax)
+            return self._copy_async(batch, data, stats, argmax)
 
-    def _copy_async(self, batch: Batch, data: dict, stats: dict) -> Staged:
+    def _copy_async(self, batch: Batch, data: dict, stats: dict, argmax: dict) -> Staged:
         computed = torch.cuda.Event()
         computed.record()
         host_data: dict[int, torch.Tensor] = {}
         host_stats: dict[int, torch.Tensor] = {}
+        host_argmax: dict[int, torch.Tensor] = {}
         with torch.cuda.stream(self.stream):
             self.stream.wait_event(computed)
-            for source, target in ((data, host_data), (stats, host_stats)):
+            for source, target in ((data, host_data), (stats, host_stats), (argmax, host_argmax)):
                 for index, t in source.items():
                     target[index] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                     target[index].copy_(t, non_blocking=True)
                     t.record_stream(self.stream)
             copied = torch.cuda.Event()
             copied.record(self.stream)
-        return Staged(batch, host_data, host_stats, copied)
+        return Staged(batch, host_data, host_stats, host_argmax, copied)
 
 
 def check_values(index: int | str, stats: np.ndarray, dtype: str, keys, ok_rows, summary) -> None:

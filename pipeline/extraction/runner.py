@@ -31,6 +31,7 @@ from .device import device_note, pick_device, trim_heap
 from .interrupts import StopSignals, batches_until_stopped
 from .loading import Batch, iter_batches
 from .planning import plan_shard
+from .summary import ExtractSummary, bound_by, phases
 
 __all__ = ["ExtractSummary", "estimate_bytes", "extract", "pick_device"]
 
@@ -39,62 +40,6 @@ log = logging.getLogger(__name__)
 LOG_EVERY_S = 30.0
 TRIM_EVERY = 16  # batches between trim_heap() calls
 LOOP_TIMINGS = ("decode_wait_s", "compute_s", "host_copy_s", "write_wait_s")
-
-
-@dataclass(frozen=True)
-class ExtractSummary:
-    """What a run did; `fmpipe extract` prints it."""
-
-    out: Path
-    device: str
-    images: int  # images in this shard
-    stages: list[StageInfo]
-    input_hw: tuple[int, int]
-    shard_start: int = 0  # row of this shard's first image in the whole collection
-    done_before: int = 0  # already done when the run started (resume)
-    stored: int = 0  # stored by this run
-    failed: int = 0  # failures recorded by this run
-    redone: int = 0  # done rows computed again because their source changed
-    mb_written: float = 0.0
-    seconds: float = 0.0
-    dry_run: bool = False
-    timings: dict = field(default_factory=dict)
-    nan_stages: list[int] = field(default_factory=list)
-
-    @property
-    def bound_by(self) -> str:
-        return bound_by(self.timings)
-
-    def phases(self) -> str:
-        return phases(self.timings)
-
-    @property
-    def images_per_s(self) -> float:
-        return (self.stored + self.failed) / self.seconds if self.seconds else 0.0
-
-
-def phases(timings: dict) -> str:
-    """One line of seconds per phase and the step that bounded the run, for the final summary."""
-    names = (
-        ("decode wait", "decode_wait_s"),
-        ("compute", "compute_s"),
-        ("host copy", "host_copy_s"),
-        ("write wait", "write_wait_s"),
-        ("compress (CPU)", "compress_s"),
-        ("write", "write_s"),
-    )
-    parts = ", ".join(f"{label} {timings[key]:.1f} s" for label, key in names if key in timings)
-    return f"{parts}; bound by {bound_by(timings)}"
-
-
-def bound_by(timings: dict) -> str:
-    """Which step set the pace: the main loop waiting on the writer or on decoding, else compute."""
-    total = timings.get("total_s") or 1.0
-    if timings.get("write_wait_s", 0.0) > 0.1 * total:
-        return "writing (compression and disk)"
-    if timings.get("decode_wait_s", 0.0) > 0.1 * total:
-        return "decoding"
-    return "compute"
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def _check_scan(found: shards.ShardScan, out: Path) -> None:
     if unreadable:
         listed = "; ".join(f"{s.label} {s.reason}" for s in unreadable)
         raise InputError(f"cannot merge {out}: {listed}. Remove or re-extract those shards (--overwrite).")
-    missing, partial = found.with_state("missing"), found.with_state("partial")
+    missing, partial = found.with_state("missing", "starting"), found.with_state("partial")
     if not missing and not partial:
         return
     problems = [f"shard {s.index} of {n} is missing ({s.path.name})" for s in missing]
@@ -247,7 +247,8 @@ def _write(tmp: Path, parts: list[_Shard], found: shards.ShardScan, mode: str) -
         for name in schema.map_groups(ref):
             group = file.create_group(name)
             group.attrs.update(dict(ref[name].attrs))
-            for dset in (schema.DATA, *schema.STAT_NAMES):
+            optional = [d for d in (schema.STAT_ARGMAX,) if all(d in p.file[name] for p in parts)]
+            for dset in (schema.DATA, *schema.STAT_NAMES, *optional):
                 path = f"{name}/{dset}"
                 if mode == "copy":
                     copied += _copy_dataset(group, dset, parts, path)
@@ -318,7 +319,7 @@ def _virtual_dataset(group: h5py.Group, name: str, parts: list[_Shard], path: st
     for p in parts:
         if p.count:
             layout[p.start : p.start + p.count] = h5py.VirtualSource(p.source, path, shape=(p.count, *ref.shape[1:]))
-    group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+    group.create_virtual_dataset(name, layout, fillvalue=np.nan if ref.dtype.kind == "f" else ref.fillvalue)
 
 
 def _copy_dataset(group: h5py.Group, name: str, parts: list[_Shard], path: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,13 @@ import h5py
 from ..errors import InputError
 from ..storage import schema
 from ..storage.files import PARTIAL_SUFFIX, SHARD_RE, merged_path, shard_name
+from ..storage.lockholders import describe, parse, process_state
+from ..storage.manifest import MANIFEST_NAME
+from ..storage.manifest import read as read_manifest
 
 log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".lock"  # storage.lockfile's OUT.lock
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,7 @@ class ShardState:
 
     index: int
     path: Path  # the complete file, else the partial one, else where the shard belongs
-    state: str  # "complete", "partial", "missing" or "unreadable"
+    state: str  # "complete", "partial", "starting" (its task holds the lock, no file yet), "missing" or "unreadable"
     images: int = 0  # rows of this shard (0 when unknown)
     done: int = 0  # rows marked done
     total_images: int | None = None  # images of the whole collection, from the shard's attrs
@@ -69,14 +75,17 @@ def scan(folder: str | os.PathLike) -> ShardScan:
             "--shard-index I --num-shards N writes OUT.shards/)."
         )
     found: dict[tuple[int, int], dict[bool, Path]] = {}
+    locks: dict[tuple[int, int], Path] = {}  # a task's OUT.lock: taken before its model is even loaded
     for entry in folder.iterdir():
-        match = SHARD_RE.match(entry.name)
-        if match:
+        match = SHARD_RE.match(entry.name.removesuffix(LOCK_SUFFIX))
+        if match and entry.name.endswith(LOCK_SUFFIX):
+            locks[(int(match.group(1)), int(match.group(2)))] = entry
+        elif match:
             key = (int(match.group(1)), int(match.group(2)))
             found.setdefault(key, {})[bool(match.group(3))] = entry
-    if not found:
+    if not found and not locks:
         raise InputError(f"{folder}/ holds no shard files (shard-0000I-of-0000N.h5); run the job array first.")
-    counts = Counter(n for _, n in found)
+    counts = Counter(n for _, n in [*found, *locks])
     num_shards = counts.most_common(1)[0][0]
     shards = []
     for index in range(num_shards):
@@ -85,9 +94,23 @@ def scan(folder: str | os.PathLike) -> ShardScan:
             shards.append(read_state(paths[False], index))
         elif True in paths:
             shards.append(read_state(paths[True], index))
+        elif (index, num_shards) in locks:
+            shards.append(_locked(folder / shard_name(index, num_shards), locks[(index, num_shards)], index))
         else:
             shards.append(ShardState(index, folder / shard_name(index, num_shards), "missing"))
     return ShardScan(folder, num_shards, shards, sorted(n for n in counts if n != num_shards))
+
+
+def _locked(path: Path, lock: Path, index: int) -> ShardState:
+    """A shard whose task took its lock but wrote no file yet: starting (loading its model), or, when
+    the holder was on this machine and is gone, a task that died before writing anything."""
+    try:
+        holder = parse(lock.read_bytes()[:4096])
+    except OSError:  # released (and removed) between the listing and now
+        holder = None
+    if holder is not None and holder.get("host") == socket.gethostname() and process_state(holder) == "gone":
+        return ShardState(index, path, "missing", reason=f"its task ({describe(holder)}) ended before writing a file")
+    return ShardState(index, path, "starting", reason=f"task started ({describe(holder)}); no file yet")
 
 
 def read_state(path: Path, index: int) -> ShardState:
@@ -111,7 +134,11 @@ def read_state(path: Path, index: int) -> ShardState:
 
 
 def describe_folder(folder: str | os.PathLike) -> str:
-    """Text for `fmpipe info OUT.shards/`: shards done, images done / total, what is left."""
+    """Text for `fmpipe info OUT.shards/`: shards done, images done / total, what is left (tasks
+    still starting, before any of them wrote a file, included)."""
+    starting = _starting(Path(folder))
+    if starting:
+        return starting
     found = scan(folder)
     complete = found.with_state("complete")
     total = found.total_images
@@ -122,6 +149,8 @@ def describe_folder(folder: str | os.PathLike) -> str:
     for shard in found.shards:
         if shard.state == "partial":
             lines.append(f"  shard {shard.index:>5}  partial      {shard.done} of {shard.images} images done")
+        elif shard.state == "starting":
+            lines.append(f"  shard {shard.index:>5}  starting     {shard.reason}")
         elif shard.state != "complete":
             lines.append(f"  shard {shard.index:>5}  {shard.state:<11}  {shard.reason or shard.path.name}")
     if found.stray_counts:
@@ -130,3 +159,22 @@ def describe_folder(folder: str | os.PathLike) -> str:
     if len(complete) == found.num_shards and out is not None:
         lines.append(f"  all shards complete: run `fmpipe merge {out}`")
     return "\n".join(lines)
+
+
+def _starting(folder: Path) -> str | None:
+    """What `info` says about a shards folder whose tasks have not written a shard file or taken
+    a shard's lock yet: the first task discovering the collection, or the collection found."""
+    if not folder.is_dir() or any(SHARD_RE.match(e.name.removesuffix(LOCK_SUFFIX)) for e in folder.iterdir()):
+        return None
+    listed = folder / MANIFEST_NAME
+    if listed.is_file():
+        found = read_manifest(listed)
+        count = len(found[0].keys) if found else "?"
+        return (
+            f"{folder}/: the job array is starting: {MANIFEST_NAME} lists {count} images; no task has started its "
+            "shard yet (each takes its lock, then loads the model, then writes its file). Check again shortly, "
+            "or see the job's queue state (squeue)."
+        )
+    if (folder / (MANIFEST_NAME + LOCK_SUFFIX)).exists():
+        return f"{folder}/: the job array is starting: the first task is discovering the collection; no shard yet."
+    return None

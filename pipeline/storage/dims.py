@@ -31,6 +31,6 @@ def attach_dimensions(group: h5py.Group, keys: Sequence) -> None:
         group.create_dataset(name, data=np.arange(size, dtype=np.int32)).make_scale(name)
     for axis, name in enumerate(schema.DIMS):
         data.dims[axis].attach_scale(group[name])
-    for stat in schema.STAT_NAMES:
+    for stat in [*schema.STAT_NAMES, *([schema.STAT_ARGMAX] if schema.STAT_ARGMAX in group else [])]:
         group[stat].dims[0].attach_scale(image)
         group[stat].dims[1].attach_scale(group[schema.DIM_CHANNEL])

@@ -56,8 +56,9 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
     return "\n".join(lines)
 
 
-def describe_stages(model: str, size_hw, stages, itemsize: int = 2) -> str:
-    """Table of a model's stages at one input size, with MB per image at `itemsize`."""
+def describe_stages(model: str, size_hw, stages, itemsize: int = 2, label: str = "all stages") -> str:
+    """Table of a model's stages at one input size, with MB per image at `itemsize`; the total is
+    labelled `label` (what the table holds: all stages, or a run's chosen ones)."""
     lines = [
         f"{model} at {size_hw[0]}x{size_hw[1]}:",
         "  stage  module               channels  stride  shape (C, H, W)      MB/image",
@@ -71,7 +72,7 @@ def describe_stages(model: str, size_hw, stages, itemsize: int = 2) -> str:
             f"{(s.channels, s.height, s.width)!s:<20} {mb:8.3f}"
         )
     lines.append(
-        f"  all stages: {total:.3f} MB per image before compression ({'float16' if itemsize == 2 else 'float32'})"
+        f"  {label}: {total:.3f} MB per image before compression ({'float16' if itemsize == 2 else 'float32'})"
     )
     return "\n".join(lines)
 

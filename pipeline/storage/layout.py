@@ -100,6 +100,7 @@ def _create_stage(file: h5py.File, info: StageInfo, n: int, dtype: str, codec: C
     )
     for name in schema.STAT_NAMES:
         group.create_dataset(name, shape=(n, info.channels), dtype="float32", fillvalue=np.nan)
+    group.create_dataset(schema.STAT_ARGMAX, shape=(n, info.channels), dtype="int32", fillvalue=-1)
 
 
 def append_failures(file: h5py.File, keys: list[str], failures: list[tuple[int, str]]) -> None:

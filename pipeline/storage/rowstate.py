@@ -61,6 +61,8 @@ def write_rows(file: h5py.File, plan: WritePlan, batch: BatchResult) -> None:
             sel = (batch.ok_rows >= lo) & (batch.ok_rows < hi)
             for s, name in enumerate(schema.STAT_NAMES):
                 group[name][lo:hi] = stats[s][sel]
+            if batch.argmax and schema.STAT_ARGMAX in group:  # files resumed from before argmax lack it
+                group[schema.STAT_ARGMAX][lo:hi] = batch.argmax[info.key][sel]
     if batch.failures:
         append_failures(file, plan.keys, batch.failures)
 

@@ -72,6 +72,9 @@ STAT_MIN = "min"  # (N, C) float32
 STAT_MAX = "max"  # (N, C) float32
 STAT_MEAN = "mean"  # (N, C) float32
 STAT_NAMES = (STAT_MIN, STAT_MAX, STAT_MEAN)
+# (N, C) int32: where each map's maximum lies, y * W + x (first one on ties); -1 for unwritten and
+# failed rows. Files written before it lack it (crops of dataset examples need it).
+STAT_ARGMAX = "argmax"
 # Dimension scales in every stage group (storage/dims.py): xarray's dimension names and coordinates.
 DIM_IMAGE = "image"  # (N,) utf-8 str, the keys (a copy of images/key)
 DIM_CHANNEL = "channel"  # (C,) int32 0..C-1

@@ -46,6 +46,7 @@ class StageView(StageInfo):
     min: h5py.Dataset  # (N, C) float32
     max: h5py.Dataset  # (N, C) float32
     mean: h5py.Dataset  # (N, C) float32
+    argmax: h5py.Dataset | None = None  # (N, C) int32 y * W + x of each maximum; None in older files
 
 
 # An image as `read` takes it: a key, a row, a slice of rows, or a sequence of keys and rows.
@@ -262,6 +263,7 @@ class Store:
             min=group[schema.STAT_MIN],
             max=group[schema.STAT_MAX],
             mean=group[schema.STAT_MEAN],
+            argmax=group[schema.STAT_ARGMAX] if _same_shape(group, schema.STAT_ARGMAX, schema.STAT_MAX) else None,
         )
 
     @property
@@ -359,6 +361,12 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _same_shape(group: h5py.Group, name: str, like: str) -> bool:
+    """An optional dataset is used only when present with the shape of a required one (hostile files)."""
+    found = group.get(name)
+    return isinstance(found, h5py.Dataset) and found.shape == group[like].shape and found.dtype.kind == "i"
 
 
 def open_store(

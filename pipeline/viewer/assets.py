@@ -32,6 +32,8 @@ nav.bar input { font: inherit; width: 16em; }
   color: #222; font-size: 12px; word-break: break-all; }
 .example img { width: 224px; height: 224px; object-fit: contain; background: #eee; display: block; }
 .example img.map { image-rendering: pixelated; }
+.example.cropped { width: 462px; }
+.example .pair { display: flex; gap: 6px; }
 .value { font-variant-numeric: tabular-nums; color: #0b57a4; }
 """
 )

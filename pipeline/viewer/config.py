@@ -47,6 +47,7 @@ class TopConfig:
     cmap: str = DEFAULT_CMAP
     normalize: str = "channel"
     overwrite: bool = False  # replace an existing --out
+    crop: bool = False  # also each image cut around where the channel peaks (receptive-field crops)
 
     def __post_init__(self) -> None:
         check_k_by(self.k, self.by)

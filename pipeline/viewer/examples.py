@@ -25,6 +25,7 @@ from ..rendering.png import encode_rgb
 from ..rendering.tiling import blend
 from .catalog import Catalog
 from .config import TopConfig, check_k_by
+from .crops import Crop, crop_pixels, crops
 from .tiles import indices
 
 CELL_SIDE = 224  # the longer side of each picture in --out's grid, pixels
@@ -33,6 +34,7 @@ TITLE_HEIGHT = 22
 GUTTER = 6
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
+CROP_INK = (255, 64, 64)  # the crop's box drawn on the whole-image picture
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class TopResult:
     by: str
     items: tuple[TopItem, ...]
     out: Path | None = None
+    crops: tuple[Crop | None, ...] = ()  # with `crop`: where each item's map peaks in its source (None: not stored)
 
     def to_json(self) -> str:
         """Exactly the body `/api/top` returns for the same stage, channel, k and by."""
@@ -61,6 +64,12 @@ class TopResult:
         """The ranking as aligned text lines (rank, row, value, key)."""
         what = f"stage {self.stage}" if isinstance(self.stage, int) else f"layer {self.stage}"
         head = f"{what}, channel {self.channel}: top {len(self.items)} images by {self.by} ({self.path})"
+        if self.crops:  # where each map peaks (map y, x) and the crop around it in the source
+            lines = [head, f"{'rank':>4}  {'row':>8}  {self.by:>12}  {'peak y,x':>9}  {'crop x0,y0-x1,y1':>19}  key"]
+            for i, (t, c) in enumerate(zip(self.items, self.crops, strict=True), 1):
+                peak, box = ("{},{}".format(*c.peak_yx), "{},{}-{},{}".format(*c.box)) if c else ("-", "-")
+                lines.append(f"{i:>4}  {t.row:>8}  {t.value:>12.5g}  {peak:>9}  {box:>19}  {t.key}")
+            return "\n".join(lines)
         lines = [head, f"{'rank':>4}  {'row':>8}  {self.by:>12}  key"]
         lines += [f"{i:>4}  {t.row:>8}  {t.value:>12.5g}  {t.key}" for i, t in enumerate(self.items, 1)]
         return "\n".join(lines)
@@ -91,22 +100,25 @@ def top(config: TopConfig) -> TopResult:
             config = replace(config, stage=stages[config.stage])
         catalog.channel(config.stage, config.channel)
         items = top_items(catalog, config.stage, config.channel, config.k, config.by)
+        found = tuple(crops(catalog, config.stage, config.channel, [t.row for t in items])) if config.crop else ()
         if out is not None:
-            _write(out, figure(catalog, config, items))
-        return TopResult(catalog.path, config.stage, config.channel, config.by, items, out)
+            _write(out, figure(catalog, config, items, found))
+        return TopResult(catalog.path, config.stage, config.channel, config.by, items, out, found)
 
 
-def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...]) -> bytes:
-    """PNG of the K pictures in a grid, each labelled with its rank, value and key; a title on top."""
+def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...], cut: tuple[Crop | None, ...] = ()) -> bytes:
+    """PNG of the K pictures in a grid, each labelled with its rank, value and key; a title on top.
+    With `cut` (one crop per item), each map over its photo has the crop beside it, its box drawn."""
     view = catalog.stage(config.stage)
     cols = max(1, math.ceil(math.sqrt(len(items))))
     rows = max(1, math.ceil(len(items) / cols))
     height, width = catalog.input_hw
     fit = CELL_SIDE / max(height, width)
     cell_h, cell_w = max(1, round(height * fit)), max(1, round(width * fit))
+    step_w = cell_w + (cell_h + GUTTER if cut else 0)  # a square crop tile beside each picture
     canvas = Image.new(
         "RGB",
-        (cols * (cell_w + GUTTER) + GUTTER, TITLE_HEIGHT + rows * (cell_h + LABEL_HEIGHT + GUTTER) + GUTTER),
+        (cols * (step_w + GUTTER) + GUTTER, TITLE_HEIGHT + rows * (cell_h + LABEL_HEIGHT + GUTTER) + GUTTER),
         BACKGROUND,
     )
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
@@ -114,8 +126,10 @@ def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...]) -> b
     draw.text((GUTTER, 5), _fit(draw, font, f"{title} · {catalog.model}", canvas.width - 2 * GUTTER), INK, font)
     for n, item in enumerate(items):
         y = TITLE_HEIGHT + (n // cols) * (cell_h + LABEL_HEIGHT + GUTTER)
-        x = GUTTER + (n % cols) * (cell_w + GUTTER)
+        x = GUTTER + (n % cols) * (step_w + GUTTER)
         canvas.paste(_picture(catalog, config, item.row, (cell_w, cell_h)), (x, y))
+        if cut and cut[n] is not None:
+            _paste_crop(canvas, catalog, cut[n], (x, y, cell_w, cell_h))
         label = f"#{n + 1}  {config.by} {item.value:.4g}  row {item.row}"
         draw.text((x, y + cell_h + 2), label, INK, font)
         draw.text((x, y + cell_h + 15), _fit(draw, font, item.key, cell_w), INK, font)
@@ -133,6 +147,22 @@ def _picture(catalog: Catalog, config: TopConfig, row: int, size: tuple[int, int
         return Image.fromarray(blend(catalog.photo(row), index, table)).resize(size, Image.Resampling.BICUBIC)
     except DecodeError:
         return Image.fromarray(table[index]).resize(size, Image.Resampling.NEAREST)
+
+
+def _paste_crop(canvas: Image.Image, catalog: Catalog, crop: Crop, cell: tuple[int, int, int, int]) -> None:
+    """The crop as a square tile right of the picture at `cell` (x, y, w, h), and its box on the picture."""
+    x, y, cell_w, cell_h = cell
+    src_h, src_w = (int(v) for v in catalog.orig_hw(crop.row))
+    x0, y0, x1, y1 = crop.box
+    box = (x + x0 * cell_w / src_w, y + y0 * cell_h / src_h, x + x1 * cell_w / src_w - 1, y + y1 * cell_h / src_h - 1)
+    ImageDraw.Draw(canvas).rectangle(box, outline=CROP_INK, width=2)
+    try:
+        tile = Image.fromarray(crop_pixels(catalog, crop))
+    except DecodeError:
+        return  # no source: the map alone, as for the picture
+    grow = cell_h / max(tile.size)  # to the tile's side, keeping the crop's aspect
+    tile = tile.resize((max(1, round(tile.width * grow)), max(1, round(tile.height * grow))), Image.Resampling.BICUBIC)
+    canvas.paste(tile, (x + cell_w + GUTTER + (cell_h - tile.width) // 2, y + (cell_h - tile.height) // 2))
 
 
 def _fit(draw: ImageDraw.ImageDraw, font, text: str, width: int) -> str:

@@ -19,6 +19,7 @@ from ..rendering.painting import NORMALIZATIONS
 from ..rendering.tiling import TILE_MIN_SIDE, auto_scale
 from ..site.pages import esc, pager_html, placeholder
 from .config import BYS
+from .crops import Crop
 from .examples import TopItem
 from .tiles import TileOptions
 
@@ -275,6 +276,7 @@ def _num(value: float) -> str:
 class Example:
     item: TopItem
     source: bool
+    crop: Crop | None = None  # where the map peaks, cut from the source (files with stored peaks)
 
 
 def examples_page(
@@ -306,6 +308,14 @@ def _example(meta: StageInfo, channel: int, rank: int, example: Example, by: str
     else:
         shown = picture(url(f"/tile/{seg(meta)}/{item.row}/{channel}.png", **style), f"map of {item.key}", "map")
     target = url(f"/image/{item.row}/{seg(meta)}/{channel}", **style)
+    if example.crop is not None and example.source:  # the receptive-field crop beside the whole image
+        box = ",".join(map(str, example.crop.box))
+        cut = picture(f"/crop/{seg(meta)}/{item.row}/{channel}.png", f"{item.key} cut around the peak", "crop")
+        return (
+            f'<a class="example cropped pick" href="{target}" data-crop="{box}"><span class="pair">{shown}{cut}'
+            f"</span>#{rank} · {esc(by)} "
+            f'<span class="value">{_num(item.value)}</span><br>{esc(item.key)}</a>'
+        )
     return (
         f'<a class="example pick" href="{target}">{shown}#{rank} · {esc(by)} '
         f'<span class="value">{_num(item.value)}</span><br>{esc(item.key)}</a>'

@@ -36,6 +36,7 @@ from . import pages
 from .assets import ASSETS
 from .catalog import Catalog
 from .config import BYS, DEFAULT_K, MAX_K
+from .crops import crop_png, crops
 from .examples import items_json, top_items
 from .pages import LAYER_PREFIX, MAP
 from .tiles import TileOptions, overlay_png, pca_png, tile_png
@@ -146,6 +147,7 @@ class App:
                 (rf"/tile/{MAP}/(\d{{1,9}})/(\d{{1,9}})\.png", self.tile),
                 (rf"/overlay/{MAP}/(\d{{1,9}})/(\d{{1,9}})\.png", self.overlay),
                 (rf"/pca/{MAP}/(\d{{1,9}})\.png", self.pca),
+                (rf"/crop/{MAP}/(\d{{1,9}})/(\d{{1,9}})\.png", self.crop),
                 (r"/source/(\d{1,9})\.jpg", self.source),
                 (r"/api/top", self.api_top),
                 (r"/api/ranking", self.api_ranking),
@@ -235,7 +237,12 @@ class App:
         by, k = query.choice("by", "max", BYS), query.integer("k", EXAMPLES_K, 1, MAX_K)
         options = query.tile_options(scale=False)
         items = top_items(self.catalog, stage, channel, k, by)
-        shown = [pages.Example(item, self.catalog.source(item.row, item.key) is not None) for item in items]
+        peaks = self.catalog.stage(stage).argmax is not None  # files before receptive-field crops lack them
+        cut = crops(self.catalog, stage, channel, [t.row for t in items]) if peaks else [None] * len(items)
+        shown = [
+            pages.Example(item, self.catalog.source(item.row, item.key) is not None, crop)
+            for item, crop in zip(items, cut, strict=True)
+        ]
         html = pages.examples_page(self.summary, self._meta(stage), channel, by, shown, options)
         return Response(200, HTML, html.encode())
 
@@ -272,6 +279,10 @@ class App:
         self.catalog.stage(stage)
         self.catalog.stored_row(row)
         return Response(200, PNG, pca_png(self.catalog, stage, row), self.immutable)
+
+    def crop(self, query: Query, stage: int, row: int, channel: int) -> Response:
+        self._check_map(stage, row, channel)
+        return Response(200, PNG, crop_png(self.catalog, stage, row, channel), self.immutable)
 
     def source(self, query: Query, row: int) -> Response:
         side = query.integer("side", 240, 16, 1024)
