@@ -419,7 +419,7 @@ def test_readme_pictures_match_the_commands(quick):
 def test_readme_shows_every_picture_and_they_are_small():
     readme = (REPO / "README.md").read_text()
     pictures = sorted((REPO / "docs" / "images").glob("*.png"))
-    assert len(pictures) == 12  # 10 drawn by commands (the RSA figure and the crop grid too), the gallery and viewer screenshots
+    assert len(pictures) == 12  # 10 drawn by commands (RSA figure, crop grid too), gallery and viewer screenshots
     for picture in pictures:
         assert f"docs/images/{picture.name}" in readme, picture.name
         assert picture.stat().st_size < 250_000, picture.name
