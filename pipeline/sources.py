@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -198,10 +199,51 @@ _READ_BLOCK = 1 << 20
 UNREACHABLE = "unreachable"  # source_state: a source that is not there, or not readable
 
 
+class SpecialFileError(OSError):
+    """A source that is a FIFO, a device or a socket (or a symlink to one): never opened for reading."""
+
+
+def open_regular(path: str | os.PathLike) -> int:
+    """A read-only fd of `path` (symlinks followed) when it is a regular file.
+
+    A FIFO, device or socket raises SpecialFileError without being opened (a FIFO would block
+    the open, /dev/zero never ends); a folder raises IsADirectoryError; other OSErrors as they come.
+    The open is non-blocking and the fd checked again, so a special file swapped in after the
+    stat cannot block either, and what is read is what was checked.
+    """
+    _check_regular(os.stat(path).st_mode, path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        _check_regular(os.fstat(fd).st_mode, path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_regular(mode: int, path: str | os.PathLike) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
+    kind = (
+        "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    raise SpecialFileError(f"{kind}, not a regular file: not read")
+
+
 def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
-    """(sha256 as 64 hex digits, size) of a file's bytes, read in blocks; OSError as it comes."""
+    """(sha256 as 64 hex digits, size) of a regular file's bytes, read in blocks; OSError (SpecialFileError
+    for a FIFO, device or socket, never opened) as it comes."""
     digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
+    with os.fdopen(open_regular(path), "rb") as handle:
         while block := handle.read(_READ_BLOCK):
             digest.update(block)
             size += len(block)
