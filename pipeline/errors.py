@@ -39,6 +39,13 @@ class RunFailure(FmpipeError):
     exit_code = 1
 
 
+def write_failed(path, err: OSError, then: str = "free space or fix the cause, then rerun.") -> RunFailure:
+    """The one message for a write that failed (disk full, quota, I/O error): what, why, what next.
+    `fmpipe: error: writing PATH failed: No space left on device. free space or fix the cause, then rerun.`"""
+    reason = err.strerror or str(err) if isinstance(err, OSError) else str(err)
+    return RunFailure(f"writing {path} failed: {reason}. {then[:1].upper()}{then[1:]}")
+
+
 class Interrupted(RunFailure):
     """SIGINT/SIGTERM: the run stopped at a batch boundary; the partial file resumes."""
 
