@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import RunFailure
+from ..errors import write_failed
 from ..records import BatchResult
 from . import rowstate, schema
 from .codecs import Codec
@@ -77,9 +77,11 @@ class BatchWriter:
         if self._error is None:
             return
         if isinstance(self._error, OSError):
-            raise RunFailure(
-                f"writing {self.partial} failed: {self._error}. The file keeps every batch written so far; "
-                "free space or fix the cause, then rerun the same command to resume."
+            raise write_failed(
+                self.partial,
+                self._error,
+                "the file keeps every batch written so far; free space or fix the cause, then rerun the same "
+                "command to resume.",
             ) from self._error
         raise self._error
 

@@ -19,15 +19,15 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-from ..errors import RunFailure
+from ..errors import RunFailure, write_failed
 from ..records import BatchResult
 from . import rowstate, schema
 from .batches import BatchWriter
-from .files import partial_path, publish
+from .files import partial_path, publish, reserve_space
 from .layout import WritePlan
 from .lockfile import OutputLock
 from .output import open_output
-from .toplists import write_top_lists
+from .toplists import top_lists_bytes, write_top_lists
 
 __all__ = ["NullWriter", "ShardWriter", "WritePlan", "Writer"]
 
@@ -55,6 +55,7 @@ class ShardWriter:
 
     def __init__(self, out: Path, file: h5py.File, plan: WritePlan, threads: int = 2, output_lock=None):
         self.out, self.file, self.plan, self.output_lock = out, file, plan, output_lock
+        self.abandoned = False  # a flush failed (disk full): the file is left for the rerun, never closed
         self.batches = BatchWriter(file, plan, partial_path(out), threads=threads)
 
     @classmethod
@@ -104,9 +105,22 @@ class ShardWriter:
         pending = self.pending_rows()
         if len(pending):
             raise RunFailure(f"{len(pending)} images are not done; the file stays partial.")
-        write_top_lists(self.file)
-        self.file.attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
-        self.file.attrs[schema.ATTR_COMPLETE] = True
+        partial = partial_path(self.out)
+        then = "every image is done and kept; free space, then rerun the same command to finish the file."
+        reserve_space(partial, top_lists_bytes(self.file), then)
+        try:
+            write_top_lists(self.file)
+            self.file.flush()  # a full disk shows here, not in a close that could not report it
+            self.file.attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
+            self.file.attrs[schema.ATTR_COMPLETE] = True
+            self.file.flush()
+        except (OSError, RuntimeError) as err:
+            # HDF5 cannot close a file whose flush failed (it raises again, and h5py may crash at
+            # exit): the handle is abandoned, and the CLI ends the process once it has said why.
+            self.abandoned = True
+            failure = write_failed(partial, err, then)
+            failure.exit_now = True
+            raise failure from err
         output_lock, self.output_lock = self.output_lock, None  # held until OUT has its final name
         try:
             self.close()
@@ -120,7 +134,7 @@ class ShardWriter:
         """Stop the writer thread and close the file (data already flushed stays valid)."""
         self.batches.stop()
         try:
-            if self.file.id.valid:
+            if self.file.id.valid and not self.abandoned:
                 self.file.close()
         finally:
             if self.output_lock is not None:
