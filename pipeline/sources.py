@@ -278,18 +278,27 @@ def source_state(path: Path, sha256: str, size: int) -> str | None:
     return None
 
 
-def changed_rows(
+def source_changes(
     root: str | os.PathLike, keys: list[str], rows: np.ndarray, sha256: np.ndarray, size: np.ndarray
-) -> np.ndarray:
-    """The `rows` whose source file below `root` no longer has the recorded sha256 and size
-    (other bytes, or unreadable now but read then, or the reverse). Hashed in threads."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(changed, missing) among the done `rows`, by their source file below `root` now.
 
-    def differs(i: int) -> bool:
+    changed: other bytes than recorded (or unreadable at extraction and readable now: a retry);
+    the maps are computed again. missing: read then, unreadable now (moved, deleted, a folder or
+    special file in its place is "changed"); the stored maps, computed from the recorded bytes,
+    are still that key's. Hashed in threads; (R,) int64 each.
+    """
+
+    def state(i: int) -> str | None:
         path = source_path(root, keys[int(rows[i])])
         if int(size[i]) < 0:  # not readable at extraction: changed if it can be read now
-            return file_identity(path) != (b"", -1)
-        return path is None or source_state(path, bytes(sha256[i]).decode("ascii", "replace"), int(size[i])) is not None
+            return "changed" if file_identity(path) != (b"", -1) else None
+        if path is None:
+            return "missing"
+        found = source_state(path, bytes(sha256[i]).decode("ascii", "replace"), int(size[i]))
+        return None if found is None else "missing" if found == UNREACHABLE else "changed"
 
     with ThreadPoolExecutor(HASH_THREADS) as pool:
-        flags = list(pool.map(differs, range(len(rows))))
-    return np.asarray(rows, dtype=np.int64)[np.asarray(flags, dtype=bool)]
+        states = np.asarray(list(pool.map(state, range(len(rows)))), dtype=object)
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows[states == "changed"], rows[states == "missing"]

@@ -85,6 +85,18 @@ class BatchWriter:
             ) from self._error
         raise self._error
 
+    def erase(self, rows: np.ndarray) -> None:
+        """Overwrite every map of `rows` with NaN chunks (compressed and checksummed like any chunk),
+        then flush. For rows computed again: until they are, they read as a failed row reads."""
+        for info in self.plan.stages:
+            dset = self.file[f"{info.group}/{schema.DATA}"]
+            k = dset.chunks[1]
+            payload = self.codec.compress(memoryview(np.full((k, *dset.chunks[2:]), np.nan, dset.dtype)).cast("B"))
+            for row in rows:
+                for c0 in range(0, info.channels, k):
+                    dset.id.write_direct_chunk((int(row), c0, 0, 0), payload, 0)
+        self.file.flush()
+
     def _write(self, batch: BatchResult) -> None:
         t0 = time.perf_counter()
         self._write_chunks(batch)

@@ -44,6 +44,7 @@ class Writer(Protocol):
     def pending_rows(self) -> np.ndarray: ...
     def done_sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def redo(self, rows: np.ndarray) -> None: ...
+    def record_images_root(self, root: str) -> None: ...
     def submit(self, batch: BatchResult) -> None: ...
     def drain(self) -> None: ...
     def finalize(self, timings: dict | None = None) -> Path: ...
@@ -91,7 +92,18 @@ class ShardWriter:
         return rowstate.done_sources(self.file)
 
     def redo(self, rows: np.ndarray) -> None:
-        rowstate.redo(self.file, rows)
+        """Done rows computed again: not done, and their maps and statistics NaN until they are,
+        so one whose source now fails reads NaN (as a failed row must), never its old maps."""
+        rowstate.redo(self.file, rows, self.plan)
+        self.batches.erase(rows)
+
+    def record_images_root(self, root: str) -> None:
+        """Where this run found every done row's source (checked by the caller): the file says so."""
+        recorded = self.file.attrs.get(schema.ATTR_IMAGES_ROOT)
+        if recorded is not None and schema.text(recorded) != root:
+            log.info("the images are now under %s (was %s): recorded as the file's images_root", root, recorded)
+            self.file.attrs[schema.ATTR_IMAGES_ROOT] = root
+            self.file.flush()
 
     def submit(self, batch: BatchResult) -> None:
         self.batches.submit(batch)
@@ -165,6 +177,9 @@ class NullWriter:
 
     def redo(self, rows: np.ndarray) -> None:
         """Nothing is ever done."""
+
+    def record_images_root(self, root: str) -> None:
+        """No file."""
 
     def submit(self, batch: BatchResult) -> None:
         self.bytes_written += sum(a.nbytes for a in batch.data.values())
