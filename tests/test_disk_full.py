@@ -52,25 +52,30 @@ def fill(folder: Path) -> None:
                 continue
 
 
-FILL_BEFORE_TOP_LISTS = """
+FILL_THEN = """
 import sys
 from pathlib import Path
 import pipeline.storage.writer as writer
 sys.path.insert(0, {tests!r})
 from test_disk_full import fill
 
-real = writer.ShardWriter.finalize
+real = {target}
 
-def full_disk_then_finalize(self, timings=None):
-    self.drain()  # every batch is written: the disk fills up just before the top lists
+def full_disk_then(*args, **kwargs):
+    {before}
     fill(Path({disk!r}))
-    return real(self, timings)
+    return real(*args, **kwargs)
 
-writer.ShardWriter.finalize = full_disk_then_finalize
+{target} = full_disk_then
 sys.argv = ["fmpipe", *{argv!r}]
 from pipeline.cli import main
 main()
 """
+
+
+def fill_then(target: str, disk: Path, argv: list, before: str = "pass") -> str:
+    """The real CLI running `argv`, with the disk filled just before `target` (a name in the writer) runs."""
+    return FILL_THEN.format(tests=str(REPO / "tests"), target=target, before=before, disk=str(disk), argv=argv)
 
 
 def fmpipe_run(argv: list, code: str | None = None) -> subprocess.CompletedProcess:
@@ -103,7 +108,8 @@ def test_finalise_writing_the_top_lists(tmp_path, disk):
     write_images(images, 6, size=(40, 40))
     out = disk / "o.h5"
     argv = ["extract", str(images), str(out), *TINY_ARGS]
-    result = fmpipe_run(argv, FILL_BEFORE_TOP_LISTS.format(tests=str(REPO / "tests"), disk=str(disk), argv=argv))
+    # every batch is written (drained) when the disk fills up, just before finalise's top lists
+    result = fmpipe_run(argv, fill_then("writer.ShardWriter.finalize", disk, argv, before="args[0].drain()"))
     assert_disk_full_error(result, "o.h5.partial")
     assert not out.exists() and not Path(f"{out}.lock").exists()
     (disk / ".filler").unlink()  # space again: the rerun finishes the same file
@@ -111,6 +117,24 @@ def test_finalise_writing_the_top_lists(tmp_path, disk):
     assert rerun.returncode == 0 and "6 already done" in rerun.stdout, rerun.stderr  # nothing recomputed
     with pipeline.open_store(out, require_complete=True) as store:
         assert store.done.all() and len(store) == 6
+
+
+def test_finalise_meeting_a_full_disk_inside_hdf5(tmp_path, disk):
+    """The disk fills up after the space check, while HDF5 writes the top lists: the same clean
+    error and exit 1, no crash at exit; the rerun says the partial file is damaged and how to
+    start over (HDF5 leaves a file whose flush failed inconsistent), and --overwrite does."""
+    images = tmp_path / "images"
+    write_images(images, 6, size=(40, 40))
+    out = disk / "o.h5"
+    argv = ["extract", str(images), str(out), *TINY_ARGS]
+    result = fmpipe_run(argv, fill_then("writer.write_top_lists", disk, argv))
+    assert_disk_full_error(result, "o.h5.partial")
+    assert not out.exists()
+    (disk / ".filler").unlink()
+    rerun = fmpipe_run(argv)
+    assert rerun.returncode == 1 and "Traceback" not in rerun.stderr, rerun.stderr[-2000:]
+    assert "damaged; rerun the same command with --overwrite" in rerun.stderr
+    assert fmpipe_run([*argv, "--overwrite"]).returncode == 0 and out.exists()
 
 
 @pytest.fixture

@@ -119,18 +119,23 @@ class ShardWriter:
             raise RunFailure(f"{len(pending)} images are not done; the file stays partial.")
         partial = partial_path(self.out)
         then = "every image is done and kept; free space, then rerun the same command to finish the file."
-        reserve_space(partial, top_lists_bytes(self.file), then)
         try:
+            reserve_space(partial, top_lists_bytes(self.file), then)
             write_top_lists(self.file)
             self.file.flush()  # a full disk shows here, not in a close that could not report it
             self.file.attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
             self.file.attrs[schema.ATTR_COMPLETE] = True
             self.file.flush()
-        except (OSError, RuntimeError) as err:
+        except (OSError, RuntimeError, KeyError) as err:
             # HDF5 cannot close a file whose flush failed (it raises again, and h5py may crash at
             # exit): the handle is abandoned, and the CLI ends the process once it has said why.
             self.abandoned = True
             failure = write_failed(partial, err, then)
+            if "errno" not in str(err) and not getattr(err, "errno", None):  # not a failed write: damage
+                failure = RunFailure(
+                    f"finishing {partial} failed: {err}. An earlier write to it failed (a full disk?) and left it "
+                    "damaged; rerun the same command with --overwrite to start it over."
+                )
             failure.exit_now = True
             raise failure from err
         output_lock, self.output_lock = self.output_lock, None  # held until OUT has its final name
