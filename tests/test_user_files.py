@@ -114,6 +114,7 @@ def test_user_files_survive_render_html_gallery_rerenders_and_fewer_images(tmp_p
     assert sorted(p.name for p in (site / "stage1" / "img000").glob("c*.png"))[-1] == "c0099.png"  # ...not the user's
 
 
+@pytest.mark.slow
 def test_the_gallery_never_shows_an_earlier_files_pictures_and_a_replaced_image_gets_a_new_thumbnail(tmp_path):
     images = tmp_path / "images"
     write_images(images, 3, size=(40, 40))
