@@ -25,14 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OutputExistsError, RunFailure, write_failed
+from ..storage.store import Store
 
 LEDGER = ".fmpipe-ledger"
 _ENCODING = ("utf-8", "surrogateescape")  # keys that are not UTF-8 keep their bytes
 
 
-def file_identity(fingerprint: str | None, created: str | None, rows: int) -> str:
-    """What tells one fmpipe file from another: its run fingerprint, creation time and row count."""
-    text = f"{fingerprint or '?'}\n{created or '?'}\n{rows}"
+def store_identity(store: Store) -> str:
+    """What tells one fmpipe file from another (a re-extraction, another model): its run fingerprint,
+    creation time and row count, hashed. A merged file and its --copy share it (the same maps)."""
+    text = f"{store.run.fingerprint or '?'}\n{store.run.created or '?'}\n{len(store)}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..errors import IncompleteFileError, InputError, OutputExistsError
 from ..storage.store import Store, open_store
 from .config import RenderConfig, default_out_dir
-from .ledger import Ledger, file_identity, foreign_message
+from .ledger import Ledger, foreign_message, store_identity
 from .painting import (
     ImageResult,
     ImageTask,
@@ -77,8 +77,15 @@ def render(config: RenderConfig) -> RenderSummary:
         job, rows = _plan(config, store)
         folders = image_folders(store)  # from every key of the file, so any --images names alike
         ledger = Ledger.load(config.out_dir)
-        owned = _claim_stage_folder(ledger, store, job)
+        replacing = _other_files_pictures(ledger, store, job)
+        owned = _owned_below(ledger, job.out_stage.name)
         _refuse_clobber(store, job, rows, folders, owned, store.view(config.stage).channels)
+        if replacing:  # --overwrite: fmpipe's pictures of the other file go, a user's files stay
+            for relative in sorted(r for r in ledger.owned if r.startswith(job.out_stage.name + "/")):
+                ledger.remove(relative)
+            owned = {}
+        if replacing or job.out_stage.name not in ledger.sources:
+            ledger.set_source(job.out_stage.name, store_identity(store))
         if job.pca is not None:
             ledger.write(f"{job.out_stage.name}/pca.json", (job.pca.to_json() + "\n").encode())
         workers = max(1, min(config.workers or _cpu_count(), len(rows)))
@@ -174,26 +181,22 @@ def _tasks(store: Store, rows: np.ndarray, folders: FolderMap, owned: dict[str, 
         yield ImageTask(row, key, folder, frozenset(owned.get(folder, ())))
 
 
-def _claim_stage_folder(ledger: Ledger, store: Store, job: RenderJob) -> dict[str, set[str]]:
-    """Record that the stage's folder now holds this file's pictures; {image folder: names fmpipe owns there}.
+def _other_files_pictures(ledger: Ledger, store: Store, job: RenderJob) -> bool:
+    """Whether the stage's folder holds pictures rendered from another file (another extraction,
+    another model): refused without --overwrite, so no earlier file's picture is shown as this one's."""
+    previous = ledger.sources.get(job.out_stage.name)
+    if previous is None or previous == store_identity(store):
+        return False
+    if not job.overwrite:
+        raise OutputExistsError(
+            f"{job.out_stage} holds pictures rendered from another file (not {store.path} as it is now); "
+            "pass --overwrite to replace them, or choose another --out."
+        )
+    return True
 
-    A folder rendered from another file (another extraction, another model) is refused without
-    --overwrite, and with it every file fmpipe wrote there is removed first, so no picture of the
-    earlier file is ever shown as this one's. Files fmpipe did not write stay.
-    """
-    stage = job.out_stage.name
-    identity = file_identity(store.run.fingerprint, store.run.created, len(store))
-    previous = ledger.sources.get(stage)
-    if previous is not None and previous != identity:
-        if not job.overwrite:
-            raise OutputExistsError(
-                f"{job.out_stage} holds pictures rendered from another file (not {store.path} as it is now); "
-                "pass --overwrite to replace them, or choose another --out."
-            )
-        for relative in sorted(r for r in ledger.owned if r.startswith(stage + "/")):
-            ledger.remove(relative)
-    if previous != identity:
-        ledger.set_source(stage, identity)
+
+def _owned_below(ledger: Ledger, stage: str) -> dict[str, set[str]]:
+    """{image folder below `stage`: the names of the files fmpipe wrote there}."""
     prefix = stage + "/"
     return {folder[len(prefix) :]: names for folder, names in ledger.by_folder().items() if folder.startswith(prefix)}
 

@@ -34,7 +34,7 @@ from PIL import Image
 from ..decoding import DecodeError, decode_bytes, read_source
 from ..errors import InputError, OutputExistsError
 from ..records import StageInfo
-from ..rendering.ledger import Ledger, file_identity, foreign_message, write_output
+from ..rendering.ledger import Ledger, foreign_message, store_identity, write_output
 from ..rendering.pca import load_fit
 from ..rendering.selection import image_folders, iter_keys
 from ..sources import source_path
@@ -108,7 +108,7 @@ def write_gallery(config: GalleryConfig) -> GallerySummary:
 
 def _stage_metas(store: Store, out: Path, ledger: Ledger) -> list[StageMeta]:
     """Each stored stage and layer; rendered when its folder holds this very file's pictures."""
-    identity = file_identity(store.run.fingerprint, store.run.created, len(store))
+    identity = store_identity(store)
     metas = []
     for view in store.maps:
         folder = out / view.folder
