@@ -163,3 +163,23 @@ def test_the_gallery_never_shows_an_earlier_files_pictures_and_a_replaced_image_
     pipeline.render(out, 1, out=tmp_path / "site2", layout="grid", workers=1)
     assert pipeline.gallery(out, out=tmp_path / "site2").sources_missing == 1
     assert "source image not found" in (tmp_path / "site2" / "gallery" / "000001.html").read_text()
+
+
+def test_a_ledger_shipped_with_a_folder_never_removes_a_file_outside_it(tmp_path):
+    """A render folder from elsewhere may carry a crafted `.fmpipe-ledger`: its `..` paths and paths
+    through a symlinked folder are ignored, so `render --overwrite` removes nothing outside."""
+    images = tmp_path / "images"
+    write_images(images, 2, size=(40, 40))
+    out, site, outside = tmp_path / "out.h5", tmp_path / "site", tmp_path / "outside"
+    pipeline.extract(images, out, **TINY)
+    outside.mkdir()
+    for name in ("victim.txt", "c0000.png"):
+        (outside / name).write_bytes(b"keep me")
+    (site / "stage1").mkdir(parents=True)
+    (site / "stage1" / "link").symlink_to(outside)
+    (site / ".fmpipe-ledger").write_text(
+        "@stage1 0123\n+stage1/../../outside/victim.txt\n+stage1/link/c0000.png\n+/etc/hostname\n"
+    )
+    pipeline.render(out, 1, out=site, layout="grid", workers=1, overwrite=True)  # another file's folder: replaced
+    assert (outside / "victim.txt").read_bytes() == b"keep me" and (outside / "c0000.png").read_bytes() == b"keep me"
+    assert (site / "stage1" / "img000" / "grid.png").is_file()

@@ -61,6 +61,8 @@ class Ledger:
 
     def _replay(self, line: str) -> None:
         kind, rest = line[:1], line[1:]
+        if kind in "+-" and not _inside(rest):  # a ledger shipped with a folder names nothing outside it
+            return
         if kind == "+":
             self.owned.add(rest)
         elif kind == "-":
@@ -121,7 +123,22 @@ def append(out: Path, line: str) -> None:
         raise write_failed(out / LEDGER, err) from err
 
 
+def _inside(relative: str) -> bool:
+    """A plain relative POSIX path: no absolute start, no empty, `.` or `..` part, no backslash or NUL."""
+    parts = relative.split("/")
+    return (
+        bool(relative)
+        and "\\" not in relative
+        and "\0" not in relative
+        and all(p not in ("", ".", "..") for p in parts)
+    )
+
+
 def remove_owned(out: Path, relative: str) -> None:
+    """Remove out/relative, recorded first; never a path that leaves `out` (through `..` or a symlinked folder)."""
+    real_out, parent = os.path.realpath(out), os.path.realpath((out / relative).parent)
+    if not _inside(relative) or not (parent == real_out or parent.startswith(real_out + os.sep)):
+        return
     append(out, f"-{relative}")
     try:
         os.unlink(out / relative)
