@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -144,7 +144,6 @@ class _PageWriter:
         self.page_of = [f"gallery/{int(r):0{digits}d}.html" for r in rows]
         self.folders, self.cards, self.written = image_folders(store), [], set()  # render's folders
         self.owned = ledger.by_folder()  # {folder: names}: what render wrote in each image folder
-        self.thumbs: dict[str, Future] = {}  # source sha256 → its thumbnail (one per content)
         self.thumbs_written = self.sources_missing = 0
 
     def run(self) -> set[str]:
@@ -154,24 +153,24 @@ class _PageWriter:
                 self._block(pool, start)
         if not len(self.rows):
             self.ledger.write("index.html", index_page(self.site, [], 1, self.config.per_page).encode())
-        self.thumbs_written = sum(future.result()[1] for future in self.thumbs.values())
         return self.written
 
     def _block(self, pool: ThreadPoolExecutor, start: int) -> None:
         block = self.rows[start : start + ROW_BLOCK]
         first, last = int(block[0]), int(block[-1]) + 1
         hw = self.store.file[schema.ORIG_HW][first:last]  # (rows, 2) int32: one read per block
-        digests = self.store.file[schema.SOURCE_SHA256][first:last]  # (rows,) 64-byte hex
+        digests = _digests(self.store, first, last)
         stats = _stats(self.store, self.site.stages, first, last)
         named = [(row, key, self.folders.folder(row, key)) for row, key in iter_keys(self.store, block)]
-        thumbs = []
+        thumbs, made = [], {}  # one thumbnail per content in a block; later blocks find it in the ledger
         for row, key, _ in named:
             digest = bytes(digests[row - first]).decode("ascii", "replace")
-            content = digest if len(digest) == 64 else f"key {key}"  # one thumbnail per content
-            if content not in self.thumbs:
+            content = digest if len(digest) == 64 else f"key {key}"
+            if content not in made:
                 thumb = _Thumb(self.ledger, self.root, key, digest, hw[row - first], self.config.thumb_side)
-                self.thumbs[content] = pool.submit(thumb.write)
-            thumbs.append(self.thumbs[content])
+                made[content] = pool.submit(thumb.write)
+            thumbs.append(made[content])
+        self.thumbs_written += sum(future.result()[1] for future in made.values())
         for i, ((row, key, folder), thumb) in enumerate(zip(named, thumbs, strict=True)):
             path = thumb.result()[0]
             if path is not None:
@@ -206,6 +205,13 @@ def _stats(store: Store, stages, first: int, last: int) -> dict[int | str, np.nd
             view = store.view(meta.ref)
             out[meta.ref] = rounded(np.stack([view.min[first:last], view.max[first:last], view.mean[first:last]]))
     return out
+
+
+def _digests(store: Store, first: int, last: int) -> np.ndarray:
+    """(rows,) 64-byte hex sha256 of the sources of rows [first, last); empty for files without them (v1)."""
+    if schema.SOURCE_SHA256 not in store.file:
+        return np.zeros(last - first, "S64")
+    return store.file[schema.SOURCE_SHA256][first:last]
 
 
 def _at(stats: dict[int | str, np.ndarray], stage: int | str, offset: int) -> np.ndarray | None:
