@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 DTYPES = ("float16", "float32")
 COMPRESSIONS = ("zstd", "gzip", "none")
 RESIZE_POLICY = "exact-HxW-pil-bicubic-no-crop-jpeg-draft"
+_INDEX = re.compile(r"[+-]?\d+")
+_RANGE = re.compile(r"([+-]?\d*):([+-]?\d*)(?::([+-]?\d*))?")
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,9 @@ class ExtractConfig:
     weights_key: str | None = None  # dotted key of the state dict inside a training checkpoint
     weights_prefix: str | None = None  # take the tensors under this prefix (stripped), e.g. backbone.0.body.
     random_init: bool = False
-    stages: tuple[int, ...] | None = None  # None: all of the model's stages (none when layers are given)
+    # Indices and ranges ("0:-1", Python's slice meaning), or their text "0,2,-1"; None: all of the
+    # model's stages (none when layers are given).
+    stages: tuple[int | str, ...] | str | None = None
     layers: tuple[str, ...] | None = None  # modules by name (`layer1.0.relu:2`), stored like stages
     size: tuple[int, int] | None = None  # None: the model's own input size
     batch_size: int = 16
@@ -44,6 +49,11 @@ class ExtractConfig:
     null_writer: bool = False  # discard the maps (benchmarking the rest of the pipeline)
 
     def __post_init__(self) -> None:
+        if self.stages is not None:  # checked before any model is built
+            stages = parse_stages(self.stages) if isinstance(self.stages, str) else _stage_items(self.stages)
+            object.__setattr__(self, "stages", stages)
+        if self.stages == () and not self.layers:
+            raise UsageError("--stages selects no stage and no --layers are given: the file would hold no maps.")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.workers < 0:
@@ -99,38 +109,73 @@ def parse_layers(text: str | None) -> tuple[str, ...] | None:
     return names or None
 
 
-def parse_stages(text: str | None) -> tuple[int, ...] | None:
-    """`"0,2,-1"` → (0, 2, -1); `"all"`/None → None. Ranges `1:3` are accepted too."""
+def parse_index(item: int | str) -> int | slice | None:
+    """One index or range with Python's meaning: `5`, `-1` → an int; `0:-1`, `-2:`, `:3`, `::2` → a slice;
+    anything else (a key, a name) → None. The one parser of `--stages`, `--images` and `--channels`."""
+    if isinstance(item, int):
+        return item
+    text = item.strip()
+    if _INDEX.fullmatch(text):
+        return int(text)
+    match = _RANGE.fullmatch(text)
+    if match is None:
+        return None
+    lo, hi, step = (int(v) if v else None for v in match.groups())
+    if step == 0:
+        raise UsageError(f"range {text!r} has a step of 0; use a positive or negative step like ::2.")
+    return slice(lo, hi, step)
+
+
+def pick_indices(item: int | str, count: int, what: str, where: str) -> list[int] | None:
+    """An index or range (see `parse_index`) → indices in 0..count-1 (a range in its own order);
+    None when `item` is neither. An index out of range, or a range selecting nothing, is a UsageError."""
+    parsed = parse_index(item)
+    if parsed is None:
+        return None
+    if isinstance(parsed, int):
+        if not -count <= parsed < count:
+            raise UsageError(
+                f"{what} {parsed} does not exist in {where}: valid indices are 0..{count - 1} (or -{count}..-1)."
+            )
+        return [parsed % count]
+    indices = list(range(count))[parsed]
+    if not indices:
+        raise UsageError(
+            f"{what} range {str(item).strip()!r} selects nothing in {where} (Python slice meaning; "
+            f"valid indices are 0..{count - 1})."
+        )
+    return indices
+
+
+def parse_stages(text: str | None) -> tuple[int | str, ...] | None:
+    """`"0,2,-1"` → (0, 2, -1); `"0:-1"` → ("0:-1",) (a range stays text: it is resolved against the model's
+    stage count, with Python's slice meaning); `"all"`/None → None."""
     if text is None or text.strip().lower() in ("", "all"):
         return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if ":" in part:
-                lo, hi = part.split(":")
-                out.extend(range(int(lo), int(hi)))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise UsageError(f"--stages must be a comma list of indices like 0,2,-1, got {text!r}.") from None
-    return tuple(out)
+    return _stage_items(text.split(","))
 
 
-def resolve_stage_indices(requested: Sequence[int] | None, count: int) -> list[int]:
-    """Map requested stage indices (negative allowed) onto 0..count-1, sorted, unique.
+def resolve_stage_indices(requested: Sequence[int | str] | None, count: int) -> list[int]:
+    """Map requested stage indices and ranges (negative allowed, Python's meaning) onto 0..count-1, sorted, unique.
 
-    Raises UsageError listing the valid stages for an out-of-range index.
+    Raises UsageError listing the valid stages for an out-of-range index, or naming a selection that
+    picks no stage (an extract that would store no maps).
     """
     if requested is None:
         return list(range(count))
-    resolved = set()
-    for index in requested:
-        if not -count <= index < count:
-            raise UsageError(
-                f"stage {index} does not exist: this model has {count} stages, "
-                f"valid indices are 0..{count - 1} (or -{count}..-1). "
-                "Run `fmpipe stages MODEL` to list them."
-            )
-        resolved.add(index % count)
+    where = f"this model ({count} stages; `fmpipe stages MODEL` lists them)"
+    resolved: set[int] = set()
+    for item in _stage_items(requested):
+        resolved.update(pick_indices(item, count, "stage", where) or ())
     return sorted(resolved)
+
+
+def _stage_items(items: Sequence[int | str]) -> tuple[int | str, ...]:
+    """Stage indices (ints) and ranges (their text), each checked by `parse_index`."""
+    out: list[int | str] = []
+    for item in items:
+        parsed = parse_index(item)
+        if parsed is None:
+            raise UsageError(f"--stages takes indices and ranges like 0,2,-1 or 0:-1 or -2:, got {item!r}.")
+        out.append(parsed if isinstance(parsed, int) else str(item).strip())
+    return tuple(out)

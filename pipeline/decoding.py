@@ -16,15 +16,17 @@ import os
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .sources import SpecialFileError, open_regular
 
 # Pillow's own bomb check warns at MAX_IMAGE_PIXELS; we refuse explicitly instead.
 DEFAULT_MAX_PIXELS = 178_956_970
 # A file is read whole before decoding; larger ones are refused rather than held in memory.
 MAX_FILE_BYTES = 2 * 1024**3
+READ_BLOCK = 1 << 20  # bytes per read(2) beyond what the file's size says
 BACKGROUND_HASH_BYTES = 256 * 1024  # larger files are hashed in a thread while they are decoded
 
 _RESAMPLE = Image.Resampling.BICUBIC
@@ -57,12 +59,17 @@ class Decoded:
 
 
 def read_source(path: str | os.PathLike) -> Source:
-    """The bytes of `path` with their sha256; DecodeError when the file cannot be read."""
+    """The bytes of `path` with their sha256; DecodeError when the file cannot be read.
+
+    Only regular files are opened (a FIFO, device or socket is a failure, never read), and the
+    size cap counts the bytes actually read, not what `st_size` says.
+    """
     try:
-        size = os.stat(path).st_size
-        if size > MAX_FILE_BYTES:
-            raise DecodeError(f"file too large to decode ({size / 1e9:.1f} GB > {MAX_FILE_BYTES / 1e9:.1f} GB)")
-        data = Path(path).read_bytes()
+        fd = open_regular(path)
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            data = _read_capped(handle, os.fstat(handle.fileno()).st_size)
+    except SpecialFileError as err:
+        raise DecodeError(str(err)) from None
     except PermissionError:
         raise DecodeError("permission denied reading the file") from None
     except (FileNotFoundError, NotADirectoryError):
@@ -74,6 +81,27 @@ def read_source(path: str | os.PathLike) -> Source:
     if len(data) < BACKGROUND_HASH_BYTES:  # a thread's handoff costs more than hashing a small file
         return Source(data, _sha256(data), len(data))
     return Source(data, _hasher().submit(_sha256, data), len(data))
+
+
+def _read_capped(handle: io.RawIOBase, size_hint: int) -> bytes:
+    """Every byte of `handle`, or DecodeError once more than MAX_FILE_BYTES were read."""
+    limit = MAX_FILE_BYTES
+    if size_hint > limit:
+        raise DecodeError(_too_large(size_hint))
+    parts, total = [], 0
+    want = max(size_hint + 1, READ_BLOCK)  # a file of the size it claims: one read, then the end
+    while block := handle.read(min(want, limit + 1 - total)):
+        parts.append(block)
+        total += len(block)
+        if total > limit:
+            raise DecodeError(_too_large(total, more=True))
+        want = READ_BLOCK
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(size: int, more: bool = False) -> str:
+    got = f"more than {size / 1e9:.1f} GB read" if more else f"{size / 1e9:.1f} GB"
+    return f"file too large to decode ({got} > {MAX_FILE_BYTES / 1e9:.1f} GB)"
 
 
 def _sha256(data: bytes) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 
 class FmpipeError(Exception):
     """Base class: a problem the user can fix. The CLI prints it and exits with `exit_code`."""
@@ -37,6 +40,18 @@ class RunFailure(FmpipeError):
     """A fault during a run (disk full, overflow, ...). The partial file stays resumable."""
 
     exit_code = 1
+    exit_now = False  # HDF5 was left unable to close a file: the CLI exits at once after the message
+
+
+def write_failed(path, err: Exception, then: str = "free space or fix the cause, then rerun.") -> RunFailure:
+    """The one message for a write that failed (disk full, quota, I/O error): what, why, what next.
+    `fmpipe: error: writing PATH failed: No space left on device. free space or fix the cause, then rerun.`"""
+    # h5py's errors carry a page of HDF5 detail, and its errno (as an attribute, or only in the text).
+    number = err.errno if isinstance(err, OSError) and err.errno else None
+    found = re.search(r"errno = (\d+)", str(err))
+    number = number or (int(found.group(1)) if found else None)
+    reason = os.strerror(number) if number else str(err)
+    return RunFailure(f"writing {path} failed: {reason}. {then[:1].upper()}{then[1:]}")
 
 
 class Interrupted(RunFailure):

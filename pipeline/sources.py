@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -198,10 +199,51 @@ _READ_BLOCK = 1 << 20
 UNREACHABLE = "unreachable"  # source_state: a source that is not there, or not readable
 
 
+class SpecialFileError(OSError):
+    """A source that is a FIFO, a device or a socket (or a symlink to one): never opened for reading."""
+
+
+def open_regular(path: str | os.PathLike) -> int:
+    """A read-only fd of `path` (symlinks followed) when it is a regular file.
+
+    A FIFO, device or socket raises SpecialFileError without being opened (a FIFO would block
+    the open, /dev/zero never ends); a folder raises IsADirectoryError; other OSErrors as they come.
+    The open is non-blocking and the fd checked again, so a special file swapped in after the
+    stat cannot block either, and what is read is what was checked.
+    """
+    _check_regular(os.stat(path).st_mode, path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        _check_regular(os.fstat(fd).st_mode, path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_regular(mode: int, path: str | os.PathLike) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
+    kind = (
+        "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    raise SpecialFileError(f"{kind}, not a regular file: not read")
+
+
 def file_sha256(path: str | os.PathLike) -> tuple[str, int]:
-    """(sha256 as 64 hex digits, size) of a file's bytes, read in blocks; OSError as it comes."""
+    """(sha256 as 64 hex digits, size) of a regular file's bytes, read in blocks; OSError (SpecialFileError
+    for a FIFO, device or socket, never opened) as it comes."""
     digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
+    with os.fdopen(open_regular(path), "rb") as handle:
         while block := handle.read(_READ_BLOCK):
             digest.update(block)
             size += len(block)
@@ -236,18 +278,27 @@ def source_state(path: Path, sha256: str, size: int) -> str | None:
     return None
 
 
-def changed_rows(
+def source_changes(
     root: str | os.PathLike, keys: list[str], rows: np.ndarray, sha256: np.ndarray, size: np.ndarray
-) -> np.ndarray:
-    """The `rows` whose source file below `root` no longer has the recorded sha256 and size
-    (other bytes, or unreadable now but read then, or the reverse). Hashed in threads."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(changed, missing) among the done `rows`, by their source file below `root` now.
 
-    def differs(i: int) -> bool:
+    changed: other bytes than recorded (or unreadable at extraction and readable now: a retry);
+    the maps are computed again. missing: read then, unreadable now (moved, deleted, a folder or
+    special file in its place is "changed"); the stored maps, computed from the recorded bytes,
+    are still that key's. Hashed in threads; (R,) int64 each.
+    """
+
+    def state(i: int) -> str | None:
         path = source_path(root, keys[int(rows[i])])
         if int(size[i]) < 0:  # not readable at extraction: changed if it can be read now
-            return file_identity(path) != (b"", -1)
-        return path is None or source_state(path, bytes(sha256[i]).decode("ascii", "replace"), int(size[i])) is not None
+            return "changed" if file_identity(path) != (b"", -1) else None
+        if path is None:
+            return "missing"
+        found = source_state(path, bytes(sha256[i]).decode("ascii", "replace"), int(size[i]))
+        return None if found is None else "missing" if found == UNREACHABLE else "changed"
 
     with ThreadPoolExecutor(HASH_THREADS) as pool:
-        flags = list(pool.map(differs, range(len(rows))))
-    return np.asarray(rows, dtype=np.int64)[np.asarray(flags, dtype=bool)]
+        states = np.asarray(list(pool.map(state, range(len(rows)))), dtype=object)
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows[states == "changed"], rows[states == "missing"]

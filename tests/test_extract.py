@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
@@ -134,6 +136,41 @@ def test_out_of_range_stage_lists_the_valid_ones(image_dir, tmp_path):
     with pytest.raises(UsageError, match=r"valid indices are 0\.\.4"):
         pipeline.extract(image_dir, tmp_path / "x.h5", random_init=True, stages=(7,), size=(32, 32))
     assert not (tmp_path / "x.h5.partial").exists()
+
+
+def test_stage_ranges_have_python_slice_meaning(image_dir, tmp_path):
+    from pipeline.config import parse_stages, pick_indices, resolve_stage_indices
+
+    five = list(range(5))
+    for text, expected in (("0:-1", five[0:-1]), ("-2:", five[-2:]), (":3", five[:3]), ("::2", five[::2])):
+        assert resolve_stage_indices(parse_stages(text), 5) == expected, text
+    assert resolve_stage_indices(parse_stages("4,0:2,-1"), 5) == [0, 1, 4]
+    assert pick_indices("3:0:-1", 5, "channel", "x") == [3, 2, 1]  # render's --channels: the same parser
+    for bad in ("5:", "1:1", "-1:0"):
+        with pytest.raises(UsageError, match=rf"stage range '{bad}' selects nothing"):
+            resolve_stage_indices(parse_stages(bad), 5)
+    for bad in ("a", "1:2:0", "0-3"):
+        with pytest.raises(UsageError):
+            parse_stages(bad)
+    # `0:-1` stores every stage but the last (it used to store none and call the file complete).
+    out = tmp_path / "r.h5"
+    pipeline.extract(image_dir, out, random_init=True, stages="0:-1", size=(32, 32), workers=0)
+    with pipeline.open_store(out, require_complete=True) as store:
+        assert [s.index for s in store.stages] == [0, 1, 2, 3]
+        assert all(np.isfinite(s.data[0]).all() for s in store.stages)
+    with pytest.raises(UsageError, match="would hold no maps"):
+        pipeline.extract(image_dir, tmp_path / "none.h5", random_init=True, stages=(), size=(32, 32))
+    assert not list(tmp_path.glob("none.h5*"))
+
+
+def test_an_extract_storing_no_map_is_refused_naming_the_selection(tmp_path):
+    from helpers import fmpipe
+
+    argv = ["extract", "data/images", tmp_path / "x.h5", "--stages", "5:", "--random-init", "--size", "32"]
+    result = fmpipe(argv, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 2, result.stderr
+    assert "fmpipe: error: stage range '5:' selects nothing" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("x.h5*"))
 
 
 def test_unknown_model_suggests_names(image_dir, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
 import os
@@ -119,8 +120,9 @@ def test_image_page_shows_each_stage_with_its_pictures_and_stats(hostile):
     assert "<h1>&lt;script&gt;alert(1)&lt;/script&gt;.jpg</h1>" in page.path.read_text()
     images = [unquote(a["src"]) for a in page.all("img")]
     folder = "../stage{}/<script>alert(1)</script>/"  # the key's "/" makes two folders
+    source = hostile[2] / "<script>alert(1)</script>.jpg"
     assert images == [
-        "../gallery/thumbs/<script>alert(1)</script>.jpg",
+        f"../gallery/thumbs/{hashlib.sha256(source.read_bytes()).hexdigest()[:32]}-240.jpg",  # by content
         folder.format(0) + "grid.png",
         folder.format(0) + "grid-overlay.png",
         folder.format(1) + "pca.png",
@@ -179,14 +181,15 @@ def test_gallery_never_reads_a_source_outside_the_root(tmp_path, monkeypatch):
     out = tmp_path / "out"
     render(RenderConfig(str(path), 0, out=str(out), layout="grid", workers=1))
     opened = []
-    real = build.decode
-    monkeypatch.setattr(build, "decode", lambda p, *a, **k: opened.append(Path(p).resolve()) or real(p, *a, **k))
+    real = build.read_source
+    monkeypatch.setattr(build, "read_source", lambda p, *a, **k: opened.append(Path(p).resolve()) or real(p, *a, **k))
     before = files_below(tmp_path, out)
     summary = write_gallery(GalleryConfig(str(path), out=str(out)))
     assert opened == [(root / "inside.jpg").resolve()]
     assert (summary.images, summary.sources_missing, summary.thumbs_written) == (4, 3, 1)
     thumbs = out / "gallery" / "thumbs"
-    assert [p.relative_to(thumbs).as_posix() for p in thumbs.rglob("*") if p.is_file()] == ["inside.jpg"]
+    inside = hashlib.sha256((root / "inside.jpg").read_bytes()).hexdigest()[:32]
+    assert [p.relative_to(thumbs).as_posix() for p in thumbs.rglob("*") if p.is_file()] == [f"{inside}-240.jpg"]
     for row in range(3):  # ../../outside.jpg, the absolute key, a/../../b.jpg
         assert "source image not found" in (out / "gallery" / f"{row:06d}.html").read_text()
     assert files_below(tmp_path, out) == before  # nothing written outside --out
@@ -228,7 +231,8 @@ def test_thumbnails_are_reused_and_errors(hostile, tmp_path):
     path, out, _ = hostile
     again = write_gallery(GalleryConfig(str(path), str(out)))
     assert again.thumbs_written == 0 and again.sources_missing == 1 and again.stages == [0, 1]
-    with Image.open(out / "gallery" / "thumbs" / "a b#1.jpg") as thumb:
+    name = hashlib.sha256((hostile[2] / "a b#1.jpg").read_bytes()).hexdigest()[:32]
+    with Image.open(out / "gallery" / "thumbs" / f"{name}-240.jpg") as thumb:
         assert thumb.size == (64, 48)  # never enlarged
     shutil.copytree(out, tmp_path / "copy")  # a moved render folder still works, and says where sources are
     moved = write_gallery(GalleryConfig(str(path), str(tmp_path / "copy"), images_root=str(tmp_path / "nowhere")))
@@ -238,8 +242,10 @@ def test_thumbnails_are_reused_and_errors(hostile, tmp_path):
         write_gallery(GalleryConfig(str(path), str(tmp_path / "empty")))
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "index.html").write_text("<html>someone's page</html>")
-    with pytest.raises(OutputExistsError, match="another --out"):
+    render(RenderConfig(str(path), 0, out=str(tmp_path / "theirs"), layout="grid", workers=1))
+    with pytest.raises(OutputExistsError, match=r"not written by fmpipe.*another --out"):
         write_gallery(GalleryConfig(str(path), str(tmp_path / "theirs")))
+    assert (tmp_path / "theirs" / "index.html").read_text() == "<html>someone's page</html>"
 
 
 def test_gallery_and_pca_never_import_torch():

@@ -148,6 +148,53 @@ def test_unreadable_file_gives_permission_denied(tmp_path):
     assert "permission denied" in message
 
 
+def test_special_files_are_failure_rows_never_opened(tmp_path):
+    """A FIFO named pipe.png used to block extract forever; a symlink to /dev/zero was read until MemoryError."""
+    folder = tmp_path / "special"
+    write_images(folder, 3)
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "fifo_link.jpg").symlink_to(folder / "pipe.png")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(folder / "sock.png"))
+    reasons = {
+        "pipe.png": "a FIFO \\(named pipe\\), not a regular file: not read",
+        "fifo_link.jpg": "a FIFO",
+        "zero.png": "a device, not a regular file: not read",
+        "sock.png": "a socket, not a regular file: not read",
+    }
+    try:
+        started = time.monotonic()
+        summary = pipeline.extract(folder, tmp_path / "s.h5", **TINY, batch_size=2)
+        assert time.monotonic() - started < 60  # no hang (it blocked forever before)
+    finally:
+        listening.close()
+    assert summary.failed == 4 and summary.stored == 3
+    with pipeline.open_store(tmp_path / "s.h5", require_complete=True) as store:
+        failures = dict(store.failures)
+        for key, pattern in reasons.items():
+            assert __import__("re").search(pattern, failures[key]), (key, failures[key])
+        data = store.stage(0).data
+        for row, key in enumerate(store.keys):
+            assert np.isfinite(data[row]).all() == (key not in reasons), key
+    # Resume and verify hash sources (a failed row's is probed: readable now?): never opened either.
+    from pipeline import sources
+
+    for key in reasons:
+        assert sources.file_identity(folder / key) == (b"", -1), key
+
+
+def test_the_read_cap_counts_bytes_read_not_the_size_a_file_claims(monkeypatch):
+    from pipeline import decoding
+
+    monkeypatch.setattr(decoding, "MAX_FILE_BYTES", 100)
+    assert os.stat("/proc/self/maps").st_size == 0  # a regular file that claims 0 bytes and holds more
+    with pytest.raises(decoding.DecodeError, match="file too large to decode \\(more than"):
+        decoding.read_source("/proc/self/maps")
+    monkeypatch.setattr(decoding, "MAX_FILE_BYTES", 1 << 20)
+    assert decoding.read_source("/proc/self/maps").size > 100  # under the cap it is read whole
+
+
 @pytest.mark.slow
 def test_cli_summary_counts_failures(tmp_path):
     folder = tmp_path / "few"

@@ -399,6 +399,33 @@ def test_traversal_and_malformed_requests_are_refused_and_the_server_keeps_servi
         assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
 
 
+@pytest.mark.parametrize("host", ["127.1", "127.0.0.1", "localhost", "127.8.9.10", "::1", "0x7f.1"])
+def test_every_loopback_spelling_keeps_the_host_check(merged, host):
+    """`--host 127.1` binds 127.0.0.1 through inet_aton; it is loopback, so the Host check stays on."""
+    try:
+        viewer = Viewer(ViewConfig(str(merged["virtual"]), host=host, port=0))
+    except UsageError as err:  # no IPv6 loopback on this machine
+        pytest.skip(f"cannot listen on {host}: {err}")
+    thread = threading.Thread(target=viewer.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert viewer.httpd.allowed_hosts is not None
+        address = viewer.httpd.server_address[0]
+        for header, status in (("evil.example", 403), (f"evil.example:{viewer.port}", 403), ("127.0.0.1", 200)):
+            conn = http.client.HTTPConnection(address, viewer.port, timeout=30)
+            try:
+                conn.request("GET", "/", headers={"Host": header})
+                response = conn.getresponse()
+                response.read()
+                assert response.status == status, (host, header)
+            finally:
+                conn.close()
+    finally:
+        viewer.shutdown()
+        thread.join(10)
+        viewer.close()
+
+
 def test_a_crafted_file_never_reads_outside_the_images_root(tmp_path, monkeypatch):
     path, root, outside = crafted_root(tmp_path)  # keys ../../outside.jpg, /abs/path.jpg, a/../../b.jpg, inside.jpg
     opened = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from typing import Annotated, Any
 
@@ -45,6 +46,7 @@ def _root(
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    sys.excepthook = _quiet_hdf5_dealloc(sys.excepthook)  # typer set its own before this callback runs
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s" if not sys.stderr.isatty() else "%(message)s",
@@ -68,10 +70,40 @@ def map_ref(stage: int | None, layer: str | None) -> int | str:
 
 def main() -> None:
     """Console entry point: run the app, turning FmpipeError into a message and exit code."""
+    sys.unraisablehook = _quiet_hdf5_teardown
     try:
         app()  # standalone: click reports usage errors itself, with exit code 2
     except FmpipeError as err:
         if _state["debug"]:
             raise
         typer.echo(f"fmpipe: error: {err}", err=True)
+        if getattr(err, "exit_now", False):  # HDF5 holds a file it cannot close: tearing it down may crash
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(err.exit_code)
         sys.exit(err.exit_code)
+
+
+def _quiet_hdf5_dealloc(previous):
+    """Cython prints a failing h5py destructor's traceback through sys.excepthook too (see below);
+    wraps the hook typer installs when the app starts."""
+
+    def hook(kind, value, tb) -> None:
+        frames, at = [], tb
+        while at is not None:
+            frames.append(at.tb_frame.f_code.co_filename)
+            at = at.tb_next
+        if not _state["debug"] and frames and all(name.startswith("h5py/") for name in frames):
+            return
+        previous(kind, value, tb)
+
+    return hook
+
+
+def _quiet_hdf5_teardown(unraisable) -> None:
+    """h5py objects freed after a failed write (disk full) report HDF5's errors again from their
+    destructors; the error was already said once. Anything else (or --debug) is printed as usual."""
+    where = unraisable.object  # an h5py object, or (Cython) the name of the destructor
+    if not _state["debug"] and (type(where).__module__.startswith("h5py") or str(where).startswith("h5py.")):
+        return
+    sys.__unraisablehook__(unraisable)

@@ -36,7 +36,13 @@ WeightsPrefix = Annotated[
     ),
 ]
 RandomInit = Annotated[bool, typer.Option("--random-init", help="Random weights (seeded); no download.")]
-Stages = Annotated[str | None, typer.Option(help="Stages to keep, e.g. 0,2,-1 (default: all; none with --layers).")]
+Stages = Annotated[
+    str | None,
+    typer.Option(
+        help="Stages to keep: indices and Python slices, e.g. 0,2,-1 or 0:-1 (all but the last) or -2: "
+        "(default: all; none with --layers)."
+    ),
+]
 Layers = Annotated[
     str | None,
     typer.Option(

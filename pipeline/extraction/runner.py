@@ -179,14 +179,28 @@ def _finalize(writer: Writer, tally: Tally, seconds: float) -> None:
 
 
 def _redo_changed_sources(writer: Writer, root: str, keys: list[str]) -> int:
-    """Rows done by an earlier run whose source file changed since (other bytes, or gone) are
-    computed again, so a resumed file never holds maps of a file that is no longer there."""
+    """Rows done by an earlier run whose source file changed since (other bytes) are computed
+    again, so a resumed file never holds maps of bytes that are no longer there. A source that
+    is missing now keeps its row's maps (they are that key's, from the recorded bytes): reported,
+    never turned into a failure. When every done row's source matches under this run's images
+    folder (a corrected copy, a moved folder), the file records it as its `images_root`."""
     rows, sha256, size = writer.done_sources()
-    if not len(rows):
-        return 0
-    t0 = time.perf_counter()
-    changed = sources.changed_rows(root, keys, rows, sha256, size)
-    log.info("checked the sources of %d done images in %.1f s", len(rows), time.perf_counter() - t0)
+    if len(rows):
+        t0 = time.perf_counter()
+        changed, missing = sources.source_changes(root, keys, rows, sha256, size)
+        log.info("checked the sources of %d done images in %.1f s", len(rows), time.perf_counter() - t0)
+    else:
+        changed = missing = np.zeros(0, np.int64)
+    if len(missing):
+        log.warning(
+            "%d done images cannot be read under %s now (first: %s); their stored maps are kept. "
+            "Restore them, or pass their folder as IMAGES, so that `fmpipe verify` can check them",
+            len(missing),
+            root,
+            keys[int(missing[0])],
+        )
+    else:
+        writer.record_images_root(root)
     if len(changed):
         first = keys[int(changed[0])]
         log.warning("%d source images changed since they were stored (first: %s); redoing them", len(changed), first)

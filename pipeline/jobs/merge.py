@@ -15,21 +15,21 @@ import logging
 import os
 import time
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError
+from ..errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError, write_failed
 from ..storage import schema
 from ..storage.dims import attach_dimensions
-from ..storage.files import merged_path, publish, shards_folder
+from ..storage.files import merged_path, publish, reserve_space, shards_folder
 from ..storage.identity import describe_difference
 from ..storage.metadata import run_info
 from ..storage.store import open_store
-from ..storage.toplists import merge_top_lists
+from ..storage.toplists import merge_top_lists, top_lists_bytes
 from . import shards
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,44 @@ def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -
     _check_output(out, overwrite)
     mode = "copy" if copy else "virtual"
     tmp = out.with_name(out.name + TMP_SUFFIX)
-    with ExitStack() as stack:
-        opened = [stack.enter_context(h5py.File(s.path, "r", locking="best-effort")) for s in found.shards]
-        parts = _check_shards(found, opened, out)
-        copied = _write(tmp, parts, found, mode)
-    publish(tmp, out)
+    then = f"nothing was written to {out.name} (its temporary {tmp.name} is removed); free space, then merge again."
+    try:
+        with ExitStack() as stack:
+            opened = [stack.enter_context(h5py.File(s.path, "r", locking="best-effort")) for s in found.shards]
+            parts = _check_shards(found, opened, out)
+            reserve_space(tmp, _merged_bytes(parts, copy), then)
+            copied = _write(tmp, parts, found, mode)
+        publish(tmp, out)
+    except (OSError, RuntimeError) as err:  # disk full, quota, I/O error: from HDF5 or the publish
+        _discard(tmp)
+        failure = write_failed(out, err, then)
+        failure.exit_now = True  # HDF5 may hold the half-written file it could not close
+        raise failure from err
+    except BaseException:
+        _discard(tmp)
+        raise
     with open_store(out, require_complete=True) as store:  # re-check: the sources resolve from OUT's folder
         images, failed = len(store), len(store.failures)
     seconds = time.perf_counter() - t0
     log.info("merged %d shards into %s (%s) in %.2f s", found.num_shards, out, mode, seconds)
     return MergeSummary(out, found.num_shards, images, failed, mode, seconds, copied)
+
+
+def _merged_bytes(parts: list[_Shard], copy: bool) -> int:
+    """About how many bytes OUT will take: per image its key, digests and markers, the top lists,
+    and with `copy` every shard's chunks (bounded by the shards' file sizes)."""
+    rows = sum(p.count for p in parts)
+    need = rows * 256 + top_lists_bytes(parts[0].file)
+    if copy:
+        need += sum(os.path.getsize(p.state.path) for p in parts)
+    return need
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a half-written OUT.merging (and the scratch file of a space check)."""
+    for path in (tmp, tmp.with_name(tmp.name + ".space")):
+        with suppress(OSError):
+            path.unlink()
 
 
 def _resolve_out(out: Path) -> Path:

@@ -18,12 +18,13 @@ import h5py
 import numpy as np
 
 from ..decoding import DecodeError, decode
-from ..errors import InputError, RunFailure, UsageError
+from ..errors import InputError, UsageError
 from ..sources import source_path
 from ..storage import schema
 from ..storage.store import StageView, Store, open_store
 from .colormaps import DEFAULT_CMAP, finite_range, lut, to_indices
 from .config import NORMALIZATIONS
+from .ledger import remove_owned, write_output
 from .pca import PcaFit, project_blocks, scores_to_rgb
 from .png import encode_indexed, encode_rgb
 from .selection import select_channels, top_channels
@@ -77,6 +78,7 @@ class ImageTask:
     row: int
     key: str
     folder: str  # safe relative folder below out_stage
+    owned: frozenset[str] = frozenset()  # names of the files fmpipe wrote in that folder (its ledger)
 
 
 @dataclass(frozen=True)
@@ -128,16 +130,19 @@ class Painter:
         except DecodeError as err:
             return ImageResult(task.row, task.key, 0, 0, f"overlay source: {err}")
         channels, lo, hi = self._channels_and_ranges(task.row)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            for path in existing_outputs(job, folder) if job.overwrite else ():
-                path.unlink()  # a smaller --top-k must not leave the last run's PNGs behind
-        except OSError as err:
-            raise RunFailure(f"cannot prepare {folder}: {err}. Fix the cause and rerun.") from err
+        for path in existing_outputs(job, folder) if job.overwrite else ():
+            if path.name in task.owned:  # a smaller --top-k must not leave the last run's PNGs behind
+                remove_owned(job.out_stage.parent, self._relative(task, path.name))
         if job.pca is not None:
             return ImageResult(task.row, task.key, self._paint_pca(task, folder, job.pca), 0)
         pngs = self._paint_channels(task, folder, channels, lo, hi, photo)
         return ImageResult(task.row, task.key, pngs, int(job.layout_grid))
+
+    def _write(self, task: ImageTask, name: str, png: bytes) -> None:
+        write_output(self.job.out_stage.parent, self._relative(task, name), png, name in task.owned)
+
+    def _relative(self, task: ImageTask, name: str) -> str:
+        return f"{self.job.out_stage.name}/{task.folder}/{name}"
 
     def _channels_and_ranges(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         job = self.job
@@ -159,14 +164,14 @@ class Painter:
         for position, channel, plane in self._planes(task.row, channels):
             indices = to_indices(plane, lo[position], hi[position])
             if job.layout_channels:
-                _write(folder / job.channel_name(channel), self._channel_png(indices, photo))
+                self._write(task, job.channel_name(channel), self._channel_png(indices, photo))
                 written += 1
             if grid is not None:
                 grid.put(position, self._tile(indices, tile_photo), str(channel))
         if grid is not None:
             order = ",".join(map(str, channels))
             text = f"fmpipe {self.view.label} of {task.key!r}; tiles left to right, top to bottom are channels {order}"
-            _write(folder / job.grid_name, encode_rgb(grid.finish(), text=text))
+            self._write(task, job.grid_name, encode_rgb(grid.finish(), text=text))
             written += 1
         return written
 
@@ -176,7 +181,7 @@ class Painter:
         blocks = ((c0, self._block(task.row, c0)) for c0 in range(0, view.channels, self.block))
         rgb = scores_to_rgb(fit, project_blocks(fit, blocks, view.height, view.width))
         text = f"fmpipe {self.view.label} of {task.key!r}; PCA components 1-3 as R, G, B ({self.view.folder}/pca.json)"
-        _write(folder / "pca.png", encode_rgb(upscale(rgb, self.job.scale), text=text))
+        self._write(task, "pca.png", encode_rgb(upscale(rgb, self.job.scale), text=text))
         return 1
 
     def _grid(self, count: int, photo: np.ndarray | None) -> tuple[Grid, np.ndarray | None]:
@@ -265,13 +270,6 @@ def stage_range(view: StageView, ok: np.ndarray) -> tuple[float, float]:
         _, block_hi = finite_range(view.max[start : start + len(rows)][rows])
         lo, hi = min(lo, block_lo), max(hi, block_hi)
     return (float(lo), float(hi)) if lo <= hi else (np.nan, np.nan)
-
-
-def _write(path: Path, png: bytes) -> None:
-    try:
-        path.write_bytes(png)
-    except OSError as err:
-        raise RunFailure(f"writing {path} failed: {err}. Fix the cause, then rerun with --overwrite.") from err
 
 
 def _small_cache_dataset(file: h5py.File, group: str) -> tuple[h5py.Dataset, int]:

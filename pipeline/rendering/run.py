@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..errors import IncompleteFileError, InputError, OutputExistsError
 from ..storage.store import Store, open_store
 from .config import RenderConfig, default_out_dir
+from .ledger import Ledger, foreign_message, store_identity
 from .painting import (
     ImageResult,
     ImageTask,
@@ -37,7 +38,7 @@ from .painting import (
     existing_outputs,
     stage_range,
 )
-from .pca import fit_pca, save_fit
+from .pca import fit_pca
 from .selection import FolderMap, image_folders, iter_keys, select_channels, select_rows
 from .tiling import CHANNEL_MIN_SIDE, TILE_MIN_SIDE, auto_scale
 
@@ -75,9 +76,18 @@ def render(config: RenderConfig) -> RenderSummary:
     with open_store(_source(config), require_complete=not config.allow_partial) as store:
         job, rows = _plan(config, store)
         folders = image_folders(store)  # from every key of the file, so any --images names alike
-        _refuse_clobber(store, job, rows, folders)
+        ledger = Ledger.load(config.out_dir)
+        replacing = _other_files_pictures(ledger, store, job)
+        owned = _owned_below(ledger, job.out_stage.name)
+        _refuse_clobber(store, job, rows, folders, owned, store.view(config.stage).channels)
+        if replacing:  # --overwrite: fmpipe's pictures of the other file go, a user's files stay
+            for relative in sorted(r for r in ledger.owned if r.startswith(job.out_stage.name + "/")):
+                ledger.remove(relative)
+            owned = {}
+        if replacing or job.out_stage.name not in ledger.sources:
+            ledger.set_source(job.out_stage.name, store_identity(store))
         if job.pca is not None:
-            save_fit(job.pca, job.out_stage / "pca.json")
+            ledger.write(f"{job.out_stage.name}/pca.json", (job.pca.to_json() + "\n").encode())
         workers = max(1, min(config.workers or _cpu_count(), len(rows)))
         summary = RenderSummary(
             job.out_stage.parent, job.stage, workers=workers, source=store.path, folder=job.out_stage.name
@@ -85,7 +95,7 @@ def render(config: RenderConfig) -> RenderSummary:
         progress = _Progress(len(rows), job.pngs_per_image)
         run = _run_inline if workers == 1 else _run_pool
         # The parent keeps the store open only to stream keys; workers open their own.
-        for result in run(job, _tasks(store, rows, folders), workers):
+        for result in run(job, _tasks(store, rows, folders, owned), workers):
             summary.images += 1
             summary.pngs += result.pngs
             summary.grids += result.grids
@@ -164,23 +174,56 @@ def _photo_root(config: RenderConfig, store: Store) -> str:
     return str(root)
 
 
-def _tasks(store: Store, rows: np.ndarray, folders: FolderMap) -> Iterator[ImageTask]:
-    """One task per selected image with its folder, streamed (keys are read in blocks)."""
+def _tasks(store: Store, rows: np.ndarray, folders: FolderMap, owned: dict[str, set[str]]) -> Iterator[ImageTask]:
+    """One task per selected image with its folder and the files fmpipe owns there, streamed (keys in blocks)."""
     for row, key in iter_keys(store, rows):
-        yield ImageTask(row, key, folders.folder(row, key))
+        folder = folders.folder(row, key)
+        yield ImageTask(row, key, folder, frozenset(owned.get(folder, ())))
 
 
-def _refuse_clobber(store: Store, job: RenderJob, rows: np.ndarray, folders: FolderMap) -> None:
-    """Raise before drawing anything if this run would replace PNGs and --overwrite is off."""
-    if job.overwrite or not job.out_stage.is_dir():
+def _other_files_pictures(ledger: Ledger, store: Store, job: RenderJob) -> bool:
+    """Whether the stage's folder holds pictures rendered from another file (another extraction,
+    another model): refused without --overwrite, so no earlier file's picture is shown as this one's."""
+    previous = ledger.sources.get(job.out_stage.name)
+    if previous is None or previous == store_identity(store):
+        return False
+    if not job.overwrite:
+        raise OutputExistsError(
+            f"{job.out_stage} holds pictures rendered from another file (not {store.path} as it is now); "
+            "pass --overwrite to replace them, or choose another --out."
+        )
+    return True
+
+
+def _owned_below(ledger: Ledger, stage: str) -> dict[str, set[str]]:
+    """{image folder below `stage`: the names of the files fmpipe wrote there}."""
+    prefix = stage + "/"
+    return {folder[len(prefix) :]: names for folder, names in ledger.by_folder().items() if folder.startswith(prefix)}
+
+
+def _refuse_clobber(
+    store: Store, job: RenderJob, rows: np.ndarray, folders: FolderMap, owned: dict[str, set[str]], channels: int
+) -> None:
+    """Raise before drawing anything if this run could write over a file fmpipe did not write, or
+    would replace its own PNGs with --overwrite off. `channels`: the stage's channel count."""
+    if not job.out_stage.is_dir():
         return
-    for task in _tasks(store, rows, folders):
+    names = {job.grid_name, "pca.png"} | {job.channel_name(c) for c in (job.channels or range(channels))}
+    for task in _tasks(store, rows, folders, owned):
         found = existing_outputs(job, job.out_stage / task.folder)
-        if found:
+        foreign = [path for path in found if path.name not in task.owned and path.name in names]
+        if foreign:
+            raise OutputExistsError(foreign_message(job.out_stage.parent, _relative(job, foreign[0])))
+        mine = [path for path in found if path.name in task.owned]
+        if mine and not job.overwrite:
             raise OutputExistsError(
-                f"{found[0]} already exists ({len(found)} PNGs of this kind in that folder); pass "
+                f"{mine[0]} already exists ({len(mine)} PNGs of this kind in that folder); pass "
                 "--overwrite to replace them, or choose another --out."
             )
+
+
+def _relative(job: RenderJob, path: Path) -> str:
+    return path.relative_to(job.out_stage.parent).as_posix()
 
 
 def _run_inline(job: RenderJob, tasks, workers: int) -> Iterator[ImageResult]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import pick_indices
 from ..errors import UsageError
 from ..storage import schema
 from ..storage.store import Store
@@ -55,7 +56,7 @@ def select_rows(store: Store, spec: Spec) -> np.ndarray:
         picked: list[int] = []
         keys: list[str] = []
         for item in spec_items(spec):
-            indices = _index_item(item, n, "image", str(store.path))
+            indices = pick_indices(item, n, "image", str(store.path))
             if indices is None:
                 keys.append(str(item))
             else:
@@ -84,7 +85,7 @@ def select_channels(spec: Spec, channels: int, stage: int | str) -> tuple[int, .
     out: dict[int, None] = {}
     for item in spec_items(spec):
         where = f"stage {stage}" if isinstance(stage, int) else stage  # an index, or a label like "layer x"
-        indices = _index_item(item, channels, "channel", f"{where} ({channels} channels)")
+        indices = pick_indices(item, channels, "channel", f"{where} ({channels} channels)")
         if indices is None:
             raise UsageError(f"--channels takes indices and ranges like 5,9,16:32; got {item!r}.")
         out.update(dict.fromkeys(indices))
@@ -97,25 +98,6 @@ def top_channels(mean: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest (C,) means, largest first (ties: lower channel first; NaN last)."""
     score = np.where(np.isnan(mean), -np.inf, mean)
     return np.argsort(-score, kind="stable")[: min(k, len(mean))]
-
-
-def _index_item(item: int | str, count: int, what: str, where: str) -> list[int] | None:
-    """One index or `lo:hi` range → indices in 0..count-1; None when `item` is not numeric."""
-    if isinstance(item, int) or re.fullmatch(r"-?\d+", item):
-        index = int(item)
-        if not -count <= index < count:
-            raise UsageError(
-                f"{what} {index} does not exist in {where}: valid indices are 0..{count - 1} (or -{count}..-1)."
-            )
-        return [index % count]
-    match = re.fullmatch(r"(-?\d*):(-?\d*)", item)
-    if match is None:
-        return None
-    lo, hi = (int(v) if v else None for v in match.groups())
-    indices = list(range(count))[slice(lo, hi)]
-    if not indices:
-        raise UsageError(f"{what} range {item!r} is empty in {where}: valid indices are 0..{count - 1}.")
-    return indices
 
 
 def _rows_of_keys(store: Store, keys: list[str]) -> list[int]:

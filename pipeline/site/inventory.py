@@ -29,11 +29,12 @@ _CHANNEL = re.compile(r"c(\d{4,})(-overlay)?\.png")
 _GRID_ORDER = re.compile(r"channels ([\d,]+)$")  # painting's grid text ends with the tile order
 
 
-def stage_block(out: Path, meta: StageMeta, folder: str, stats: np.ndarray | None) -> StageBlock:
+def stage_block(out: Path, meta: StageMeta, folder: str, stats: np.ndarray | None, owned: set[str]) -> StageBlock:
     """One stage (or layer) row of an image page (written to out/gallery/): the figures found in
     out/stage<S>/<folder>/ (out/layer-<name>/<folder>/) and the channel view's data.
-    `stats`: (3, C) min, max, mean, `rounded`."""
-    names = _listing(out / meta.folder / folder) if meta.rendered else set()
+    `stats`: (3, C) min, max, mean, `rounded`. `owned`: the names render wrote there (its ledger):
+    a file there that fmpipe did not write is never shown as a map."""
+    names = _listing(out / meta.folder / folder) & owned if meta.rendered else set()
     channels = sorted((int(m.group(1)), bool(m.group(2))) for m in map(_CHANNEL.fullmatch, names) if m)
     if stats is None or not (channels or any(name in names for name, _ in FIGURES)):
         return StageBlock(meta, (), {})

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import RunFailure
+from ..errors import write_failed
 from ..records import BatchResult
 from . import rowstate, schema
 from .codecs import Codec
@@ -77,11 +77,25 @@ class BatchWriter:
         if self._error is None:
             return
         if isinstance(self._error, OSError):
-            raise RunFailure(
-                f"writing {self.partial} failed: {self._error}. The file keeps every batch written so far; "
-                "free space or fix the cause, then rerun the same command to resume."
+            raise write_failed(
+                self.partial,
+                self._error,
+                "the file keeps every batch written so far; free space or fix the cause, then rerun the same "
+                "command to resume.",
             ) from self._error
         raise self._error
+
+    def erase(self, rows: np.ndarray) -> None:
+        """Overwrite every map of `rows` with NaN chunks (compressed and checksummed like any chunk),
+        then flush. For rows computed again: until they are, they read as a failed row reads."""
+        for info in self.plan.stages:
+            dset = self.file[f"{info.group}/{schema.DATA}"]
+            k = dset.chunks[1]
+            payload = self.codec.compress(memoryview(np.full((k, *dset.chunks[2:]), np.nan, dset.dtype)).cast("B"))
+            for row in rows:
+                for c0 in range(0, info.channels, k):
+                    dset.id.write_direct_chunk((int(row), c0, 0, 0), payload, 0)
+        self.file.flush()
 
     def _write(self, batch: BatchResult) -> None:
         t0 = time.perf_counter()

@@ -4,9 +4,14 @@ arrays, and `publish()`, which makes a finished file visible under its final nam
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
+
+from ..errors import write_failed
+
+SPACE_MARGIN = 1 << 20  # bytes kept free beyond an estimate: HDF5's metadata, the file system's own
 
 SHARD_RE = re.compile(r"^shard-(\d{5,})-of-(\d{5,})\.h5(\.partial)?$")
 PARTIAL_SUFFIX = ".partial"
@@ -59,3 +64,24 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def reserve_space(path: Path, need_bytes: int, then: str) -> None:
+    """Refuse, before HDF5 writes a byte, a write of about `need_bytes` to `path` that its file system
+    (or the user's quota) has no room for: the bytes are allocated in a scratch file beside `path`
+    (`PATH.space`), which is removed at once, leaving the room to HDF5. A full disk inside HDF5 leaves
+    a file it cannot even close (and h5py sometimes crashes at exit); this says so cleanly instead.
+    Raises the disk-full RunFailure; `then` says what to do next."""
+    scratch = path.with_name(path.name + ".space")
+    need = need_bytes + SPACE_MARGIN
+    try:
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, need)
+        finally:
+            os.close(fd)
+            scratch.unlink(missing_ok=True)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise write_failed(path, err, f"about {need / 1e6:.1f} MB more were needed; {then}") from err
+        return  # no scratch file here (a read-only folder, ...): the write itself will tell

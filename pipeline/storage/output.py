@@ -113,7 +113,7 @@ def _resume(partial: Path, plan: WritePlan) -> h5py.File:
         with h5py.File(partial, "r", locking=False) as file:
             check_resumable(file, partial, plan)
         file = h5py.File(partial, "r+", locking=False)
-    except OSError as err:
+    except (OSError, KeyError, RuntimeError) as err:  # h5py: unreadable file, object or metadata
         raise InputError(
             f"{partial} cannot be resumed: it is not a readable HDF5 file ({err}); it was damaged outside "
             "fmpipe (fmpipe writes it so that a kill leaves it readable). Move it away, or pass --overwrite "

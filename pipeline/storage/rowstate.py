@@ -30,8 +30,10 @@ def done_sources(file: h5py.File) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows, file[schema.SOURCE_SHA256][:][rows], file[schema.SOURCE_SIZE][:][rows]
 
 
-def redo(file: h5py.File, rows: np.ndarray) -> None:
-    """Mark done rows as not done (their source changed): the batch loop computes them again."""
+def redo(file: h5py.File, rows: np.ndarray, plan: WritePlan) -> None:
+    """Mark done rows as not done (their source changed): the batch loop computes them again.
+    Their statistics become NaN (the batch writer erases their maps), so a row whose source now
+    fails reads NaN like any failed row."""
     if not len(rows):
         return
     done = file[schema.DONE][:]
@@ -39,6 +41,11 @@ def redo(file: h5py.File, rows: np.ndarray) -> None:
     file[schema.DONE][:] = done
     file.flush()
     drop_unfinished_failures(file)
+    for info in plan.stages:
+        group = file[info.group]
+        for lo, hi in runs(np.sort(rows)):
+            for name in schema.STAT_NAMES:
+                group[name][lo:hi] = np.nan
 
 
 def write_rows(file: h5py.File, plan: WritePlan, batch: BatchResult) -> None:

@@ -127,6 +127,16 @@ def write_top_lists(file: h5py.File, k: int = TOP_K) -> None:
         _store(group, scan(group, usable, k), int(usable.sum()))
 
 
+def top_lists_bytes(file: h5py.File, k: int = TOP_K) -> int:
+    """About how many bytes the top lists add to `file`: per stage and layer, k (int64 row, float32
+    value) pairs per channel by max and by mean, the responses, and HDF5's object headers."""
+    total = 0
+    for path in schema.map_groups(file):
+        channels = int(file[path][schema.STAT_MAX].shape[1])
+        total += len(BY) * channels * (k * 12 + 16) + 16 * 4096
+    return total
+
+
 def merge_top_lists(file: h5py.File, shards: list[tuple[h5py.File, int]], k: int = TOP_K) -> None:
     """The merged file's lists from its shards' lists, rows shifted by each shard's start.
 

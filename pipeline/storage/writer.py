@@ -19,15 +19,15 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-from ..errors import RunFailure
+from ..errors import RunFailure, write_failed
 from ..records import BatchResult
 from . import rowstate, schema
 from .batches import BatchWriter
-from .files import partial_path, publish
+from .files import partial_path, publish, reserve_space
 from .layout import WritePlan
 from .lockfile import OutputLock
 from .output import open_output
-from .toplists import write_top_lists
+from .toplists import top_lists_bytes, write_top_lists
 
 __all__ = ["NullWriter", "ShardWriter", "WritePlan", "Writer"]
 
@@ -44,6 +44,7 @@ class Writer(Protocol):
     def pending_rows(self) -> np.ndarray: ...
     def done_sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
     def redo(self, rows: np.ndarray) -> None: ...
+    def record_images_root(self, root: str) -> None: ...
     def submit(self, batch: BatchResult) -> None: ...
     def drain(self) -> None: ...
     def finalize(self, timings: dict | None = None) -> Path: ...
@@ -55,6 +56,7 @@ class ShardWriter:
 
     def __init__(self, out: Path, file: h5py.File, plan: WritePlan, threads: int = 2, output_lock=None):
         self.out, self.file, self.plan, self.output_lock = out, file, plan, output_lock
+        self.abandoned = False  # a flush failed (disk full): the file is left for the rerun, never closed
         self.batches = BatchWriter(file, plan, partial_path(out), threads=threads)
 
     @classmethod
@@ -90,7 +92,18 @@ class ShardWriter:
         return rowstate.done_sources(self.file)
 
     def redo(self, rows: np.ndarray) -> None:
-        rowstate.redo(self.file, rows)
+        """Done rows computed again: not done, and their maps and statistics NaN until they are,
+        so one whose source now fails reads NaN (as a failed row must), never its old maps."""
+        rowstate.redo(self.file, rows, self.plan)
+        self.batches.erase(rows)
+
+    def record_images_root(self, root: str) -> None:
+        """Where this run found every done row's source (checked by the caller): the file says so."""
+        recorded = self.file.attrs.get(schema.ATTR_IMAGES_ROOT)
+        if recorded is not None and schema.text(recorded) != root:
+            log.info("the images are now under %s (was %s): recorded as the file's images_root", root, recorded)
+            self.file.attrs[schema.ATTR_IMAGES_ROOT] = root
+            self.file.flush()
 
     def submit(self, batch: BatchResult) -> None:
         self.batches.submit(batch)
@@ -104,9 +117,27 @@ class ShardWriter:
         pending = self.pending_rows()
         if len(pending):
             raise RunFailure(f"{len(pending)} images are not done; the file stays partial.")
-        write_top_lists(self.file)
-        self.file.attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
-        self.file.attrs[schema.ATTR_COMPLETE] = True
+        partial = partial_path(self.out)
+        then = "every image is done and kept; free space, then rerun the same command to finish the file."
+        try:
+            reserve_space(partial, top_lists_bytes(self.file), then)
+            write_top_lists(self.file)
+            self.file.flush()  # a full disk shows here, not in a close that could not report it
+            self.file.attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
+            self.file.attrs[schema.ATTR_COMPLETE] = True
+            self.file.flush()
+        except (OSError, RuntimeError, KeyError) as err:
+            # HDF5 cannot close a file whose flush failed (it raises again, and h5py may crash at
+            # exit): the handle is abandoned, and the CLI ends the process once it has said why.
+            self.abandoned = True
+            failure = write_failed(partial, err, then)
+            if "errno" not in str(err) and not getattr(err, "errno", None):  # not a failed write: damage
+                failure = RunFailure(
+                    f"finishing {partial} failed: {err}. An earlier write to it failed (a full disk?) and left it "
+                    "damaged; rerun the same command with --overwrite to start it over."
+                )
+            failure.exit_now = True
+            raise failure from err
         output_lock, self.output_lock = self.output_lock, None  # held until OUT has its final name
         try:
             self.close()
@@ -120,7 +151,7 @@ class ShardWriter:
         """Stop the writer thread and close the file (data already flushed stays valid)."""
         self.batches.stop()
         try:
-            if self.file.id.valid:
+            if self.file.id.valid and not self.abandoned:
                 self.file.close()
         finally:
             if self.output_lock is not None:
@@ -151,6 +182,9 @@ class NullWriter:
 
     def redo(self, rows: np.ndarray) -> None:
         """Nothing is ever done."""
+
+    def record_images_root(self, root: str) -> None:
+        """No file."""
 
     def submit(self, batch: BatchResult) -> None:
         self.bytes_written += sum(a.nbytes for a in batch.data.values())

@@ -39,11 +39,18 @@ SECURITY_HEADERS = (
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """Whether `host` names this machine's loopback, in any spelling the socket layer accepts:
+    localhost, ::1, [::1], 127.0.0.1, 127.x.y.z, and inet_aton's short forms (127.1, 0x7f.1, 2130706433)."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
+        pass
+    try:  # what bind() does with an IPv4 string Python's ipaddress refuses
+        return ipaddress.IPv4Address(socket.inet_aton(name)).is_loopback
+    except OSError:
         return False
 
 
@@ -60,7 +67,9 @@ class Viewer:
             self.catalog.close()
             raise
         self.httpd.app = self.app
-        self.httpd.allowed_hosts = _allowed_hosts(config.host, self.port) if is_loopback(config.host) else None
+        # The address the socket is bound to decides too, whatever --host's spelling (127.1 binds 127.0.0.1).
+        loopback = is_loopback(config.host) or is_loopback(str(self.httpd.server_address[0]))
+        self.httpd.allowed_hosts = _allowed_hosts(config.host, self.port) if loopback else None
 
     @property
     def port(self) -> int:
