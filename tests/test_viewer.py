@@ -246,7 +246,10 @@ class Links(HTMLParser):
         return [a[k] for _, a in self.tags for k in ("href", "src") if a.get(k)]
 
 
-PAGE_LIMITS = {"": 2, "image": 3, "channel": 4, "examples": 3, "stage": 2}  # pages of each kind the crawl visits
+PAGE_LIMITS = {  # pages of each kind the crawl visits
+    **{"": 2, "image": 3, "channels": 3, "channel": 4, "examples": 3, "stage": 2, "compare": 2, "location": 2},
+    **{"map": 6},
+}
 
 
 def test_every_page_link_and_picture_answers(merged):
@@ -257,6 +260,7 @@ def test_every_page_link_and_picture_answers(merged):
             target = todo.pop(0)
             kind = target.split("?")[0].split("/")[1]
             kind = "channel" if re.match(r"/image/\d+/\d+/\d+", target) else kind
+            kind = "channels" if re.fullmatch(r"/image/\d+/\d+(\?.*)?", target) else kind
             if target in seen or visited.get(kind, 0) >= PAGE_LIMITS.get(kind, 10**6):
                 continue
             seen.add(target)
@@ -280,6 +284,11 @@ def test_every_page_link_and_picture_answers(merged):
             "examples",
             "stage",
             "assets",
+            "channels",
+            "compare",
+            "location",
+            "map",
+            "colorbar",
         }
         assert len(seen) > 100
 
@@ -294,7 +303,9 @@ def test_collection_search_paging_and_failed_rows(merged):
         assert get(viewer, f"/image/{BROKEN_ROW}")[0] == 404  # the broken image: no maps
         assert get(viewer, f"/tile/0/{BROKEN_ROW}/0.png")[0] == 404
         image = get(viewer, "/image/7")[2].decode()  # prev/next skip the failed row
-        assert 'href="/image/5" data-key="ArrowLeft p"' in image and 'href="/image/8" data-key="ArrowRight n"' in image
+        assert (
+            'href="/image/5" data-key="ArrowLeft p ["' in image and 'href="/image/8" data-key="ArrowRight n ]"' in image
+        )
         channel = get(viewer, "/image/7/2/3?cmap=magma&normalize=stage")[2].decode()
         assert "/tile/2/7/3.png?cmap=magma&amp;normalize=stage" in channel
         assert 'data-key="m"' in channel and 'data-key="e"' in channel

@@ -247,6 +247,22 @@ class Catalog:
 
         return self._thumbs.get((row, side), make)
 
+    def original(self, row: int) -> bytes:
+        """PNG bytes of the source photo at its original size, upright RGB (not cached: it may be large)."""
+        path = self.source(row)
+        if path is None:
+            raise DecodeError("source image not found below the images root")
+        height, width = (int(v) for v in self.orig_hw(row))
+        return _png(decode(path, (height, width)).pixels)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    out = BytesIO()
+    Image.fromarray(pixels).save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
 
 def _jpeg(pixels: np.ndarray) -> bytes:
     from io import BytesIO

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from ..records import StageInfo
-from ..rendering.colormaps import CMAPS
-from ..rendering.painting import NORMALIZATIONS
 from ..rendering.tiling import TILE_MIN_SIDE, auto_scale
 from ..site.pages import esc, pager_html, placeholder
 from .config import BYS
@@ -96,7 +94,7 @@ def document(summary: Summary, title: str, bar: str, body: str) -> str:
     )
 
 
-def _keys(text: str) -> str:
+def keys(text: str) -> str:
     return f'<span class="keys">{esc(text)}</span>'
 
 
@@ -128,7 +126,7 @@ def collection_page(summary: Summary, cards: Sequence[Card], page: int, pages: i
     nxt = link("/", "next page →", "ArrowRight n", page=page + 1, q=q) if page < pages else off("next page →")
     search = f'<form action="/" method="get"><input name="q" value="{esc(query)}" placeholder="search keys (/)"></form>'
     bar = f"{prev} <span>page {page} of {pages}</span> {nxt} {search}"
-    bar += _keys("← → page · j k pick · Enter open · / search")
+    bar += keys("← → page · j k pick · Enter open · / search")
     found = f"{matched} images whose key contains “{esc(query)}”" if query else f"{summary.stored} images with maps"
     head = (
         f"<h1>{esc(summary.file)}</h1><p>model {esc(summary.model)} · {summary.rows} images, {found}, "
@@ -169,23 +167,33 @@ class ImageInfo:
     orig_hw: tuple[int, int]
 
 
-def _image_nav(info: ImageInfo, summary: Summary, keys: str = "ArrowLeft p", back: str = "ArrowRight n") -> str:
-    prev = step(info.prev is not None, f"/image/{info.prev}", "← previous image", keys)
-    nxt = step(info.next is not None, f"/image/{info.next}", "next image →", back)
+def image_nav(
+    info: ImageInfo,
+    summary: Summary,
+    back: str = "ArrowLeft p [",
+    forth: str = "ArrowRight n ]",
+    path: str = "/image/{}",
+) -> str:
+    """Links to the previous and next image (`path` with the row put in), its collection page, and where we are."""
+    prev = step(info.prev is not None, path.format(info.prev), "← previous image", back)
+    nxt = step(info.next is not None, path.format(info.next), "next image →", forth)
     up = link("/", "collection", "u h", page=info.index_page)
     return f"{prev} {up} {nxt} <span>{info.number} / {summary.stored}</span>"
 
 
 def image_page(summary: Summary, info: ImageInfo, stages: Sequence[StageRow]) -> str:
     """The source, then one row per stage: its top channels as tiles (each opens the channel) and its PCA picture."""
-    bar = _image_nav(info, summary) + _keys("← → image · j k pick a channel · Enter open · u collection")
+    bar = image_nav(info, summary) + keys("← → [ ] image · j k pick a channel · Enter open · u collection")
     source = (
-        picture(url(f"/source/{info.row}.jpg", side=240), f"source image {info.key}", "source")
+        f'<a href="{url(f"/source/{info.row}.png")}">'
+        f"{picture(url(f'/source/{info.row}.jpg', side=240), f'source image {info.key}', 'source')}</a>"
         if info.source
         else placeholder("source image not found (pass --images-root if the images moved)", "source")
     )
     height, width = info.orig_hw
-    facts = f"<p>row {info.row} · original size {width}×{height} · {esc(summary.file)} · model {esc(summary.model)}</p>"
+    full = f" · {link(f'/source/{info.row}.png', 'full-size source')}" if info.source else ""
+    facts = f"<p>row {info.row} · original size {width}×{height}{full} · {esc(summary.file)}"
+    facts += f" · model {esc(summary.model)}</p>"
     sections = "".join(_stage_row(info, s) for s in stages)
     body = f'<h1>{esc(info.key)}</h1><div class="head">{source}{facts}</div>{sections}'
     return document(summary, f"{info.key} · {summary.file}", bar, body)
@@ -198,12 +206,15 @@ def _stage_row(info: ImageInfo, stage: StageRow) -> str:
         f"{picture(url(f'/tile/{seg(meta)}/{info.row}/{c}.png', scale=stage.scale), f'channel {c}')}c{c}</a>"
         for c in stage.channels
     )
-    pca = picture(url(f"/pca/{seg(meta)}/{info.row}.png"), f"{meta.label} PCA picture")
+    # The PCA is fitted over the file on the first request for a stage (seconds on large maps):
+    # drawn when asked for, so the page itself answers at once (view.js swaps the link for the picture).
+    pca = f'<a class="pca" href="{url(f"/pca/{seg(meta)}/{info.row}.png")}">show the PCA picture</a>'
+    every = link(f"/image/{info.row}/{seg(meta)}", f"all {meta.channels} channels")
     return (
         f'<section class="stage" id="stage-{esc(meta.anchor)}"><h2>{esc(meta.label)} · {esc(meta.module)}</h2>'
         f'<p class="meta">{meta.channels}×{meta.height}×{meta.width} (C×H×W) · stride {meta.stride} · '
         f"top {len(stage.channels)} channels by this image's mean · "
-        f"{link(f'/stage/{seg(meta)}', 'channels ranked')}</p>"
+        f"{every} · {link(f'/stage/{seg(meta)}', 'channels ranked')}</p>"
         f'<div class="figs"><div class="tiles">{tiles}</div><figure class="stagepca">{pca}'
         "<figcaption>PCA (R, G, B)</figcaption></figure></div></section>"
     )
@@ -216,53 +227,7 @@ def _cycle(values: Sequence[str], current: str) -> str:
     return values[(values.index(current) + 1) % len(values)]
 
 
-def channel_page(
-    summary: Summary, info: ImageInfo, meta: StageInfo, channel: int, stats: Sequence[float], options: TileOptions
-) -> str:
-    """One map large, over the source, with its statistics; colour map and normalisation switchable."""
-    here = f"/image/{info.row}/{seg(meta)}"
-    style = {"cmap": options.cmap, "normalize": options.normalize}
-    prev_c = step(channel > 0, f"{here}/{channel - 1}", "← channel", "ArrowLeft p", **style)
-    nxt_c = step(channel + 1 < meta.channels, f"{here}/{channel + 1}", "channel →", "ArrowRight n", **style)
-    prev_i = step(info.prev is not None, f"/image/{info.prev}/{seg(meta)}/{channel}", "[ image", "[", **style)
-    nxt_i = step(info.next is not None, f"/image/{info.next}/{seg(meta)}/{channel}", "image ]", "]", **style)
-    up = link(f"/image/{info.row}", "image page", "u")
-    examples = link(f"/examples/{seg(meta)}/{channel}", "dataset examples", "e", **style)
-    bar = f"{prev_c} {nxt_c} {prev_i} {nxt_i} {up} {examples}"
-    bar += _keys("← → channel · [ ] image · m colour map · z normalisation · e examples · u image")
-    page = f"{here}/{channel}"
-    cmaps = _choices("colour map", CMAPS, options.cmap, lambda v: (page, {**style, "cmap": v}), "m")
-    norms = _choices(
-        "normalise per", NORMALIZATIONS, options.normalize, lambda v: (page, {**style, "normalize": v}), "z"
-    )
-    pictured = f"/{seg(meta)}/{info.row}/{channel}.png"
-    tile = picture(url(f"/tile{pictured}", **style), f"channel {channel}", "map")
-    over = (
-        picture(url(f"/overlay{pictured}", **style), f"channel {channel} over the source", "over")
-        if info.source
-        else placeholder("source image not found: no overlay", "over")
-    )
-    low, high, mean = (_num(v) for v in stats)
-    body = (
-        f"<h1>{esc(info.key)} · {esc(meta.label)} ({esc(meta.module)}) · channel {channel} of {meta.channels}</h1>"
-        f'<p class="stats">min <span class="value">{low}</span> · max <span class="value">{high}</span> · '
-        f'mean <span class="value">{mean}</span></p>{cmaps}{norms}<div class="big">{tile}{over}</div>'
-    )
-    return document(summary, f"{info.key} · {meta.label} · channel {channel}", bar, body)
-
-
-def _choices(label: str, values: Sequence[str], current: str, target, key: str) -> str:
-    parts = []
-    for value in values:
-        path, query = target(value)
-        if value == current:
-            parts.append(f"<b>{esc(value)}</b>")
-        else:
-            parts.append(link(path, value, key if value == _cycle(values, current) else None, **query))
-    return f'<p class="choices">{esc(label)}: {" ".join(parts)}</p>'
-
-
-def _num(value: float) -> str:
+def num(value: float) -> str:
     if value != value:  # NaN
         return "n/a"
     return f"{value:.4e}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.4f}"
@@ -288,8 +253,10 @@ def examples_page(
     other = _cycle(BYS, by)
     switch = link(f"{here}/{channel}", f"rank by {other}", "x", by=other, k=k, **style)
     up = link(f"/stage/{seg(meta)}", "stage ranking", "u", by=by)
-    bar = f"{prev_c} {nxt_c} {switch} {up} {link('/', 'collection', 'h')}"
-    bar += _keys("← → channel · x max/mean · j k pick · Enter open · u stage · b back")
+    rows = ",".join(str(e.item.row) for e in examples[:12])
+    compare = link(f"/compare/{seg(meta)}/{channel}", "compare them", "c", rows=rows, **style) if examples else ""
+    bar = f"{prev_c} {nxt_c} {switch} {up} {compare} {link('/', 'collection', 'h')}"
+    bar += keys("← → channel · x max/mean · j k pick · Enter open · u stage · b back")
     cards = "".join(_example(meta, channel, n, e, by, style) for n, e in enumerate(examples, 1))
     body = (
         f"<h1>{esc(meta.label)} ({esc(meta.module)}) · channel {channel}: dataset examples</h1>"
@@ -308,7 +275,7 @@ def _example(meta: StageInfo, channel: int, rank: int, example: Example, by: str
     target = url(f"/image/{item.row}/{seg(meta)}/{channel}", **style)
     return (
         f'<a class="example pick" href="{target}">{shown}#{rank} · {esc(by)} '
-        f'<span class="value">{_num(item.value)}</span><br>{esc(item.key)}</a>'
+        f'<span class="value">{num(item.value)}</span><br>{esc(item.key)}</a>'
     )
 
 
@@ -329,7 +296,7 @@ def stage_page(
     other = _cycle(BYS, by)
     switch, up = link(here, f"by {other}", "x", by=other), link("/", "collection", "u h")
     bar = f"{prev} <span>page {page} of {pages}</span> {nxt} {switch} {up}"
-    bar += _keys("← → page · x max/mean · j k pick · Enter examples · u collection")
+    bar += keys("← → page · x max/mean · j k pick · Enter examples · u collection")
     scale = auto_scale(meta.height, meta.width, TILE_MIN_SIDE)
     tiles = []
     for n, r in enumerate(ranked, first):
@@ -338,8 +305,9 @@ def stage_page(
             src = url(f"/tile/{seg(meta)}/{r.top.row}/{r.channel}.png", scale=scale)
             shown = picture(src, f"channel {r.channel} on {r.top.key}")
         target = url(f"/examples/{seg(meta)}/{r.channel}", by=by)
-        score = f'<span class="value">{_num(r.score)}</span>'
-        tiles.append(f'<a class="tile pick" href="{target}">{shown}#{n} c{r.channel} {score}</a>')
+        score = f'<span class="value">{num(r.score)}</span>'
+        on = f'<span class="on">on {esc(r.top.key)}</span>' if r.top else ""
+        tiles.append(f'<a class="tile pick" href="{target}">{shown}#{n} c{r.channel} {score}{on}</a>')
     body = (
         f"<h1>{esc(meta.label)} ({esc(meta.module)}): channels by how strongly they respond ({esc(by)})</h1>"
         f"<p>score: the mean over the images of each image's {esc(by)} of the channel; each tile shows the "
