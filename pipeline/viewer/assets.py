@@ -48,7 +48,7 @@ figure.column img { width: 256px; height: auto; display: block; margin-bottom: 4
 figure.column img.map { image-rendering: pixelated; }
 img.hover { cursor: crosshair; }
 .readout { position: fixed; right: 12px; bottom: 12px; z-index: 3; background: #222; color: #fff; padding: 6px 10px;
-  font: 13px/1.3 ui-monospace, monospace; border-radius: 4px; }
+  font: 13px/1.3 ui-monospace, monospace; border-radius: 4px; pointer-events: none; }
 .marked { position: relative; display: inline-block; line-height: 0; }
 .mark { position: absolute; width: 10px; height: 10px; margin: -6px 0 0 -6px; border: 2px solid #f0f;
   border-radius: 50%; pointer-events: none; box-shadow: 0 0 0 1px #fff; }

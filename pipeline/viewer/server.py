@@ -30,7 +30,7 @@ IDLE_TIMEOUT_S = 30  # a keep-alive connection idle this long is closed (its thr
 SECURITY_HEADERS = (
     (
         "Content-Security-Policy",
-        "default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),
