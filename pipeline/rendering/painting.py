@@ -165,10 +165,22 @@ class Painter:
                 grid.put(position, self._tile(indices, tile_photo), str(channel))
         if grid is not None:
             order = ",".join(map(str, channels))
-            text = f"fmpipe {self.view.label} of {task.key!r}; tiles left to right, top to bottom are channels {order}"
+            text = (
+                f"fmpipe {self.view.label} of {task.key!r}; {grid.tile_h}x{grid.tile_w} tiles; {self._colours(lo, hi)}"
+            )
+            text += f"; tiles left to right, top to bottom are channels {order}"
             _write(folder / job.grid_name, encode_rgb(grid.finish(), text=text))
             written += 1
         return written
+
+    def _colours(self, lo: np.ndarray, hi: np.ndarray) -> str:
+        """The colour scale in a grid's text (the gallery's colour bar reads it): the table, the
+        normalisation and, when one range serves every tile (image, stage), that range."""
+        job = self.job
+        text = f"colour map {job.cmap}, normalised per {job.normalize}"
+        if job.normalize != "channel" and len(lo):
+            text += f" from {float(lo[0])!r} to {float(hi[0])!r}"
+        return text
 
     def _paint_pca(self, task: ImageTask, folder: Path, fit: PcaFit) -> int:
         """Write pca.png: the image's first three components as RGB, upscaled like a channel PNG."""
