@@ -34,7 +34,8 @@ nav.bar input { font: inherit; width: 16em; }
 .example img.map { image-rendering: pixelated; }
 .value { font-variant-numeric: tabular-nums; color: #0b57a4; }
 .tile .on { max-width: 96px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #666; }
-.cbar { display: inline-flex; align-items: center; gap: 6px; font-size: 12px; font-variant-numeric: tabular-nums; }
+.cbar { display: inline-flex; align-items: center; gap: 6px; font-size: 12px; font-variant-numeric: tabular-nums;
+  white-space: nowrap; word-break: normal; }
 .cbar img.bar { width: 160px; height: 12px; image-rendering: pixelated; border: 1px solid #999; }
 .cell .cbar img.bar { width: 60px; }
 .cbar .why { color: #666; }
@@ -42,9 +43,10 @@ nav.bar input { font: inherit; width: 16em; }
 figure.cell { margin: 0; background: #fff; padding: 3px; font-size: 11px; color: #444; }
 figure.cell img { width: 160px; height: auto; image-rendering: pixelated; background: #eee; display: block; }
 .columns { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
-figure.column { margin: 0; background: #fff; padding: 4px; border: 1px solid #ddd; width: 260px; font-size: 12px;
+figure.column { margin: 0; background: #fff; padding: 4px; border: 1px solid #ddd; width: 236px; font-size: 12px;
   word-break: break-all; }
-figure.column img { width: 256px; height: auto; display: block; margin-bottom: 4px; background: #eee; }
+figure.column img { width: 232px; height: auto; display: block; margin-bottom: 4px; background: #eee; }
+figure.column .cbar img.bar { width: 90px; height: 12px; margin: 0; display: inline; }
 figure.column img.map { image-rendering: pixelated; }
 img.hover { cursor: crosshair; }
 .readout { position: fixed; right: 12px; bottom: 12px; z-index: 3; background: #222; color: #fff; padding: 6px 10px;
