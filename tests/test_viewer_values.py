@@ -179,7 +179,13 @@ def test_source_link_ranking_labels_error_pages_and_pca_on_request(sample):
             keys = store.keys
         for block in re.findall(r'<a class="tile pick".*?</a>', stage)[:5]:
             row = int(re.search(r'src="/tile/2/(\d+)/', block).group(1))
-            assert f'<span class="on">on {html.escape(keys[row])}</span>' in block
+            key = html.escape(keys[row])
+            assert f'<span class="on" title="{key}">on {key}</span>' in block
+        examples = get(viewer, "/examples/2/6?normalize=image")[2].decode()
+        shown = [int(r) for r in re.findall(r'<a class="example pick" href="/image/(\d+)/2/6', examples)]
+        assert len(shown) == 5 and [b[:2] for b in bars(examples)] == [
+            expected_scale(sample, 2, row, 6, "image") for row in shown
+        ]
         status, headers, body = get(viewer, f"/image/{CHELSEA}/2/999")
         assert status == 404 and headers["Content-Type"].startswith("text/html")
         assert f'href="/image/{CHELSEA}/2"' in body.decode() and 'href="/"' in body.decode()
@@ -241,10 +247,18 @@ def test_browser_hover_reads_the_stored_value_on_every_kind_of_map(browser, samp
             (f"/image/{CHELSEA}/1?page=1", "figure.cell img.map", 5, 1, CHELSEA, 5),
             ("/compare/3/9?rows=0,4,2", "figure.column img.map", 1, 3, 4, 9),
             ("/compare/3/9?rows=0,4,2", "figure.column img.over", 2, 3, CHELSEA, 9),
+            (f"/image/{CHELSEA}", "a.tile img.map", 20, None, None, None),  # stage 1's 5th tile
+            ("/examples/2/6", "a.example img.over", 1, None, None, None),
+            ("/stage/3", "a.tile img.map", 2, None, None, None),
         ]
         for target, selector, index, ref, row, channel in cases:
             page.goto(base + target)
             assert settle(page)["broken"] == []
+            if ref is None:  # the map a picture shows, from its values' URL
+                part, row, channel = re.fullmatch(
+                    r"/map/([^/]+)/(\d+)/(\d+)\.npy", page.locator(selector).nth(index).get_attribute("data-npy")
+                ).groups()
+                ref, row, channel = int(part) if part.isdigit() else part.removeprefix("layer:"), int(row), int(channel)
             plane = stored(sample, ref, row)[channel]
             for cell in [
                 (0, 0),

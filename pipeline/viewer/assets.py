@@ -30,7 +30,9 @@ nav.bar input { font: inherit; width: 16em; }
 .examples { display: flex; flex-wrap: wrap; gap: 10px; }
 .example { width: 232px; background: #fff; border: 1px solid #ddd; padding: 4px; text-decoration: none;
   color: #222; font-size: 12px; word-break: break-all; }
-.example img { width: 224px; height: 224px; object-fit: contain; background: #eee; display: block; }
+.example img { max-width: 224px; max-height: 224px; width: auto; height: auto; background: #eee; display: block; }
+.example img.map { width: 224px; }
+.example .cbar img.bar { width: 80px; height: 12px; display: inline; }
 .example img.map { image-rendering: pixelated; }
 .value { font-variant-numeric: tabular-nums; color: #0b57a4; }
 .tile .on { max-width: 96px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #666; }

@@ -14,37 +14,24 @@ from dataclasses import dataclass
 
 from ..records import StageInfo
 from ..site.pages import esc, placeholder
-from .pages import ImageInfo, Summary, document, image_nav, keys, link, num, pager, picture, seg, step, url
+from .pages import (
+    READOUT,
+    ImageInfo,
+    Summary,
+    colorbar,
+    document,
+    hover_map,
+    image_nav,
+    keys,
+    link,
+    num,
+    pager,
+    picture,
+    seg,
+    step,
+    url,
+)
 from .tiles import TileOptions
-
-READOUT = '<output id="readout" class="readout">point at a map: its value and position show here</output>'
-
-
-def hover_map(
-    src: str, npy: str, what: str, shape: tuple[int, int], cls: str = "map", locate: tuple[int, tuple] | None = None
-) -> str:
-    """<img> of a map (src, npy built by `url`) that reports the value under the pointer to the readout;
-    with `locate` (row, (H, W) of its source), a click opens that point of the source in every stage."""
-    height, width = shape
-    extra = ""
-    if locate is not None:
-        row, (orig_h, orig_w) = locate
-        extra = f' data-locate="{url(f"/location/{row}")}" data-orig="{orig_h}x{orig_w}"'
-
-    return (
-        f'<img decoding="async" src="{src}" alt="{esc(what)}" class="{esc(cls)} hover" data-npy="{npy}" '
-        f'data-what="{esc(what)}" data-h="{height}" data-w="{width}"{extra}>'
-    )
-
-
-def colorbar(cmap: str, lo: float, hi: float, note: str = "") -> str:
-    """The colour table from `lo` (left) to `hi` (right): the scale the maps beside it use."""
-    bar = f'<img src="{url(f"/colorbar/{cmap}.png")}" alt="colour bar {esc(cmap)}" class="bar">'
-    text = f'<span class="why">{esc(note)}</span>' if note else ""
-    return (
-        f'<span class="cbar" data-lo="{lo!r}" data-hi="{hi!r}"><span class="lo">{num(lo)}</span>{bar}'
-        f'<span class="hi">{num(hi)}</span>{text}</span>'
-    )
 
 
 def _style(options: TileOptions) -> dict[str, str]:

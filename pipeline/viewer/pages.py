@@ -64,6 +64,36 @@ def picture(src: str, alt: str, cls: str = "") -> str:
     return f'<img loading="lazy" decoding="async" src="{src}" alt="{esc(alt)}"{klass}>'
 
 
+READOUT = '<output id="readout" class="readout">point at a map: its value and position show here</output>'
+
+
+def hover_map(
+    src: str, npy: str, what: str, shape: tuple[int, int], cls: str = "map", locate: tuple[int, tuple] | None = None
+) -> str:
+    """<img> of a map (src, npy built by `url`) that reports the value under the pointer to the readout;
+    with `locate` (row, (H, W) of its source), a click opens that point of the source in every stage."""
+    height, width = shape
+    extra = ""
+    if locate is not None:
+        row, (orig_h, orig_w) = locate
+        extra = f' data-locate="{url(f"/location/{row}")}" data-orig="{orig_h}x{orig_w}"'
+
+    return (
+        f'<img loading="lazy" decoding="async" src="{src}" alt="{esc(what)}" class="{esc(cls)} hover" data-npy="{npy}" '
+        f'data-what="{esc(what)}" data-h="{height}" data-w="{width}"{extra}>'
+    )
+
+
+def colorbar(cmap: str, lo: float, hi: float, note: str = "") -> str:
+    """The colour table from `lo` (left) to `hi` (right): the scale the maps beside it use."""
+    bar = f'<img src="{url(f"/colorbar/{cmap}.png")}" alt="colour bar {esc(cmap)}" class="bar">'
+    text = f'<span class="why">{esc(note)}</span>' if note else ""
+    return (
+        f'<span class="cbar" data-lo="{lo!r}" data-hi="{hi!r}"><span class="lo">{num(lo)}</span>{bar}'
+        f'<span class="hi">{num(hi)}</span>{text}</span>'
+    )
+
+
 @dataclass(frozen=True)
 class Summary:
     """What every page says about the file."""
@@ -195,17 +225,19 @@ def image_page(summary: Summary, info: ImageInfo, stages: Sequence[StageRow]) ->
     facts = f"<p>row {info.row} · original size {width}×{height}{full} · {esc(summary.file)}"
     facts += f" · model {esc(summary.model)}</p>"
     sections = "".join(_stage_row(info, s) for s in stages)
-    body = f'<h1>{esc(info.key)}</h1><div class="head">{source}{facts}</div>{sections}'
+    body = f'<h1>{esc(info.key)}</h1><div class="head">{source}{facts}</div>{sections}{READOUT}'
     return document(summary, f"{info.key} · {summary.file}", bar, body)
 
 
 def _stage_row(info: ImageInfo, stage: StageRow) -> str:
     meta = stage.meta
-    tiles = "".join(
-        f'<a class="tile pick" href="{url(f"/image/{info.row}/{seg(meta)}/{c}")}">'
-        f"{picture(url(f'/tile/{seg(meta)}/{info.row}/{c}.png', scale=stage.scale), f'channel {c}')}c{c}</a>"
-        for c in stage.channels
-    )
+    tiles = []
+    for c in stage.channels:
+        pictured, shape = f"/{seg(meta)}/{info.row}/{c}", (meta.height, meta.width)
+        tile = hover_map(
+            url(f"/tile{pictured}.png", scale=stage.scale), url(f"/map{pictured}.npy"), f"{meta.label} c{c}", shape
+        )
+        tiles.append(f'<a class="tile pick" href="{url(f"/image{pictured}")}">{tile}c{c}</a>')
     # The PCA is fitted over the file on the first request for a stage (seconds on large maps):
     # drawn when asked for, so the page itself answers at once (view.js swaps the link for the picture).
     pca = f'<a class="pca" href="{url(f"/pca/{seg(meta)}/{info.row}.png")}">show the PCA picture</a>'
@@ -215,7 +247,7 @@ def _stage_row(info: ImageInfo, stage: StageRow) -> str:
         f'<p class="meta">{meta.channels}×{meta.height}×{meta.width} (C×H×W) · stride {meta.stride} · '
         f"top {len(stage.channels)} channels by this image's mean · "
         f"{every} · {link(f'/stage/{seg(meta)}', 'channels ranked')}</p>"
-        f'<div class="figs"><div class="tiles">{tiles}</div><figure class="stagepca">{pca}'
+        f'<div class="figs"><div class="tiles">{"".join(tiles)}</div><figure class="stagepca">{pca}'
         "<figcaption>PCA (R, G, B)</figcaption></figure></div></section>"
     )
 
@@ -240,6 +272,7 @@ def num(value: float) -> str:
 class Example:
     item: TopItem
     source: bool
+    scale: tuple[float, float] | None = None  # (lo, hi) its colours run between
 
 
 def examples_page(
@@ -261,21 +294,24 @@ def examples_page(
     body = (
         f"<h1>{esc(meta.label)} ({esc(meta.module)}) · channel {channel}: dataset examples</h1>"
         f"<p>the {len(examples)} images whose map of this channel has the largest {esc(by)}, best first "
-        f'(ties: lower row first)</p><div class="examples">{cards or placeholder("no image with maps")}</div>'
+        f'(ties: lower row first)</p><div class="examples">{cards or placeholder("no image with maps")}</div>{READOUT}'
     )
     return document(summary, f"{meta.label} · channel {channel} · dataset examples", bar, body)
 
 
 def _example(meta: StageInfo, channel: int, rank: int, example: Example, by: str, style: dict) -> str:
     item = example.item
+    pictured, shape = f"/{seg(meta)}/{item.row}/{channel}", (meta.height, meta.width)
+    npy, what = url(f"/map{pictured}.npy"), f"{item.key} · {meta.label} c{channel}"
     if example.source:
-        shown = picture(url(f"/overlay/{seg(meta)}/{item.row}/{channel}.png", **style), f"{item.key}, channel over it")
+        shown = hover_map(url(f"/overlay{pictured}.png", **style), npy, what, shape, "over")
     else:
-        shown = picture(url(f"/tile/{seg(meta)}/{item.row}/{channel}.png", **style), f"map of {item.key}", "map")
+        shown = hover_map(url(f"/tile{pictured}.png", **style), npy, what, shape)
     target = url(f"/image/{item.row}/{seg(meta)}/{channel}", **style)
+    bar = colorbar(style["cmap"], *example.scale) if example.scale else ""
     return (
         f'<a class="example pick" href="{target}">{shown}#{rank} · {esc(by)} '
-        f'<span class="value">{num(item.value)}</span><br>{esc(item.key)}</a>'
+        f'<span class="value">{num(item.value)}</span><br>{esc(item.key)}<br>{bar}</a>'
     )
 
 
@@ -303,15 +339,16 @@ def stage_page(
         shown = placeholder("no image")
         if r.top:
             src = url(f"/tile/{seg(meta)}/{r.top.row}/{r.channel}.png", scale=scale)
-            shown = picture(src, f"channel {r.channel} on {r.top.key}")
+            npy, what = url(f"/map/{seg(meta)}/{r.top.row}/{r.channel}.npy"), f"{r.top.key} · {meta.label} c{r.channel}"
+            shown = hover_map(src, npy, what, (meta.height, meta.width))
         target = url(f"/examples/{seg(meta)}/{r.channel}", by=by)
         score = f'<span class="value">{num(r.score)}</span>'
-        on = f'<span class="on">on {esc(r.top.key)}</span>' if r.top else ""
+        on = f'<span class="on" title="{esc(r.top.key)}">on {esc(r.top.key)}</span>' if r.top else ""
         tiles.append(f'<a class="tile pick" href="{target}">{shown}#{n} c{r.channel} {score}{on}</a>')
     body = (
         f"<h1>{esc(meta.label)} ({esc(meta.module)}): channels by how strongly they respond ({esc(by)})</h1>"
         f"<p>score: the mean over the images of each image's {esc(by)} of the channel; each tile shows the "
         "channel on the image that drives it most; open one for its dataset examples</p>"
-        f'<div class="tiles">{"".join(tiles)}</div>'
+        f'<div class="tiles">{"".join(tiles)}</div>{READOUT}'
     )
     return document(summary, f"{meta.label} · channels by {by}", bar, body)

@@ -219,7 +219,14 @@ class App:
         by, k = query.choice("by", "max", BYS), query.integer("k", EXAMPLES_K, 1, MAX_K)
         options = query.tile_options(scale=False)
         items = top_items(self.catalog, stage, channel, k, by)
-        shown = [pages.Example(item, self.catalog.source(item.row, item.key) is not None) for item in items]
+        shown = [
+            pages.Example(
+                item,
+                self.catalog.source(item.row, item.key) is not None,
+                scale_used(self.catalog, stage, item.row, channel, options.normalize),
+            )
+            for item in items
+        ]
         html = pages.examples_page(self.summary, self._meta(stage), channel, by, shown, options)
         return Response(200, HTML, html.encode())
 
