@@ -223,7 +223,7 @@ class App:
             pages.Example(
                 item,
                 self.catalog.source(item.row, item.key) is not None,
-                scale_used(self.catalog, stage, item.row, channel, options.normalize),
+                scale=scale_used(self.catalog, stage, item.row, channel, options.normalize),
             )
             for item in items
         ]
