@@ -191,6 +191,10 @@ def test_source_link_ranking_labels_error_pages_and_pca_on_request(sample):
         assert f'href="/image/{CHELSEA}/2"' in body.decode() and 'href="/"' in body.decode()
         status, headers, _ = get(viewer, f"/tile/2/{CHELSEA}/999.png")
         assert status == 404 and headers["Content-Type"].startswith("text/plain")
+        for crafted in ("//evil.example/x", "/\\evil.example/x", "/image//evil.example/x", "/a/%5Cevil.example/x"):
+            status, _, body = get(viewer, crafted)  # an error page never links off the viewer
+            links = [u for u in re.findall(r'href="([^"]*)"', body.decode()) if u != "data:,"]
+            assert status == 404 and links and all(re.match(r"/(?![/\\])", u) for u in links), (crafted, links)
 
 
 def test_a_client_that_leaves_mid_response_is_one_log_line(sample, caplog, capfd):

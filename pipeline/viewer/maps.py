@@ -27,6 +27,15 @@ def stage_values(catalog: Catalog, stage: int | str, row: int) -> np.ndarray:
     return out
 
 
+def cell_values(catalog: Catalog, stage: int | str, row: int, cell: tuple[int, int]) -> np.ndarray:
+    """(C,) float32 values of every channel at one map cell (i, j), read one cached chunk block at a time."""
+    view, k = catalog.stage(stage), catalog.blocks[stage].k
+    i, j = cell
+    return np.concatenate([catalog.block(stage, row, c0)[:, i, j] for c0 in range(0, view.channels, k)]).astype(
+        np.float32
+    )
+
+
 def channel_values(catalog: Catalog, stage: int | str, row: int, channel: int) -> np.ndarray:
     """(H, W) float32 map of one image, stage (or layer) and channel: `stage_values(...)[channel]`."""
     return np.asarray(catalog.plane(stage, row, channel), dtype=np.float32)

@@ -49,7 +49,7 @@ from .assets import ASSETS
 from .catalog import Catalog
 from .config import BYS, DEFAULT_K, MAX_K
 from .examples import items_json, top_items
-from .maps import cell_of, channel_values, npy_bytes, stage_values
+from .maps import cell_of, cell_values, channel_values, npy_bytes, stage_values
 from .pages import LAYER_PREFIX, MAP
 from .query import HTML, JPEG, JSON, NPY, PNG, TEXT, HttpError, Query, Response
 from .tiles import colorbar_png, overlay_png, pca_png, scale_used, tile_png
@@ -208,7 +208,7 @@ class App:
         spots = []
         for meta in self.summary.stages:
             i, j = cell_of(info.orig_hw, (meta.height, meta.width), y, x)
-            values = stage_values(self.catalog, meta.ref, row)[:, i, j]
+            values = cell_values(self.catalog, meta.ref, row, (i, j))
             order = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[:LOCATION_CHANNELS]
             strongest = tuple((int(c), float(values[c])) for c in order)
             spots.append(figures.Spot(meta, (i, j), strongest, auto_scale(meta.height, meta.width, TILE_MIN_SIDE)))
@@ -332,6 +332,7 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+_UP = re.compile(r"(?:/[\w.:%-]+)+")  # the page above an error: non-empty path parts, nothing else
 RESOURCES = ("/tile/", "/overlay/", "/pca/", "/source/", "/map/", "/colorbar/", "/api/", "/assets/")
 
 
@@ -341,5 +342,7 @@ def _error(target: str, status: int, message: str) -> Response:
     path = urlsplit(target).path if target.startswith("/") else "/"
     if path.startswith(RESOURCES):
         return Response(status, TEXT, (message + "\n").encode())
-    up = path.rstrip("/").rsplit("/", 1)[0] or "/"
+    up = path.rstrip("/").rsplit("/", 1)[0]
+    if not _UP.fullmatch(up):  # `//host` or `/\host` would be a link off this viewer: back to the collection
+        up = "/"
     return Response(status, HTML, figures.error_page(status, message, up).encode())
