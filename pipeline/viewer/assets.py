@@ -38,6 +38,8 @@ nav.bar input { font: inherit; width: 16em; }
 .tile .on { max-width: 96px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #666; }
 .cbar { display: inline-flex; align-items: center; gap: 6px; font-size: 12px; font-variant-numeric: tabular-nums;
   white-space: nowrap; word-break: normal; }
+.legend { font-size: 12px; display: inline-flex; align-items: center; gap: 6px; }
+.legend img.bar { width: 160px; height: 12px; image-rendering: pixelated; border: 1px solid #999; }
 .cbar img.bar { width: 160px; height: 12px; image-rendering: pixelated; border: 1px solid #999; }
 .cell .cbar img.bar { width: 60px; }
 .cbar .why { color: #666; }

@@ -155,7 +155,10 @@ def channels_page(
     scale = (
         colorbar(options.cmap, cells[0].lo, cells[0].hi, f"one scale for every map ({options.normalize})")
         if shared
-        else colorbar(options.cmap, 0.0, 1.0, "each map from its own min (left) to its max (right)")
+        else (
+            f'<span class="legend">its min <img src="{url(f"/colorbar/{options.cmap}.png")}" alt="colour bar" '
+            'class="bar"> its max: each map on its own scale, written under it</span>'
+        )
     )
     shape = (meta.height, meta.width)
     figures = []
