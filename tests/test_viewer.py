@@ -602,7 +602,8 @@ def test_browser_walks_collection_image_channel_examples_and_back_by_keyboard(br
         page.keyboard.press("e")  # dataset examples of this channel
         page.wait_for_url(re.compile(re.escape(f"{base}/examples/0/{other}") + r"\?.*"))
         states = settle(page)
-        assert states["broken"] == [] and states["loaded"] == 5
+        overlays = page.eval_on_selector_all("a.example img.over", "all => all.map(i => i.dataset.state)")
+        assert states["broken"] == [] and overlays == ["loaded"] * 5  # each beside its colour bar
         shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
         assert shot.std() > 30 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 300  # grey photos under grey maps
         page.keyboard.press("b")  # back to the channel page

@@ -173,6 +173,11 @@ def test_source_link_ranking_labels_error_pages_and_pca_on_request(sample):
         assert Image.open(io.BytesIO(body)).size == (451, 300)
         page = get(viewer, f"/image/{CHELSEA}")[2].decode()
         assert f'href="/source/{CHELSEA}.png"' in page
+        tiles = re.findall(r'<a class="tile pick" href="([^"]+)"><img[^>]* data-npy="([^"]+)"', page)
+        assert len(tiles) == 16 * 6  # the 16 strongest channels of each of 5 stages and the layer
+        for target, npy in tiles:  # each tile opens its own channel page; its readout reads its own values
+            stage, row, channel = re.fullmatch(r"/map/([^/]+)/(\d+)/(\d+)\.npy", npy).groups()
+            assert target == f"/image/{row}/{stage}/{channel}" and int(row) == CHELSEA
         assert "<img" in page and "/pca/" not in re.sub(r'<a class="pca" href="/pca/[^"]+"', "", page)
         stage = get(viewer, "/stage/2")[2].decode()
         with open_store(sample) as store:
@@ -322,3 +327,18 @@ def test_browser_brackets_step_images_and_pca_draws_on_request(browser, sample):
         page.locator("a.pca").first.click()
         page.wait_for_function("() => document.querySelector(\"img[src*='/pca/']\")?.dataset.state === 'loaded'")
         page.context.close()
+
+
+def test_without_photos_the_collection_shows_tiles_and_fits_no_pca(sample, tmp_path):
+    """Photos not found (moved, or viewed where they are not): each card is the middle stage's
+    strongest channel of that image, and the first page fits no PCA."""
+    with running(sample, images_root=str(tmp_path)) as viewer:
+        text = get(viewer, "/")[2].decode()
+        cards = re.findall(r'<a class="card pick" href="/image/(\d+)"><img[^>]* src="([^"]+)"', text)
+        assert len(cards) == 5
+        with open_store(sample) as store:
+            means = store.view(3).mean  # the middle of stages 0-4 and the layer
+            for row, src in cards:
+                assert src == f"/tile/3/{row}/{int(np.argmax(means[int(row)]))}.png"
+                assert get(viewer, src)[0] == 200
+        assert not [key for key in viewer.catalog._small._items if key[0] == "pca"]

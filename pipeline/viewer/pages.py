@@ -237,7 +237,7 @@ def _stage_row(info: ImageInfo, stage: StageRow) -> str:
         tile = hover_map(
             url(f"/tile{pictured}.png", scale=stage.scale), url(f"/map{pictured}.npy"), f"{meta.label} c{c}", shape
         )
-        tiles.append(f'<a class="tile pick" href="{url(f"/image{pictured}")}">{tile}c{c}</a>')
+        tiles.append(f'<a class="tile pick" href="{url(f"/image/{info.row}/{seg(meta)}/{c}")}">{tile}c{c}</a>')
     # The PCA is fitted over the file on the first request for a stage (seconds on large maps):
     # drawn when asked for, so the page itself answers at once (view.js swaps the link for the picture).
     pca = f'<a class="pca" href="{url(f"/pca/{seg(meta)}/{info.row}.png")}">show the PCA picture</a>'

@@ -144,8 +144,11 @@ class App:
     def _card(self, row: int, key: str) -> pages.Card:
         if self.catalog.source(row, key) is not None:
             return pages.Card(row, key, pages.url(f"/source/{row}.jpg", side=240), True)
+        # No photo: the middle stage's strongest channel for this image (a PCA picture would fit the
+        # stage's PCA over the file first, seconds on large maps, on the very first page).
         middle = list(self.catalog.stages)[len(self.catalog.stages) // 2]
-        return pages.Card(row, key, pages.url(f"/pca/{middle}/{row}.png"), False)
+        channel = int(top_channels(self.catalog.stats(middle, row)[2], 1)[0])
+        return pages.Card(row, key, pages.url(f"/tile/{pages.seg(self._meta(middle))}/{row}/{channel}.png"), False)
 
     def _info(self, row: int) -> pages.ImageInfo:
         catalog = self.catalog
