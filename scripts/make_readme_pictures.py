@@ -86,7 +86,7 @@ GALLERY_SHOTS = [
 ]
 VIEW_SHOTS = [
     Shot("view-examples.png", "examples/2/6", (1000, 720)),  # stage 2, channel 6's dataset examples
-    Shot("view-channel.png", "image/2/2/6", (1000, 780), point=("img.map", 12, 18)),  # the cat's eye
+    Shot("view-channel.png", "image/2/2/6", (1000, 780), point=("img.map", 11, 11)),  # its maximum: an eye
     Shot("view-channels.png", "image/2/1", (1000, 900), point=("figure.cell img.map", 20, 30)),  # all of stage 1
     Shot("view-compare.png", "compare/2/6?rows=2,0,1,3", (1120, 820), point=("figure.column img.over", 12, 18)),
     Shot("view-location.png", "location/2?y=125&x=174", (1000, 900)),  # the cat's right eye in every stage
