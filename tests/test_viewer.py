@@ -184,6 +184,19 @@ def maxima_of_maps(path: Path, stage: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", ["virtual", "copy"])
+def test_map_downloads_of_merged_files_equal_the_stored_maps(merged, kind):
+    """/map/...npy on a merged file (rows in each of the three shards) equals the maps read with h5py."""
+    with running(merged[kind]) as viewer, open_store(merged[kind]) as store:
+        for stage, row in ((0, 3), (1, 20), (3, 37), (2, 40)):
+            want = np.asarray(store.stage(stage).data[row], dtype=np.float32)
+            maps = np.load(io.BytesIO(get(viewer, f"/map/{stage}/{row}.npy")[2]))
+            assert maps.dtype == np.float32 and np.array_equal(maps, want)
+            one = np.load(io.BytesIO(get(viewer, f"/map/{stage}/{row}/{want.shape[0] - 1}.npy")[2]))
+            assert np.array_equal(one, want[-1])
+        assert get(viewer, f"/map/0/{BROKEN_ROW}.npy")[0] == 404  # a failed image has no maps
+
+
+@pytest.mark.parametrize("kind", ["virtual", "copy"])
 def test_api_top_and_top_json_equal_a_ranking_of_the_stored_maps(merged, kind):
     path, k, stage = merged[kind], 10, 1
     maxima, ok = maxima_of_maps(path, stage)
