@@ -3,12 +3,16 @@
 
     python scripts/bench_view.py                       # the numbers in docs/benchmarks.md "## View"
     python scripts/bench_view.py --images 200 --ranking-images 20000 --browse 200   # quicker
+    python scripts/bench_view.py --first-page-only     # only the first image page on the PVT case (below)
 
 Files are written by pipeline.storage.writer with synthetic smooth maps and true statistics:
 - the browsing file: --images images, three stages shaped like efficientnet_lite0's stages 1-3
   at 224×224 (24×56×56, 40×28×28, 112×14×14), float16, zstd, with 320×240 JPEG sources;
 - the ranking file: --ranking-images images, stages of 112 and 320 channels with tiny maps
   (ranking reads statistics and top lists only; the map size does not matter to it).
+- the PVT case (--first-page): `fmpipe extract data/images` with pvt_v2_b1 at 800×1200, random init
+  (the article's backbone and size; four stages up to 64×200×300), five images; the first image page's
+  HTML and every picture on it are fetched from a freshly started viewer, as a browser loads it.
 The viewer runs in its own process (`pipeline.viewer.serve`, port 0), so its RSS is its own;
 clients are threads of this process on keep-alive connections to 127.0.0.1. Scratch goes to
 /dev/shm unless --tmp says otherwise.
@@ -49,10 +53,15 @@ def main() -> int:
     parser.add_argument("--browse", type=int, default=1000, help="images whose page and pictures are fetched")
     parser.add_argument("--tiles", type=int, default=400, help="tile requests per latency measurement")
     parser.add_argument("--tmp", default=None, help="scratch folder (default: a new one in /dev/shm if present)")
+    parser.add_argument("--pvt-file", default=None, help="a PVT case file to reuse (skips its extraction)")
+    parser.add_argument("--first-page-only", action="store_true", help="measure the PVT case's first page only")
     args = parser.parse_args()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="bench-view-", dir=shm))
     try:
+        first_page(Path(args.pvt_file) if args.pvt_file else pvt_file(tmp))
+        if args.first_page_only:
+            return 0
         t0 = time.perf_counter()
         browse_file = make_file(tmp / "browse.h5", args.images, BROWSE_STAGES, tmp / "photos")
         print(f"browsing file, {args.images} images with sources: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -242,6 +251,44 @@ def browse(server: Server, count: int) -> None:
     seconds = time.perf_counter() - t0
     print(f"browsed {count} images ({requests} requests) in {seconds:.0f} s; RSS (MB) after n images:")
     print("  " + ", ".join(f"{n}: {rss:.0f}" for n, rss in marks))
+
+
+def pvt_file(tmp: Path) -> Path:
+    """The PVT case: the five sample photos through pvt_v2_b1 at 800×1200, random init (torch runs here)."""
+    out = tmp / "pvt.h5"
+    command = [sys.executable, "-m", "pipeline", "-q", "extract", str(REPO / "data" / "images"), str(out)]
+    command += ["--model", "pvt_v2_b1", "--size", "800x1200", "--random-init"]
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO)
+    print(f"PVT case (pvt_v2_b1, 800×1200, 5 images) extracted in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def first_page(path: Path) -> None:
+    """The first image page of a freshly started viewer: its HTML, then every picture on it (two
+    connections, as a browser); then, for comparison, the PCA pictures of every stage (what the page
+    loaded before the PCA was drawn on request), then a second image's page."""
+    with Server(path) as server:
+        clients = [server.client(), server.client()]
+        t0 = time.perf_counter()
+        status, body, html_s = clients[0].get("/image/0")
+        assert status == 200, status
+        pictures = _Pictures(body.decode()).src
+        other = threading.Thread(target=fetch_all, args=(clients[1], pictures[1::2]))
+        other.start()
+        fetch_all(clients[0], pictures[::2])
+        other.join()
+        page_s = time.perf_counter() - t0
+        print(f"PVT first image page: HTML {1e3 * html_s:.0f} ms; with its {len(pictures)} pictures {page_s:.2f} s")
+        stages = sorted(set(re.findall(r'href="/pca/(\d+)/0\.png"', body.decode())))
+        t1 = time.perf_counter()
+        fetch_all(clients[0], [f"/pca/{stage}/0.png" for stage in stages])
+        fitted_s = time.perf_counter() - t1
+        print(f"  + the PCA pictures of its {len(stages)} stages (each stage's PCA fitted): {fitted_s:.2f} s")
+        t2 = time.perf_counter()
+        status, body, _ = clients[0].get("/image/1")
+        fetch_all(clients[0], _Pictures(body.decode()).src)
+        print(f"  second image page with its pictures: {time.perf_counter() - t2:.2f} s", flush=True)
 
 
 def ranking(tmp: Path, count: int) -> None:

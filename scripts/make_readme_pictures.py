@@ -6,18 +6,28 @@
 
 Steps, in a scratch folder: `fmpipe extract data/images out.h5` (the quick start), then each
 command of COMMANDS; PICTURES names the file each README picture is. The screenshots come from
-headless Chromium (`apt-get install chromium`): the gallery over GALLERY_COMMANDS' folder, and the
-viewer's dataset-examples page (VIEW_PAGE) from `fmpipe view out.h5 --port 0`, on a free
-loopback port, stopped by its PID. --check compares every picture but the screenshots (fonts
-differ between machines) and exits 1 on a difference. Pixels may differ by a level or two on
-another CPU (float rounding in the model); anything more means the pictures no longer show what
-the commands draw: regenerate and commit.
+headless Chromium (`apt-get install chromium`) driven by Playwright: the gallery over
+GALLERY_COMMANDS' folder (one with its channel view open), and the viewer's pages (VIEW_PAGES)
+from `fmpipe view out.h5 --port 0`, on a free loopback port, stopped by its PID; a page with a
+`point` has the pointer on that map cell, so the shot shows the hover readout.
+
+--check compares every drawn picture pixel by pixel and exits 1 on a difference. Pixels may
+differ by a level or two on another CPU (float rounding in the model); anything more means the
+pictures no longer show what the commands draw: regenerate and commit. Screenshots are not
+compared by pixels (fonts and anti-aliasing differ between machines): docs/images/screenshots.json
+records, for each, its window size and what the page shows (every picture's URL and the page's
+numbers: colour bar ends, the readout's value), and --check serves the pages again and compares
+those, and the PNG's size.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import html
+import http.client
+import json
 import os
 import re
 import shlex
@@ -27,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -67,22 +78,36 @@ GALLERY_COMMANDS = [
     *(f"render out.h5 --stage {s} --layout pca --out tour" for s in range(1, 5)),
     "gallery out.h5 --out tour",
 ]
-SCREENSHOT = ("gallery.png", "tour/gallery/000002.html", (1000, 1000))  # chelsea's page, window W×H
-VIEW_PAGE = ("view-examples.png", "examples/2/6", (1000, 720))  # stage 2, channel 6's dataset examples
-VIEW_SERVER = ["view", "out.h5", "--port", "0"]  # `fmpipe view`, as the README says
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--hide-scrollbars",
+SCREENSHOTS = "screenshots.json"  # docs/images/: what each screenshot shows, for --check
+
+
+@dataclasses.dataclass(frozen=True)
+class Shot:
+    """A screenshot: `page` a gallery file below the scratch folder, or a viewer path (`view` true)."""
+
+    name: str
+    page: str
+    size: tuple[int, int]  # window W×H
+    view: bool = True
+    point: tuple[str, int, int] | None = None  # (picture selector, map cell y, x) under the pointer
+    keys: tuple[str, ...] = ()  # pressed once the page has loaded
+
+
+GALLERY_SHOTS = [
+    Shot("gallery.png", "tour/gallery/000002.html", (1000, 1000), view=False),  # chelsea's page
+    Shot("gallery-channels.png", "tour/gallery/000002.html#stage-4", (1000, 760), False, keys=("c", "ArrowRight")),
 ]
+VIEW_SHOTS = [
+    Shot("view-examples.png", "examples/2/6", (1000, 720)),  # stage 2, channel 6's dataset examples
+    Shot("view-channel.png", "image/2/2/6", (1000, 780), point=("img.map", 11, 11)),  # its maximum: an eye
+    Shot("view-channels.png", "image/2/1", (1000, 900), point=("figure.cell img.map", 20, 30)),  # all of stage 1
+    Shot("view-compare.png", "compare/2/6?rows=2,0,1,3", (1120, 820), point=("figure.column img.over", 12, 18)),
+    Shot("view-location.png", "location/2?y=125&x=174", (1000, 900)),  # the cat's right eye in every stage
+]
+VIEW_SERVER = ["view", "out.h5", "--port", "0"]  # `fmpipe view`, as the README says
 TOLERANCE = 2  # colour levels a pixel may move on another CPU
 MAX_MOVED = 0.005  # ... and the fraction of pixels that may move more
+BAR_TOLERANCE = 0.01  # a screenshot's colour bar end may move this fraction of the bar's span
 # Pictures full of photos, stored with 256 colours (each pixel the nearest of a median-cut palette) to
 # stay small; --check maps the drawn picture onto the committed palette the same way, where a level
 # moved on another CPU can flip a pixel to a neighbouring colour: more of them may move.
@@ -99,14 +124,17 @@ def main() -> int:
     scratch = Path(args.keep or tempfile.mkdtemp(prefix="readme-pictures-"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        make(scratch, args.source, screenshot=not args.check)
-        return check(scratch) if args.check else publish(scratch)
+        make(scratch, args.source)
+        if args.check:
+            return check(scratch)
+        shots = screenshots(scratch)
+        return publish(scratch, shots)
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def make(scratch: Path, source: str | None, screenshot: bool) -> None:
+def make(scratch: Path, source: str | None) -> None:
     """Run the README's commands in `scratch` (out.h5 there is the quick-start file)."""
     if source:
         (scratch / "out.h5").symlink_to(Path(source).resolve())
@@ -115,14 +143,6 @@ def make(scratch: Path, source: str | None, screenshot: bool) -> None:
     for command in COMMANDS:
         fmpipe(scratch, command)
     draw_rsa(scratch, scratch / "out-render" / PICTURES["rsa-stages.png"])
-    if screenshot:
-        for command in GALLERY_COMMANDS:
-            fmpipe(scratch, command)
-        name, page, size = SCREENSHOT
-        capture((scratch / page).resolve().as_uri(), scratch / name, size)
-        name, page, size = VIEW_PAGE
-        with viewer(scratch) as url:
-            capture(url + page, scratch / name, size)
 
 
 def draw_rsa(scratch: Path, target: Path) -> None:
@@ -150,6 +170,29 @@ def draw_rsa(scratch: Path, target: Path) -> None:
         tile = lut("viridis")[to_indices(values, *finite_range(values))]
         grid.put(position, upscale(tile, side // len(matrix)), label)
     target.write_bytes(encode_rgb(grid.finish()))
+
+
+def screenshots(scratch: Path) -> dict[str, dict]:
+    """Take every screenshot into `scratch`; what each shows (see `shown`), by name."""
+    for command in GALLERY_COMMANDS:
+        fmpipe(scratch, command)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sys.exit("the screenshots need playwright (pip install -e '.[test]') and chromium (apt-get install chromium)")
+    binary = shutil.which("chromium")
+    if binary is None:
+        sys.exit("the screenshots need chromium: apt-get install chromium (or run with --check)")
+    facts = {}
+    with sync_playwright() as p, viewer(scratch) as base:
+        browser = p.chromium.launch(executable_path=binary, args=["--no-sandbox", "--disable-gpu"])
+        for shot in [*GALLERY_SHOTS, *VIEW_SHOTS]:
+            url = base + shot.page if shot.view else (scratch / shot.page.split("#")[0]).resolve().as_uri()
+            url += "" if shot.view or "#" not in shot.page else "#" + shot.page.split("#")[1]
+            facts[shot.name] = capture(browser, url, scratch / shot.name, shot)
+            facts[shot.name].update(shown(scratch, shot, base))
+        browser.close()
+    return facts
 
 
 def fmpipe(cwd: Path, command: str) -> None:
@@ -181,38 +224,56 @@ def viewer(scratch: Path):
             proc.wait()
 
 
-def capture(page: str, target: Path, size: tuple[int, int]) -> None:
-    """A headless Chromium screenshot of the URL `page`, stored as a 128-colour PNG (small)."""
-    binary = shutil.which("chromium")
-    if binary is None:
-        sys.exit("the gallery screenshot needs chromium: apt-get install chromium (or run with --check)")
-    shot = target.with_suffix(".raw.png")
-    command = [
-        binary,
-        *CHROMIUM_FLAGS,
-        f"--user-data-dir={target.parent / 'chromium-profile'}",
-        f"--window-size={size[0]},{size[1]}",
-        "--virtual-time-budget=10000",
-        "--run-all-compositor-stages-before-draw",  # draw what has loaded, not a frame from before
-        f"--screenshot={shot}",
-        page,
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        sys.exit("chromium took over 120 s for one screenshot; gave up")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the session we started: chromium's helpers too
-    with Image.open(shot) as image:
+def capture(browser, url: str, target: Path, shot: Shot) -> dict:
+    """A screenshot of `url` stored as a 128-colour PNG (small); the readout's value when pointed."""
+    page = browser.new_context(viewport={"width": shot.size[0], "height": shot.size[1]}).new_page()
+    page.goto(url)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
+    for key in shot.keys:
+        page.keyboard.press(key)
+    page.wait_for_load_state("networkidle")
+    facts = {}
+    if shot.point is not None:
+        selector, y, x = shot.point
+        picture = page.locator(selector).first
+        picture.scroll_into_view_if_needed()
+        box, (h, w) = (
+            picture.bounding_box(),
+            (int(picture.get_attribute("data-h")), int(picture.get_attribute("data-w"))),
+        )
+        page.mouse.move(box["x"] + (x + 0.5) * box["width"] / w, box["y"] + (y + 0.5) * box["height"] / h)
+        page.wait_for_function("() => document.getElementById('readout').dataset.value !== undefined")
+        facts["readout"] = page.evaluate("document.getElementById('readout').dataset.value")
+    shot_path = target.with_suffix(".raw.png")
+    page.screenshot(path=str(shot_path))
+    page.context.close()
+    with Image.open(shot_path) as image:
         image.convert("RGB").quantize(128, dither=Image.Dither.NONE).save(target, optimize=True)
+    return facts
 
 
-def publish(scratch: Path) -> int:
+def shown(scratch: Path, shot: Shot, base: str) -> dict:
+    """What a screenshot's page shows, independent of fonts: its window size, every picture's URL, and
+    the numbers its colour bars state. A viewer page is fetched from the running viewer at `base`."""
+    if shot.view:
+        address = urlsplit(base)
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=60)  # no proxy settings apply
+        try:
+            conn.request("GET", "/" + shot.page)
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+    else:
+        text = (scratch / shot.page.split("#")[0]).read_text()
+    pictures = [html.unescape(src) for src in re.findall(r'<img[^>]* src="([^"]+)"', text)]
+    bars = re.findall(r'class="cbar" data-lo="([^"]+)" data-hi="([^"]+)"', text)
+    return {"size": list(shot.size), "pictures": pictures, "bars": [list(b) for b in bars]}
+
+
+def publish(scratch: Path, shots: dict[str, dict]) -> int:
     IMAGES.mkdir(parents=True, exist_ok=True)
-    shots = {SCREENSHOT[0], VIEW_PAGE[0]}
-    for name, produced in [*PICTURES.items(), *((shot, shot) for shot in sorted(shots))]:
+    for name, produced in [*PICTURES.items(), *((shot, shot) for shot in shots)]:
         source = scratch / "out-render" / produced if name not in shots else scratch / produced
         if name in QUANTIZED:
             with Image.open(source) as image:
@@ -222,26 +283,66 @@ def publish(scratch: Path) -> int:
         else:
             shutil.copyfile(source, IMAGES / name)
         print(f"{IMAGES / name}: {(IMAGES / name).stat().st_size / 1024:.0f} KB")
+    (IMAGES / SCREENSHOTS).write_text(json.dumps(shots, indent=1, sort_keys=True) + "\n")
     return 0
 
 
 def check(scratch: Path) -> int:
-    """0 when every committed picture (but the screenshot) shows what the commands draw now."""
+    """0 when every committed picture shows what the commands draw now, and every screenshot's page
+    shows what it showed when it was taken (`shown`)."""
     problems = []
     for name, produced in PICTURES.items():
         problem = difference(IMAGES / name, scratch / "out-render" / produced)
         if problem:
             problems.append(f"{name}: {problem}")
-    for shot in (SCREENSHOT[0], VIEW_PAGE[0]):
-        if not (IMAGES / shot).is_file():
-            problems.append(f"{shot}: missing")
+    problems += check_screenshots(scratch)
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
         print("rerun `python scripts/make_readme_pictures.py` and commit docs/images/", file=sys.stderr)
         return 1
-    print(f"all {len(PICTURES)} pictures match the commands")
+    print(
+        f"all {len(PICTURES)} pictures match the commands; "
+        f"{len(GALLERY_SHOTS) + len(VIEW_SHOTS)} screenshots show their pages"
+    )
     return 0
+
+
+def check_screenshots(scratch: Path) -> list[str]:
+    try:
+        recorded = json.loads((IMAGES / SCREENSHOTS).read_text())
+    except (OSError, ValueError) as err:
+        return [f"{SCREENSHOTS}: {err}"]
+    for command in GALLERY_COMMANDS:
+        fmpipe(scratch, command)
+    problems = []
+    with viewer(scratch) as base:
+        for shot in [*GALLERY_SHOTS, *VIEW_SHOTS]:
+            path, facts = IMAGES / shot.name, recorded.get(shot.name)
+            if facts is None or not path.is_file():
+                problems.append(f"{shot.name}: missing")
+                continue
+            with Image.open(path) as image:
+                if list(image.size) != facts["size"]:
+                    problems.append(f"{shot.name}: {image.size}, recorded {facts['size']}")
+            problems += [f"{shot.name}: {p}" for p in page_changes(facts, shown(scratch, shot, base))]
+    return problems
+
+
+def page_changes(was: dict, now: dict) -> list[str]:
+    """How a screenshot's page differs from when it was taken. Its pictures are compared as a set (a
+    ranking may swap near-equal neighbours on another CPU) and its colour bar ends within BAR_TOLERANCE
+    of their span (the model's float rounding), like the pictures' pixels."""
+    changes = []
+    if now["size"] != was["size"]:
+        changes.append(f"window {now['size']}, was {was['size']}")
+    if sorted(now["pictures"]) != sorted(was["pictures"]):
+        changes.append(f"shows other pictures: {sorted(set(now['pictures']) ^ set(was['pictures']))[:6]}")
+    old, new = np.asarray(was["bars"], dtype=float).reshape(-1, 2), np.asarray(now["bars"], dtype=float).reshape(-1, 2)
+    span = np.abs(old[:, 1:] - old[:, :1]) + 1e-12 if len(old) else old
+    if old.shape != new.shape or (np.abs(new - old) > BAR_TOLERANCE * span).any():
+        changes.append(f"colour bar ends {now['bars'][:4]}, were {was['bars'][:4]}")
+    return changes
 
 
 def difference(committed: Path, made: Path) -> str | None:

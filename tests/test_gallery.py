@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from test_render import CLASHING, crafted_root, files_below, gray_pixels, write_
 
 from pipeline import extract
 from pipeline.errors import InputError, OutputExistsError
+from pipeline.rendering import painting
 from pipeline.rendering.run import RenderConfig, render
 from pipeline.rendering.tiling import Grid
 from pipeline.site import build
@@ -33,9 +33,18 @@ from pipeline.storage.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = ["a b#1.jpg", "dir/ü?x.png", "<script>alert(1)</script>.jpg", "plain.jpg", "q%20.jpg"]
-# The same flags as the README pictures' screenshot (scripts/make_readme_pictures.py).
-sys.path.insert(0, str(REPO / "scripts"))
-CHROMIUM_FLAGS = importlib.import_module("make_readme_pictures").CHROMIUM_FLAGS
+# Headless Chromium, quiet and offline.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--hide-scrollbars",
+]
 
 
 class Page(HTMLParser):
@@ -289,11 +298,18 @@ function fmProbe() {
     var body = document.getElementById('vbody'), img = body.querySelector('img');
     return {hidden: document.getElementById('viewer').hidden, title: document.getElementById('vtitle').textContent,
             stats: document.getElementById('vstats').textContent, current: document.querySelector('section.current').id,
-            shows: img ? img.getAttribute('src') : body.querySelector('.tile') ? 'tile' : body.textContent};
+            shows: img ? img.getAttribute('src') : body.querySelector('.tile') ? 'tile' : body.textContent,
+            scale: [document.getElementById('vscale').dataset.lo, document.getElementById('vscale').dataset.hi,
+                    document.getElementById('vscale').textContent],
+            previews: [...document.querySelectorAll('#vlist button:not(.more)')].map(
+              b => [+b.dataset.c, b.querySelector('img, .tile') ? 'picture' : 'none']),
+            more: [...document.querySelectorAll('#vlist button.more')].map(b => +b.dataset.c)};
   }
   press('c'); log.open = state();
   press('ArrowRight'); log.right = state();
   press('ArrowDown'); log.down = state();
+  press('ArrowDown'); press('ArrowDown'); press('ArrowDown'); log.big = state();  // stage 4: 320 channels
+  press('ArrowLeft'); log.wrap = state();  // channel 319: the last window of previews
   press('Escape'); log.closed = state();
   var g = JSON.parse(document.getElementById('fm-data').textContent).stages['2'].grids[0];
   var p = g.order.indexOf(__CHANNEL__), col = p % g.cols, row = Math.floor(p / g.cols);
@@ -402,11 +418,44 @@ def test_keyboard_and_channel_view_in_chromium(chromium, quick, tmp_path):
     assert log["right"]["title"] == "stage 0 · channel 1 of 16"
     shown = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", log["right"]["stats"])]
     np.testing.assert_allclose(shown, stats, rtol=2e-3, atol=1e-4)  # min, max, mean as stored
+    # The colour bar: render's default scale (each channel its own min to max), from the grid's text.
+    lo, hi, text = log["right"]["scale"]
+    np.testing.assert_allclose([float(lo), float(hi)], stats[:2], rtol=2e-3, atol=1e-4)
+    assert "viridis, normalised per channel" in text
+    # Previews, not numbered buttons: every channel of the window shows its picture.
+    assert log["right"]["previews"] == [[c, "picture"] for c in range(16)] and log["right"]["more"] == []
+    assert log["big"]["title"] == "stage 4 · channel 0 of 320"
+    assert log["big"]["previews"] == [[c, "picture"] for c in range(32)] and log["big"]["more"] == [32]
+    assert log["wrap"]["title"] == "stage 4 · channel 319 of 320"
+    assert log["wrap"]["previews"] == [[c, "picture"] for c in range(288, 320)] and log["wrap"]["more"] == [256]
     assert log["down"]["title"] == "stage 1 · channel 0 of 24" and log["down"]["current"] == "stage-1"
     assert log["closed"]["hidden"]
     assert log["click"]["title"] == f"stage 2 · channel {channel} of 40" and not log["click"]["hidden"]
     assert log["click"]["shows"].endswith(f"/c{channel:04d}.png")
     probe.unlink()
+
+
+@pytest.mark.slow
+def test_large_grids_open_full_size_and_say_their_colour_scale(quick):
+    """A 320-channel grid is shrunk to fit the page: its figure links to the PNG itself, and its text
+    names the colour scale the gallery's colour bar shows."""
+    page = (quick / "out-render" / "gallery" / "000002.html").read_text()
+    (link,) = re.findall(
+        r'<a class="full" href="(\.\./stage4/chelsea/grid\.png)" target="_blank">open full size \((\d+)×(\d+)\)', page
+    )
+    with Image.open(quick / "out-render" / "stage4" / "chelsea" / "grid.png") as grid:
+        assert grid.size == (int(link[1]), int(link[2]))
+        assert "colour map viridis, normalised per channel;" in grid.info["Description"]
+    render(
+        RenderConfig(
+            str(quick / "out.h5"), 1, layout="grid", normalize="stage", cmap="magma", out=str(quick / "s"), workers=1
+        )
+    )
+    with Image.open(quick / "s" / "stage1" / "chelsea" / "grid.png") as grid:
+        text = grid.info["Description"]
+    with open_store(quick / "out.h5") as store:
+        lo, hi = painting.stage_range(store.stage(1), store.ok)
+    assert f"colour map magma, normalised per stage from {lo!r} to {hi!r};" in text
 
 
 @pytest.mark.slow
@@ -419,13 +468,13 @@ def test_readme_pictures_match_the_commands(quick):
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "all 9 pictures match the commands" in run.stdout
+    assert "all 10 pictures match the commands; 7 screenshots show their pages" in run.stdout
 
 
 def test_readme_shows_every_picture_and_they_are_small():
     readme = (REPO / "README.md").read_text()
     pictures = sorted((REPO / "docs" / "images").glob("*.png"))
-    assert len(pictures) == 12  # 10 drawn by commands (RSA figure, crop grid too), gallery and viewer screenshots
+    assert len(pictures) == 17  # 10 drawn by commands (RSA figure, crop grid too), 2 gallery and 5 viewer screenshots
     for picture in pictures:
         assert f"docs/images/{picture.name}" in readme, picture.name
         assert picture.stat().st_size < 250_000, picture.name

@@ -21,6 +21,7 @@ from pipeline.rendering.colormaps import CMAPS, lut, to_indices
 from pipeline.rendering.png import encode_indexed, encode_rgb
 from pipeline.rendering.run import RenderConfig, colorize, render
 from pipeline.rendering.selection import image_folders, safe_folder
+from pipeline.rendering.tiling import GUTTER, blend
 from pipeline.storage import schema
 from pipeline.storage.store import open_store
 from pipeline.storage.writer import ShardWriter, WritePlan
@@ -36,11 +37,14 @@ def smooth_maps(rng, n: int, channels: int, height: int, width: int) -> np.ndarr
     return np.maximum(fine + 0.1 * rng.standard_normal(fine.shape).astype(np.float32), 0) * 3
 
 
-def write_store(path: Path, keys: list[str], maps: dict[int, np.ndarray], *, failed=(), done=None, root=None):
+def write_store(
+    path: Path, keys: list[str], maps: dict[int, np.ndarray], *, failed=(), done=None, root=None, orig_hw=(64, 64)
+):
     """An fmpipe file written by the real writer from float32 maps {stage: (N, C, H, W)}.
 
     Stats come from the float32 maps (as on the device), data is stored as float16.
     `done`: rows to write (default all); without all rows the file stays `.partial`.
+    `orig_hw`: the sources' recorded (H, W), the same for every image.
     """
     stages = [
         StageInfo(i, f"blocks.{i}", a.shape[1], 2 ** (i + 1), a.shape[2], a.shape[3], "forward_hook")
@@ -59,7 +63,7 @@ def write_store(path: Path, keys: list[str], maps: dict[int, np.ndarray], *, fai
             i: np.stack([a[ok].min((2, 3)), a[ok].max((2, 3)), a[ok].mean((2, 3))]).astype(np.float32)
             for i, a in maps.items()
         }
-    hw = np.full((len(rows), 2), 64, np.int32)
+    hw = np.tile(np.asarray(orig_hw, np.int32), (len(rows), 1))
     writer.submit(BatchResult(rows, ok, hw, [(int(r), "broken") for r in failed], data, stats))
     if done is None:
         return writer.finalize()
@@ -399,17 +403,38 @@ def test_overlay_blends_onto_the_source_and_explains_a_move(tmp_path):
     for key in ("a.png", "sub/b.jpg"):
         Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(photos / key)
     maps = {0: smooth_maps(rng, 3, 2, 16, 16)}
-    path = write_store(tmp_path / "o.h5", ["a.png", "gone.png", "sub/b.jpg"], maps, root=photos)
+    path = write_store(tmp_path / "o.h5", ["a.png", "gone.png", "sub/b.jpg"], maps, root=photos, orig_hw=(50, 40))
     summary = draw(path, 0, tmp_path / "o", overlay=True)
     assert [k for k, _ in summary.failed] == ["gone.png"] and "not found" in summary.failed[0][1]
     overlay = pixels(tmp_path / "o" / "stage0" / "sub" / "b" / "c0001-overlay.png")
-    assert overlay.shape == (32, 32, 3)  # the model's input size
+    assert overlay.shape == (50, 40, 3)  # the photo's own shape, not the model's 32×32
     assert (tmp_path / "o" / "stage0" / "a" / "grid-overlay.png").exists()
     moved = photos.rename(tmp_path / "elsewhere")
     with pytest.raises(InputError, match="--images-root"):
         draw(path, 0, tmp_path / "p", overlay=True)
     summary = draw(path, 0, tmp_path / "p", overlay=True, images_root=str(moved), images="a.png")
     assert summary.pngs == 3 and not summary.failed
+
+
+def test_overlay_keeps_the_source_aspect_ratio(tmp_path):
+    """A map over a 451×300 photo is resized to the photo's shape; the photo is never squashed to the
+    model's square input. The map's left half (high) lands on the photo's left half, and so on."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((300, 451, 3), 128, np.uint8)).save(photos / "wide.png")
+    maps = np.zeros((1, 1, 8, 8), np.float32)
+    maps[0, 0, :, :4] = 1.0  # the left half of the model's view
+    path = write_store(tmp_path / "w.h5", ["wide.png"], {0: maps}, root=photos, orig_hw=(300, 451))
+    draw(path, 0, tmp_path / "w", overlay=True, layout="both")
+    overlay = pixels(tmp_path / "w" / "stage0" / "wide" / "c0000-overlay.png")
+    assert overlay.shape == (300, 451, 3)
+    table = lut("viridis")
+    high, low = (blend(np.full((1, 1, 3), 128, np.uint8), np.array([[v]], np.uint8), table)[0, 0] for v in (255, 0))
+    # cells are 451 / 8 = 56 px wide: bilinear between the centres of cells 3 and 4 (x 197 to 254) only
+    assert (overlay[:, :196] == high).all() and (overlay[:, 255:] == low).all()
+    grid = pixels(tmp_path / "w" / "stage0" / "wide" / "grid-overlay.png")
+    height, width = grid.shape[0] - 2 * GUTTER, grid.shape[1] - 2 * GUTTER  # one tile inside the gutter
+    assert abs(width / height - 451 / 300) < 0.02, grid.shape
 
 
 def crafted_root(base: Path) -> tuple[Path, Path, list[Path]]:

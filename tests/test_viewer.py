@@ -184,6 +184,19 @@ def maxima_of_maps(path: Path, stage: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("kind", ["virtual", "copy"])
+def test_map_downloads_of_merged_files_equal_the_stored_maps(merged, kind):
+    """/map/...npy on a merged file (rows in each of the three shards) equals the maps read with h5py."""
+    with running(merged[kind]) as viewer, open_store(merged[kind]) as store:
+        for stage, row in ((0, 3), (1, 20), (3, 37), (2, 40)):
+            want = np.asarray(store.stage(stage).data[row], dtype=np.float32)
+            maps = np.load(io.BytesIO(get(viewer, f"/map/{stage}/{row}.npy")[2]))
+            assert maps.dtype == np.float32 and np.array_equal(maps, want)
+            one = np.load(io.BytesIO(get(viewer, f"/map/{stage}/{row}/{want.shape[0] - 1}.npy")[2]))
+            assert np.array_equal(one, want[-1])
+        assert get(viewer, f"/map/0/{BROKEN_ROW}.npy")[0] == 404  # a failed image has no maps
+
+
+@pytest.mark.parametrize("kind", ["virtual", "copy"])
 def test_api_top_and_top_json_equal_a_ranking_of_the_stored_maps(merged, kind):
     path, k, stage = merged[kind], 10, 1
     maxima, ok = maxima_of_maps(path, stage)
@@ -246,7 +259,10 @@ class Links(HTMLParser):
         return [a[k] for _, a in self.tags for k in ("href", "src") if a.get(k)]
 
 
-PAGE_LIMITS = {"": 2, "image": 3, "channel": 4, "examples": 3, "stage": 2}  # pages of each kind the crawl visits
+PAGE_LIMITS = {  # pages of each kind the crawl visits
+    **{"": 2, "image": 3, "channels": 3, "channel": 4, "examples": 3, "stage": 2, "compare": 2, "location": 2},
+    **{"map": 6},
+}
 
 
 def test_every_page_link_and_picture_answers(merged):
@@ -257,6 +273,7 @@ def test_every_page_link_and_picture_answers(merged):
             target = todo.pop(0)
             kind = target.split("?")[0].split("/")[1]
             kind = "channel" if re.match(r"/image/\d+/\d+/\d+", target) else kind
+            kind = "channels" if re.fullmatch(r"/image/\d+/\d+(\?.*)?", target) else kind
             if target in seen or visited.get(kind, 0) >= PAGE_LIMITS.get(kind, 10**6):
                 continue
             seen.add(target)
@@ -280,6 +297,11 @@ def test_every_page_link_and_picture_answers(merged):
             "examples",
             "stage",
             "assets",
+            "channels",
+            "compare",
+            "location",
+            "map",
+            "colorbar",
         }
         assert len(seen) > 100
 
@@ -294,7 +316,9 @@ def test_collection_search_paging_and_failed_rows(merged):
         assert get(viewer, f"/image/{BROKEN_ROW}")[0] == 404  # the broken image: no maps
         assert get(viewer, f"/tile/0/{BROKEN_ROW}/0.png")[0] == 404
         image = get(viewer, "/image/7")[2].decode()  # prev/next skip the failed row
-        assert 'href="/image/5" data-key="ArrowLeft p"' in image and 'href="/image/8" data-key="ArrowRight n"' in image
+        assert (
+            'href="/image/5" data-key="ArrowLeft p ["' in image and 'href="/image/8" data-key="ArrowRight n ]"' in image
+        )
         channel = get(viewer, "/image/7/2/3?cmap=magma&normalize=stage")[2].decode()
         assert "/tile/2/7/3.png?cmap=magma&amp;normalize=stage" in channel
         assert 'data-key="m"' in channel and 'data-key="e"' in channel
@@ -618,7 +642,9 @@ def test_browser_walks_collection_image_channel_examples_and_back_by_keyboard(br
         page.keyboard.press("e")  # dataset examples of this channel
         page.wait_for_url(re.compile(re.escape(f"{base}/examples/0/{other}") + r"\?.*"))
         states = settle(page)
-        assert states["broken"] == [] and states["loaded"] == 10  # 5 overlays, each with its crop
+        overlays = page.eval_on_selector_all("a.example img.over", "all => all.map(i => i.dataset.state)")
+        assert states["broken"] == [] and overlays == ["loaded"] * 5  # each beside its colour bar
+        assert states["loaded"] == 10  # 5 overlays, each with its crop
         shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
         assert shot.std() > 30 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 300  # grey photos under grey maps
         page.keyboard.press("b")  # back to the channel page

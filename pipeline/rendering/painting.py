@@ -28,7 +28,7 @@ from .ledger import remove_owned, write_output
 from .pca import PcaFit, project_blocks, scores_to_rgb
 from .png import encode_indexed, encode_rgb
 from .selection import select_channels, top_channels
-from .tiling import Grid, blend, upscale
+from .tiling import Grid, blend, fit_within, overlay_hw, upscale
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class RenderJob:
     scale: int  # nearest-neighbour factor of per-channel PNGs
     grid_scale: int  # ... and of grid tiles
     photos: str | None  # folder of the source images for --overlay, else None
-    input_hw: tuple[int, int]  # the model's input size: overlays are drawn at it
+    input_hw: tuple[int, int]  # the model's input size: overlays keep the source's shape, at least this long
     out_stage: Path  # OUT_DIR/stage<S>
     overwrite: bool
     pca: PcaFit | None = None  # --layout pca: the stage's fitted mapping; one pca.png per image
@@ -126,7 +126,7 @@ class Painter:
         job = self.job
         folder = job.out_stage / task.folder
         try:
-            photo = self._photo(task.key) if job.photos else None
+            photo = self._photo(task) if job.photos else None
         except DecodeError as err:
             return ImageResult(task.row, task.key, 0, 0, f"overlay source: {err}")
         channels, lo, hi = self._channels_and_ranges(task.row)
@@ -170,10 +170,22 @@ class Painter:
                 grid.put(position, self._tile(indices, tile_photo), str(channel))
         if grid is not None:
             order = ",".join(map(str, channels))
-            text = f"fmpipe {self.view.label} of {task.key!r}; tiles left to right, top to bottom are channels {order}"
+            text = (
+                f"fmpipe {self.view.label} of {task.key!r}; {grid.tile_h}x{grid.tile_w} tiles; {self._colours(lo, hi)}"
+            )
+            text += f"; tiles left to right, top to bottom are channels {order}"
             self._write(task, job.grid_name, encode_rgb(grid.finish(), text=text))
             written += 1
         return written
+
+    def _colours(self, lo: np.ndarray, hi: np.ndarray) -> str:
+        """The colour scale in a grid's text (the gallery's colour bar reads it): the table, the
+        normalisation and, when one range serves every tile (image, stage), that range."""
+        job = self.job
+        text = f"colour map {job.cmap}, normalised per {job.normalize}"
+        if job.normalize != "channel" and len(lo):
+            text += f" from {float(lo[0])!r} to {float(hi[0])!r}"
+        return text
 
     def _paint_pca(self, task: ImageTask, folder: Path, fit: PcaFit) -> int:
         """Write pca.png: the image's first three components as RGB, upscaled like a channel PNG."""
@@ -185,10 +197,14 @@ class Painter:
         return 1
 
     def _grid(self, count: int, photo: np.ndarray | None) -> tuple[Grid, np.ndarray | None]:
-        """An empty grid for `count` tiles, and the photo at tile size for overlays."""
+        """An empty grid for `count` tiles, and the photo at tile size for overlays (its own aspect ratio)."""
         scale = self.job.grid_scale if photo is None else self.job.scale  # overlay tiles show the photo: larger
         tile_h, tile_w = self.view.height * scale, self.view.width * scale
-        return Grid(count, tile_h, tile_w), None if photo is None else _resized(photo, tile_h, tile_w)
+        if photo is None:
+            return Grid(count, tile_h, tile_w), None
+        side = max(tile_h, tile_w)
+        tile_h, tile_w = fit_within(*photo.shape[:2], side, side)
+        return Grid(count, tile_h, tile_w), _resized(photo, tile_h, tile_w)
 
     def _channel_png(self, indices: np.ndarray, photo: np.ndarray | None) -> bytes:
         return channel_png(indices, self.table, self.job.scale, photo)
@@ -219,18 +235,19 @@ class Painter:
                 f"Check the file with `fmpipe info {self.job.path}`."
             ) from err
 
-    def _photo(self, key: str) -> np.ndarray:
-        """The source photo of `key` at the model's input size; a key that leaves the root is never read."""
-        path = source_path(self.job.photos, key)
+    def _photo(self, task: ImageTask) -> np.ndarray:
+        """The source photo of an image in its own shape (`overlay_hw`); a key that leaves the root is never read."""
+        path = source_path(self.job.photos, task.key)
         if path is None:
             raise DecodeError(OUTSIDE_ROOT)
-        return decode(path, self.job.input_hw).pixels
+        orig_hw = self.store.file[schema.ORIG_HW][task.row]
+        return decode(path, overlay_hw(orig_hw, self.job.input_hw)).pixels
 
 
 def channel_png(indices: np.ndarray, table: np.ndarray, scale: int, photo: np.ndarray | None = None) -> bytes:
     """A per-channel PNG as render writes it (and `fmpipe view` serves it) from (H, W) uint8 table indices:
-    indexed colour upscaled by `scale`; or, with `photo` ((h, w, 3) uint8 source at the model's input
-    size), RGB blended onto it."""
+    indexed colour upscaled by `scale`; or, with `photo` ((h, w, 3) uint8 source in its own shape,
+    `overlay_hw`), RGB blended onto it: the map resized to the photo, never the photo to the map."""
     if photo is None:
         return encode_indexed(upscale(indices, scale), table)
     return encode_rgb(blend(photo, indices, table))

@@ -15,6 +15,27 @@ GUTTER = 2  # pixels between tiles and around the grid
 GUTTER_RGB = (255, 255, 255)
 OVERLAY_ALPHA = 0.6  # weight of the coloured map over the (grey) photo
 LABEL_MIN_TILE = 20  # tiles smaller than this (pixels) get no channel label
+OVERLAY_MAX_SIDE = 1024  # an overlay's longer side at most this (or the model's input side, if longer)
+
+
+def overlay_hw(orig_hw: tuple[int, int], input_hw: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) an overlay is drawn at: the source photo's own shape (so nothing is squashed), its longer
+    side brought within [the model's longer input side, max(that, OVERLAY_MAX_SIDE)].
+
+    The model saw the whole photo resized to its input size without a crop, so a map spans the whole
+    photo: resizing the map to the photo's shape puts every cell over the pixels it was computed from.
+    """
+    height, width = (max(1, int(v)) for v in orig_hw)
+    low = max(input_hw)
+    side = min(max(height, width, low), max(low, OVERLAY_MAX_SIDE))
+    scale = side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def fit_within(height: int, width: int, box_h: int, box_w: int) -> tuple[int, int]:
+    """(h, w) of an (height, width) picture scaled to fit inside (box_h, box_w), aspect ratio kept."""
+    scale = min(box_h / max(1, height), box_w / max(1, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def auto_scale(height: int, width: int, min_side: int = CHANNEL_MIN_SIDE) -> int:

@@ -45,8 +45,16 @@ button { font: inherit; cursor: pointer; }
 #vbody { margin: 8px 0; min-height: 120px; }
 #vbody img, #vbody .tile { image-rendering: pixelated; background-repeat: no-repeat; }
 #vbody img { width: 320px; height: auto; }
-#vlist button { min-width: 3em; margin: 1px; font-size: 11px; padding: 1px 3px; }
-#vlist button.on { background: #0b57a4; color: #fff; }
+#vlist { display: flex; flex-wrap: wrap; gap: 3px; align-items: flex-end; }
+#vlist button { margin: 0; font-size: 11px; padding: 2px; background: #fff; border: 1px solid #ccc;
+  display: inline-flex; flex-direction: column; align-items: center; }
+#vlist button.on { border-color: #0b57a4; box-shadow: 0 0 0 2px #0b57a4; }
+#vlist button img, #vlist button .tile { width: 48px; height: auto; pointer-events: none; }
+#vlist button span { pointer-events: none; }
+#vlist button.more { align-self: center; min-width: 3em; }
+#vscale { display: flex; align-items: center; gap: 6px; font-size: 12px; font-variant-numeric: tabular-nums; }
+#vscale .bar { width: 200px; height: 12px; border: 1px solid #999; }
+figcaption a.full { margin-left: 6px; }
 .stats { font-variant-numeric: tabular-nums; }
 """
 
@@ -100,13 +108,13 @@ IMAGE_JS = """
     return st.dir + 'c' + String(c).padStart(st.digits, '0') + (overlay ? '-overlay' : '') + '.png';
   }
 
-  function tile(st, c) {  // channel c cut out of a grid PNG (a CSS sprite), when a grid shows it
+  function tile(st, c, side) {  // channel c cut out of a grid PNG (a CSS sprite), when a grid shows it
     for (var g of st.grids) {
       var p = g.order.indexOf(c);
       if (p < 0) continue;
       var G = g.gutter, row = Math.floor(p / g.cols), col = p % g.cols;
       var tw = (g.width - G) / g.cols - G, th = (g.height - G) / g.rows - G;
-      var z = Math.max(1, Math.floor(320 / Math.max(tw, th)));
+      var z = side ? side / Math.max(tw, th) : Math.max(1, Math.floor(320 / Math.max(tw, th)));
       var div = document.createElement('div');
       div.className = 'tile';
       div.title = 'tile of ' + decodeURIComponent(g.src);
@@ -118,8 +126,9 @@ IMAGE_JS = """
     return null;
   }
 
-  function picture(key, st, c) {  // the channel's own PNG, else its grid tile, else a note
+  function picture(key, st, c, side) {  // the channel's own PNG, else its grid tile, else a note
     var own = st.png.indexOf(c) >= 0, overlay = st.ovl.indexOf(c) >= 0;
+    if (side && !own && !overlay) return tile(st, c, side) || document.createElement('span');
     if (own || overlay) {
       var img = new Image();
       img.onload = function () { fmOk(img); };
@@ -136,6 +145,35 @@ IMAGE_JS = """
     return note;
   }
 
+  var PREVIEWS = 32;  // channel previews under the open one: a window of the stage's channels
+  function more(text, c) {
+    var b = document.createElement('button');
+    b.className = 'more';
+    b.textContent = text;
+    b.dataset.c = c;
+    return b;
+  }
+  function scale(st, c) {  // the colour bar of the open channel: the scale its colours run over
+    var box = document.getElementById('vscale'), g = st.grids.find(function (g) { return g.scale; });
+    box.textContent = '';
+    if (!g) { box.textContent = 'colour scale: not recorded by this render (rerun fmpipe render)'; return; }
+    var s = g.scale, own = s.normalize === 'channel';
+    var lo = own ? st.min[c] : s.lo, hi = own ? st.max[c] : s.hi;
+    var bar = document.createElement('span'), left = document.createElement('span');
+    var right = document.createElement('span');
+    bar.className = 'bar';
+    bar.style.background = s.gradient;
+    left.className = 'lo';
+    left.textContent = num(lo);
+    right.className = 'hi';
+    right.textContent = num(hi);
+    var why = document.createElement('span');
+    why.textContent = s.cmap + ', normalised per ' + s.normalize;
+    box.dataset.lo = lo;
+    box.dataset.hi = hi;
+    box.append(left, bar, right, why);
+  }
+
   function show(key, c) {  // open the channel view on stage `key`, channel c (wrapping around)
     var st = data[key];
     if (!st) return;
@@ -147,23 +185,33 @@ IMAGE_JS = """
     document.getElementById('vtitle').textContent = st.label + ' · channel ' + channel + ' of ' + st.channels;
     document.getElementById('vstats').textContent = 'min ' + num(st.min[channel]) + ' · max ' +
       num(st.max[channel]) + ' · mean ' + num(st.mean[channel]);
-    var list = document.getElementById('vlist');
-    if (list.dataset.stage !== key) {
+    scale(st, channel);
+    var list = document.getElementById('vlist'), first = Math.floor(channel / PREVIEWS) * PREVIEWS;
+    if (list.dataset.stage !== key || +list.dataset.first !== first) {  // previews of the channels near this one
       list.textContent = '';
       list.dataset.stage = key;
-      for (var i = 0; i < st.channels; i++) {
-        var b = document.createElement('button');
-        b.textContent = i;
+      list.dataset.first = first;
+      if (first > 0) list.appendChild(more('‹ ' + (first - PREVIEWS) + '–' + (first - 1), first - PREVIEWS));
+      for (var i = first; i < Math.min(st.channels, first + PREVIEWS); i++) {
+        var b = document.createElement('button'), label = document.createElement('span');
         b.dataset.c = i;
+        b.title = 'channel ' + i;
+        b.appendChild(picture(key, st, i, 48));
+        label.textContent = i;
+        b.appendChild(label);
         list.appendChild(b);
       }
+      var next = first + PREVIEWS;
+      var last = Math.min(st.channels, next + PREVIEWS) - 1;
+      if (next < st.channels) list.appendChild(more(next + '–' + last + ' ›', next));
     }
     [].forEach.call(list.children, function (b) { b.classList.toggle('on', +b.dataset.c === channel); });
     viewer.hidden = false;
   }
 
   document.getElementById('vlist').addEventListener('click', function (e) {
-    if (e.target.dataset.c !== undefined) show(shown, +e.target.dataset.c);
+    var b = e.target.closest('button');
+    if (b && b.dataset.c !== undefined) show(shown, +b.dataset.c);
   });
   viewer.addEventListener('click', function (e) {
     var act = e.target.dataset.act;

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..rendering.colormaps import CMAPS, lut
 from ..rendering.png import SIGNATURE
 from ..rendering.tiling import GUTTER
 from .pages import Figure, Img, StageBlock, StageMeta
@@ -25,8 +26,11 @@ from .pages import Figure, Img, StageBlock, StageMeta
 FIGURES = (("grid.png", "grid"), ("grid-overlay.png", "overlay grid"), ("pca.png", "PCA"))
 STAT_NAMES = ("min", "max", "mean")
 SIGNIFICANT = 4  # digits of the statistics the channel view shows
+GRADIENT_STOPS = 32  # colours of a colour bar's CSS gradient
 _CHANNEL = re.compile(r"c(\d{4,})(-overlay)?\.png")
 _GRID_ORDER = re.compile(r"channels ([\d,]+)$")  # painting's grid text ends with the tile order
+_GRID_TILES = re.compile(r"; (\d+)x(\d+) tiles;")  # ... and names its tile size (overlay tiles: the photo's shape)
+_GRID_COLOURS = re.compile(r"colour map (\w+), normalised per (\w+)(?: from (\S+) to (\S+))?;")
 
 
 def stage_block(out: Path, meta: StageMeta, folder: str, stats: np.ndarray | None, owned: set[str]) -> StageBlock:
@@ -63,7 +67,9 @@ def _figure(path: Path, url: str, kind: str, meta: StageMeta, grids: list[dict])
     width, height, text = png_header(path)
     alt = f"{kind} of {meta.label}"
     order = grid_order(text) if kind != "PCA" else None
-    layout = grid_layout(len(order), meta.height, meta.width, width, height) if order else None
+    tiles = _GRID_TILES.search(text or "")
+    tile_hw = (int(tiles.group(1)), int(tiles.group(2))) if tiles else (meta.height, meta.width)
+    layout = grid_layout(len(order), *tile_hw, width, height) if order else None
     if layout is None:
         return Figure(Img(url, alt, width, height, "pca" if kind == "PCA" else ""), _caption(kind, meta, order))
     cols, rows = layout
@@ -76,6 +82,7 @@ def _figure(path: Path, url: str, kind: str, meta: StageMeta, grids: list[dict])
             "height": height,
             "cols": cols,
             "rows": rows,
+            "scale": grid_colours(text),
         }
     )
     data = (("stage", meta.anchor), ("grid", str(len(grids) - 1)))
@@ -124,6 +131,33 @@ def grid_order(text: str | None) -> list[int] | None:
     """The channels on a grid's tiles, row-major, from its PNG text; None when it does not say."""
     match = _GRID_ORDER.search(text or "")
     return [int(c) for c in match.group(1).split(",") if c] if match else None
+
+
+def grid_colours(text: str | None) -> dict | None:
+    """The colour scale a grid's text names: {"cmap", "normalize", "lo", "hi" (None per channel),
+    "gradient": the colour table as a CSS gradient}; None when the text does not say (older renders)."""
+    match = _GRID_COLOURS.search(text or "")
+    if not match or match.group(1) not in CMAPS:
+        return None
+    cmap, normalize, lo, hi = match.groups()
+    table = lut(cmap)[:: 256 // GRADIENT_STOPS]
+    stops = ", ".join(f"rgb({r},{g},{b})" for r, g, b in [*table.tolist(), lut(cmap)[255].tolist()])
+    finite = [_float(lo), _float(hi)]
+    return {
+        "cmap": cmap,
+        "normalize": normalize,
+        "lo": finite[0],
+        "hi": finite[1],
+        "gradient": f"linear-gradient(to right, {stops})",
+    }
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 @lru_cache(maxsize=256)

@@ -228,11 +228,17 @@ def image_page(
     viewer = (
         '<div id="viewer" hidden role="dialog"><b id="vtitle"></b> <span id="vstats" class="stats"></span> '
         '<button data-act="prev">‹</button><button data-act="next">›</button><button data-act="close">×</button>'
-        '<div id="vbody"></div><div id="vlist"></div></div>'
+        '<div id="vscale"></div><div id="vbody"></div><div id="vlist"></div></div>'
     )
     body = f'{bar}<main><h1>{esc(entry.key)}</h1><div class="head">{source}{facts}</div>{sections}</main>{viewer}'
     body += f'<script type="application/json" id="fm-data">{embed_json({"stages": data})}</script>'
     return document(f"{entry.key} · {site.file}", body, IMAGE_JS)
+
+
+def _full_size(image: Img) -> str:
+    """A link to a figure PNG itself: a grid of hundreds of channels is read at its own size."""
+    size = f" ({image.width}×{image.height})" if image.width and image.height else ""
+    return f' <a class="full" href="{href(image.src)}" target="_blank">open full size{size}</a>'
 
 
 def _stage_section(site: Site, block: StageBlock) -> str:
@@ -241,7 +247,8 @@ def _stage_section(site: Site, block: StageBlock) -> str:
     button = f'<button class="chan" data-stage="{ref}">channels (c)</button>' if block.data else ""
     if block.figures:
         figs = "".join(
-            f"<figure>{img(f.image)}<figcaption>{esc(f.caption)}</figcaption></figure>" for f in block.figures
+            f"<figure>{img(f.image)}<figcaption>{esc(f.caption)}{_full_size(f.image)}</figcaption></figure>"
+            for f in block.figures
         )
     else:
         figs = placeholder(f"not rendered for this image: fmpipe render {site.file} {meta.option} --html")

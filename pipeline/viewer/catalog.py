@@ -22,6 +22,7 @@ from ..errors import UsageError
 from ..rendering.painting import OUTSIDE_ROOT, stage_range
 from ..rendering.pca import PcaFit, fit_pca
 from ..rendering.selection import KEY_BLOCK, iter_keys
+from ..rendering.tiling import overlay_hw
 from ..sources import source_path
 from ..storage import schema
 from ..storage.store import StageView, Store, open_store
@@ -223,13 +224,15 @@ class Catalog:
         return path if path is not None and path.is_file() else None
 
     def photo(self, row: int) -> np.ndarray:
-        """(H, W, 3) uint8 source photo at the model's input size (as render's overlays); DecodeError if unreadable."""
+        """(h, w, 3) uint8 source photo in its own shape (`overlay_hw`, as render's overlays).
+
+        DecodeError if unreadable."""
 
         def read() -> np.ndarray:
             path = source_path(self.root, self.key(row)) if self.root else None
             if path is None:
                 raise DecodeError(OUTSIDE_ROOT if self.root else "the file records no images root")
-            return decode(path, self.input_hw).pixels
+            return decode(path, overlay_hw(self.orig_hw(row), self.input_hw)).pixels
 
         return self._photos.get(row, read)
 
@@ -246,6 +249,22 @@ class Catalog:
             return _jpeg(pixels)
 
         return self._thumbs.get((row, side), make)
+
+    def original(self, row: int) -> bytes:
+        """PNG bytes of the source photo at its original size, upright RGB (not cached: it may be large)."""
+        path = self.source(row)
+        if path is None:
+            raise DecodeError("source image not found below the images root")
+        height, width = (int(v) for v in self.orig_hw(row))
+        return _png(decode(path, (height, width)).pixels)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from io import BytesIO
+
+    out = BytesIO()
+    Image.fromarray(pixels).save(out, "PNG", compress_level=1)
+    return out.getvalue()
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:

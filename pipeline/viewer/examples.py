@@ -22,7 +22,7 @@ from ..decoding import DecodeError
 from ..errors import OutputExistsError, RunFailure
 from ..rendering.colormaps import lut
 from ..rendering.png import encode_rgb
-from ..rendering.tiling import blend
+from ..rendering.tiling import blend, fit_within
 from .catalog import Catalog
 from .config import TopConfig, check_k_by
 from .crops import Crop, crop_pixels, crops
@@ -139,14 +139,18 @@ def figure(catalog: Catalog, config: TopConfig, items: tuple[TopItem, ...], cut:
 
 
 def _picture(catalog: Catalog, config: TopConfig, row: int, size: tuple[int, int]) -> Image.Image:
-    """The map over its source photo (at the model's input size, then resized to `size` = (w, h)),
-    or, without a source, the map alone enlarged without smoothing."""
+    """The map over its source photo (in the photo's shape, fitted into `size` = (w, h) with its aspect
+    ratio kept), or, without a source, the map alone enlarged without smoothing."""
     table = lut(config.cmap)
     index = indices(catalog, config.stage, row, config.channel, config.normalize)
     try:
-        return Image.fromarray(blend(catalog.photo(row), index, table)).resize(size, Image.Resampling.BICUBIC)
+        over = blend(catalog.photo(row), index, table)
     except DecodeError:
         return Image.fromarray(table[index]).resize(size, Image.Resampling.NEAREST)
+    height, width = fit_within(*over.shape[:2], size[1], size[0])
+    cell = Image.new("RGB", size, BACKGROUND)
+    cell.paste(Image.fromarray(over).resize((width, height), Image.Resampling.BICUBIC), ((size[0] - width) // 2, 0))
+    return cell
 
 
 def _paste_crop(canvas: Image.Image, catalog: Catalog, crop: Crop, cell: tuple[int, int, int, int]) -> None:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from ..records import StageInfo
-from ..rendering.colormaps import CMAPS
-from ..rendering.painting import NORMALIZATIONS
 from ..rendering.tiling import TILE_MIN_SIDE, auto_scale
 from ..site.pages import esc, pager_html, placeholder
 from .config import BYS
@@ -67,6 +65,36 @@ def picture(src: str, alt: str, cls: str = "") -> str:
     return f'<img loading="lazy" decoding="async" src="{src}" alt="{esc(alt)}"{klass}>'
 
 
+READOUT = '<output id="readout" class="readout">point at a map: its value and position show here</output>'
+
+
+def hover_map(
+    src: str, npy: str, what: str, shape: tuple[int, int], cls: str = "map", locate: tuple[int, tuple] | None = None
+) -> str:
+    """<img> of a map (src, npy built by `url`) that reports the value under the pointer to the readout;
+    with `locate` (row, (H, W) of its source), a click opens that point of the source in every stage."""
+    height, width = shape
+    extra = ""
+    if locate is not None:
+        row, (orig_h, orig_w) = locate
+        extra = f' data-locate="{url(f"/location/{row}")}" data-orig="{orig_h}x{orig_w}"'
+
+    return (
+        f'<img loading="lazy" decoding="async" src="{src}" alt="{esc(what)}" class="{esc(cls)} hover" data-npy="{npy}" '
+        f'data-what="{esc(what)}" data-h="{height}" data-w="{width}"{extra}>'
+    )
+
+
+def colorbar(cmap: str, lo: float, hi: float, note: str = "") -> str:
+    """The colour table from `lo` (left) to `hi` (right): the scale the maps beside it use."""
+    bar = f'<img src="{url(f"/colorbar/{cmap}.png")}" alt="colour bar {esc(cmap)}" class="bar">'
+    text = f'<span class="why">{esc(note)}</span>' if note else ""
+    return (
+        f'<span class="cbar" data-lo="{lo!r}" data-hi="{hi!r}"><span class="lo">{num(lo)}</span>{bar}'
+        f'<span class="hi">{num(hi)}</span>{text}</span>'
+    )
+
+
 @dataclass(frozen=True)
 class Summary:
     """What every page says about the file."""
@@ -97,7 +125,7 @@ def document(summary: Summary, title: str, bar: str, body: str) -> str:
     )
 
 
-def _keys(text: str) -> str:
+def keys(text: str) -> str:
     return f'<span class="keys">{esc(text)}</span>'
 
 
@@ -129,7 +157,7 @@ def collection_page(summary: Summary, cards: Sequence[Card], page: int, pages: i
     nxt = link("/", "next page →", "ArrowRight n", page=page + 1, q=q) if page < pages else off("next page →")
     search = f'<form action="/" method="get"><input name="q" value="{esc(query)}" placeholder="search keys (/)"></form>'
     bar = f"{prev} <span>page {page} of {pages}</span> {nxt} {search}"
-    bar += _keys("← → page · j k pick · Enter open · / search")
+    bar += keys("← → page · j k pick · Enter open · / search")
     found = f"{matched} images whose key contains “{esc(query)}”" if query else f"{summary.stored} images with maps"
     head = (
         f"<h1>{esc(summary.file)}</h1><p>model {esc(summary.model)} · {summary.rows} images, {found}, "
@@ -170,42 +198,57 @@ class ImageInfo:
     orig_hw: tuple[int, int]
 
 
-def _image_nav(info: ImageInfo, summary: Summary, keys: str = "ArrowLeft p", back: str = "ArrowRight n") -> str:
-    prev = step(info.prev is not None, f"/image/{info.prev}", "← previous image", keys)
-    nxt = step(info.next is not None, f"/image/{info.next}", "next image →", back)
+def image_nav(
+    info: ImageInfo,
+    summary: Summary,
+    back: str = "ArrowLeft p [",
+    forth: str = "ArrowRight n ]",
+    path: str = "/image/{}",
+) -> str:
+    """Links to the previous and next image (`path` with the row put in), its collection page, and where we are."""
+    prev = step(info.prev is not None, path.format(info.prev), "← previous image", back)
+    nxt = step(info.next is not None, path.format(info.next), "next image →", forth)
     up = link("/", "collection", "u h", page=info.index_page)
     return f"{prev} {up} {nxt} <span>{info.number} / {summary.stored}</span>"
 
 
 def image_page(summary: Summary, info: ImageInfo, stages: Sequence[StageRow]) -> str:
     """The source, then one row per stage: its top channels as tiles (each opens the channel) and its PCA picture."""
-    bar = _image_nav(info, summary) + _keys("← → image · j k pick a channel · Enter open · u collection")
+    bar = image_nav(info, summary) + keys("← → [ ] image · j k pick a channel · Enter open · u collection")
     source = (
-        picture(url(f"/source/{info.row}.jpg", side=240), f"source image {info.key}", "source")
+        f'<a href="{url(f"/source/{info.row}.png")}">'
+        f"{picture(url(f'/source/{info.row}.jpg', side=240), f'source image {info.key}', 'source')}</a>"
         if info.source
         else placeholder("source image not found (pass --images-root if the images moved)", "source")
     )
     height, width = info.orig_hw
-    facts = f"<p>row {info.row} · original size {width}×{height} · {esc(summary.file)} · model {esc(summary.model)}</p>"
+    full = f" · {link(f'/source/{info.row}.png', 'full-size source')}" if info.source else ""
+    facts = f"<p>row {info.row} · original size {width}×{height}{full} · {esc(summary.file)}"
+    facts += f" · model {esc(summary.model)}</p>"
     sections = "".join(_stage_row(info, s) for s in stages)
-    body = f'<h1>{esc(info.key)}</h1><div class="head">{source}{facts}</div>{sections}'
+    body = f'<h1>{esc(info.key)}</h1><div class="head">{source}{facts}</div>{sections}{READOUT}'
     return document(summary, f"{info.key} · {summary.file}", bar, body)
 
 
 def _stage_row(info: ImageInfo, stage: StageRow) -> str:
     meta = stage.meta
-    tiles = "".join(
-        f'<a class="tile pick" href="{url(f"/image/{info.row}/{seg(meta)}/{c}")}">'
-        f"{picture(url(f'/tile/{seg(meta)}/{info.row}/{c}.png', scale=stage.scale), f'channel {c}')}c{c}</a>"
-        for c in stage.channels
-    )
-    pca = picture(url(f"/pca/{seg(meta)}/{info.row}.png"), f"{meta.label} PCA picture")
+    tiles = []
+    for c in stage.channels:
+        pictured, shape = f"/{seg(meta)}/{info.row}/{c}", (meta.height, meta.width)
+        tile = hover_map(
+            url(f"/tile{pictured}.png", scale=stage.scale), url(f"/map{pictured}.npy"), f"{meta.label} c{c}", shape
+        )
+        tiles.append(f'<a class="tile pick" href="{url(f"/image/{info.row}/{seg(meta)}/{c}")}">{tile}c{c}</a>')
+    # The PCA is fitted over the file on the first request for a stage (seconds on large maps):
+    # drawn when asked for, so the page itself answers at once (view.js swaps the link for the picture).
+    pca = f'<a class="pca" href="{url(f"/pca/{seg(meta)}/{info.row}.png")}">show the PCA picture</a>'
+    every = link(f"/image/{info.row}/{seg(meta)}", f"all {meta.channels} channels")
     return (
         f'<section class="stage" id="stage-{esc(meta.anchor)}"><h2>{esc(meta.label)} · {esc(meta.module)}</h2>'
         f'<p class="meta">{meta.channels}×{meta.height}×{meta.width} (C×H×W) · stride {meta.stride} · '
         f"top {len(stage.channels)} channels by this image's mean · "
-        f"{link(f'/stage/{seg(meta)}', 'channels ranked')}</p>"
-        f'<div class="figs"><div class="tiles">{tiles}</div><figure class="stagepca">{pca}'
+        f"{every} · {link(f'/stage/{seg(meta)}', 'channels ranked')}</p>"
+        f'<div class="figs"><div class="tiles">{"".join(tiles)}</div><figure class="stagepca">{pca}'
         "<figcaption>PCA (R, G, B)</figcaption></figure></div></section>"
     )
 
@@ -217,53 +260,7 @@ def _cycle(values: Sequence[str], current: str) -> str:
     return values[(values.index(current) + 1) % len(values)]
 
 
-def channel_page(
-    summary: Summary, info: ImageInfo, meta: StageInfo, channel: int, stats: Sequence[float], options: TileOptions
-) -> str:
-    """One map large, over the source, with its statistics; colour map and normalisation switchable."""
-    here = f"/image/{info.row}/{seg(meta)}"
-    style = {"cmap": options.cmap, "normalize": options.normalize}
-    prev_c = step(channel > 0, f"{here}/{channel - 1}", "← channel", "ArrowLeft p", **style)
-    nxt_c = step(channel + 1 < meta.channels, f"{here}/{channel + 1}", "channel →", "ArrowRight n", **style)
-    prev_i = step(info.prev is not None, f"/image/{info.prev}/{seg(meta)}/{channel}", "[ image", "[", **style)
-    nxt_i = step(info.next is not None, f"/image/{info.next}/{seg(meta)}/{channel}", "image ]", "]", **style)
-    up = link(f"/image/{info.row}", "image page", "u")
-    examples = link(f"/examples/{seg(meta)}/{channel}", "dataset examples", "e", **style)
-    bar = f"{prev_c} {nxt_c} {prev_i} {nxt_i} {up} {examples}"
-    bar += _keys("← → channel · [ ] image · m colour map · z normalisation · e examples · u image")
-    page = f"{here}/{channel}"
-    cmaps = _choices("colour map", CMAPS, options.cmap, lambda v: (page, {**style, "cmap": v}), "m")
-    norms = _choices(
-        "normalise per", NORMALIZATIONS, options.normalize, lambda v: (page, {**style, "normalize": v}), "z"
-    )
-    pictured = f"/{seg(meta)}/{info.row}/{channel}.png"
-    tile = picture(url(f"/tile{pictured}", **style), f"channel {channel}", "map")
-    over = (
-        picture(url(f"/overlay{pictured}", **style), f"channel {channel} over the source", "over")
-        if info.source
-        else placeholder("source image not found: no overlay", "over")
-    )
-    low, high, mean = (_num(v) for v in stats)
-    body = (
-        f"<h1>{esc(info.key)} · {esc(meta.label)} ({esc(meta.module)}) · channel {channel} of {meta.channels}</h1>"
-        f'<p class="stats">min <span class="value">{low}</span> · max <span class="value">{high}</span> · '
-        f'mean <span class="value">{mean}</span></p>{cmaps}{norms}<div class="big">{tile}{over}</div>'
-    )
-    return document(summary, f"{info.key} · {meta.label} · channel {channel}", bar, body)
-
-
-def _choices(label: str, values: Sequence[str], current: str, target, key: str) -> str:
-    parts = []
-    for value in values:
-        path, query = target(value)
-        if value == current:
-            parts.append(f"<b>{esc(value)}</b>")
-        else:
-            parts.append(link(path, value, key if value == _cycle(values, current) else None, **query))
-    return f'<p class="choices">{esc(label)}: {" ".join(parts)}</p>'
-
-
-def _num(value: float) -> str:
+def num(value: float) -> str:
     if value != value:  # NaN
         return "n/a"
     return f"{value:.4e}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.4f}"
@@ -277,6 +274,7 @@ class Example:
     item: TopItem
     source: bool
     crop: Crop | None = None  # where the map peaks, cut from the source (files with stored peaks)
+    scale: tuple[float, float] | None = None  # (lo, hi) its colours run between
 
 
 def examples_page(
@@ -290,35 +288,40 @@ def examples_page(
     other = _cycle(BYS, by)
     switch = link(f"{here}/{channel}", f"rank by {other}", "x", by=other, k=k, **style)
     up = link(f"/stage/{seg(meta)}", "stage ranking", "u", by=by)
-    bar = f"{prev_c} {nxt_c} {switch} {up} {link('/', 'collection', 'h')}"
-    bar += _keys("← → channel · x max/mean · j k pick · Enter open · u stage · b back")
+    rows = ",".join(str(e.item.row) for e in examples[:12])
+    compare = link(f"/compare/{seg(meta)}/{channel}", "compare them", "c", rows=rows, **style) if examples else ""
+    bar = f"{prev_c} {nxt_c} {switch} {up} {compare} {link('/', 'collection', 'h')}"
+    bar += keys("← → channel · x max/mean · j k pick · Enter open · u stage · b back")
     cards = "".join(_example(meta, channel, n, e, by, style) for n, e in enumerate(examples, 1))
     body = (
         f"<h1>{esc(meta.label)} ({esc(meta.module)}) · channel {channel}: dataset examples</h1>"
         f"<p>the {len(examples)} images whose map of this channel has the largest {esc(by)}, best first "
-        f'(ties: lower row first)</p><div class="examples">{cards or placeholder("no image with maps")}</div>'
+        f'(ties: lower row first)</p><div class="examples">{cards or placeholder("no image with maps")}</div>{READOUT}'
     )
     return document(summary, f"{meta.label} · channel {channel} · dataset examples", bar, body)
 
 
 def _example(meta: StageInfo, channel: int, rank: int, example: Example, by: str, style: dict) -> str:
     item = example.item
+    pictured, shape = f"/{seg(meta)}/{item.row}/{channel}", (meta.height, meta.width)
+    npy, what = url(f"/map{pictured}.npy"), f"{item.key} · {meta.label} c{channel}"
     if example.source:
-        shown = picture(url(f"/overlay/{seg(meta)}/{item.row}/{channel}.png", **style), f"{item.key}, channel over it")
+        shown = hover_map(url(f"/overlay{pictured}.png", **style), npy, what, shape, "over")
     else:
-        shown = picture(url(f"/tile/{seg(meta)}/{item.row}/{channel}.png", **style), f"map of {item.key}", "map")
+        shown = hover_map(url(f"/tile{pictured}.png", **style), npy, what, shape)
     target = url(f"/image/{item.row}/{seg(meta)}/{channel}", **style)
+    bar = colorbar(style["cmap"], *example.scale) if example.scale else ""
     if example.crop is not None and example.source:  # the receptive-field crop beside the whole image
         box = ",".join(map(str, example.crop.box))
         cut = picture(f"/crop/{seg(meta)}/{item.row}/{channel}.png", f"{item.key} cut around the peak", "crop")
         return (
             f'<a class="example cropped pick" href="{target}" data-crop="{box}"><span class="pair">{shown}{cut}'
             f"</span>#{rank} · {esc(by)} "
-            f'<span class="value">{_num(item.value)}</span><br>{esc(item.key)}</a>'
+            f'<span class="value">{num(item.value)}</span><br>{esc(item.key)}<br>{bar}</a>'
         )
     return (
         f'<a class="example pick" href="{target}">{shown}#{rank} · {esc(by)} '
-        f'<span class="value">{_num(item.value)}</span><br>{esc(item.key)}</a>'
+        f'<span class="value">{num(item.value)}</span><br>{esc(item.key)}<br>{bar}</a>'
     )
 
 
@@ -339,21 +342,23 @@ def stage_page(
     other = _cycle(BYS, by)
     switch, up = link(here, f"by {other}", "x", by=other), link("/", "collection", "u h")
     bar = f"{prev} <span>page {page} of {pages}</span> {nxt} {switch} {up}"
-    bar += _keys("← → page · x max/mean · j k pick · Enter examples · u collection")
+    bar += keys("← → page · x max/mean · j k pick · Enter examples · u collection")
     scale = auto_scale(meta.height, meta.width, TILE_MIN_SIDE)
     tiles = []
     for n, r in enumerate(ranked, first):
         shown = placeholder("no image")
         if r.top:
             src = url(f"/tile/{seg(meta)}/{r.top.row}/{r.channel}.png", scale=scale)
-            shown = picture(src, f"channel {r.channel} on {r.top.key}")
+            npy, what = url(f"/map/{seg(meta)}/{r.top.row}/{r.channel}.npy"), f"{r.top.key} · {meta.label} c{r.channel}"
+            shown = hover_map(src, npy, what, (meta.height, meta.width))
         target = url(f"/examples/{seg(meta)}/{r.channel}", by=by)
-        score = f'<span class="value">{_num(r.score)}</span>'
-        tiles.append(f'<a class="tile pick" href="{target}">{shown}#{n} c{r.channel} {score}</a>')
+        score = f'<span class="value">{num(r.score)}</span>'
+        on = f'<span class="on" title="{esc(r.top.key)}">on {esc(r.top.key)}</span>' if r.top else ""
+        tiles.append(f'<a class="tile pick" href="{target}">{shown}#{n} c{r.channel} {score}{on}</a>')
     body = (
         f"<h1>{esc(meta.label)} ({esc(meta.module)}): channels by how strongly they respond ({esc(by)})</h1>"
         f"<p>score: the mean over the images of each image's {esc(by)} of the channel; each tile shows the "
         "channel on the image that drives it most; open one for its dataset examples</p>"
-        f'<div class="tiles">{"".join(tiles)}</div>'
+        f'<div class="tiles">{"".join(tiles)}</div>{READOUT}'
     )
     return document(summary, f"{meta.label} · channels by {by}", bar, body)

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -29,7 +30,7 @@ IDLE_TIMEOUT_S = 30  # a keep-alive connection idle this long is closed (its thr
 SECURITY_HEADERS = (
     (
         "Content-Security-Policy",
-        "default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),
@@ -145,6 +146,15 @@ class _Server(ThreadingHTTPServer):
     app: App
     allowed_hosts: frozenset[str] | None
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-response (a page left while its pictures load) is one log
+        line; anything else keeps socketserver's traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.info("client %s went away mid-response (%s)", client_address[0], type(error).__name__)
+            return
+        super().handle_error(request, client_address)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
@@ -204,6 +214,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", response.type)
         self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Cache-Control", response.cache)
+        if response.download:
+            self.send_header("Content-Disposition", f'attachment; filename="{response.download}"')
         for name, value in SECURITY_HEADERS:
             self.send_header(name, value)
         if allow:

@@ -17,11 +17,12 @@ from ..errors import UsageError
 from ..rendering.colormaps import CMAPS, DEFAULT_CMAP, lut, to_indices
 from ..rendering.painting import NORMALIZATIONS, channel_png, image_ranges
 from ..rendering.pca import project_blocks, scores_to_rgb
-from ..rendering.png import encode_rgb
+from ..rendering.png import encode_indexed, encode_rgb
 from ..rendering.tiling import CHANNEL_MIN_SIDE, auto_scale, upscale
 from .catalog import Catalog
 
 MAX_TILE_PIXELS = 2048 * 2048  # a tile larger than this is refused (scale too large for the map)
+COLORBAR_HEIGHT = 12  # pixels of /colorbar/NAME.png
 MAX_SCALE = 256  # render takes any --scale; the viewer bounds it (and the tile's pixels) against abuse
 
 
@@ -50,12 +51,25 @@ def tile_scale(height: int, width: int, scale: int) -> int:
     return scale
 
 
-def indices(catalog: Catalog, stage: int, row: int, channel: int, normalize: str) -> np.ndarray:
-    """(H, W) uint8 colour-table indices of one map, normalised as render does."""
+def scale_used(catalog: Catalog, stage: int | str, row: int, channel: int, normalize: str) -> tuple[float, float]:
+    """(lo, hi): the values a map's colours run from (table index 0) to (index 255), as render's
+    `--normalize` picks them: the channel's own min/max, the image's, or the stage's across the file."""
     stats = catalog.stats(stage, row)
     span = catalog.span(stage) if normalize == "stage" else None
     lo, hi = image_ranges(normalize, stats[0], stats[1], [channel], span)
-    return to_indices(catalog.plane(stage, row, channel), lo[0], hi[0])
+    return float(lo[0]), float(hi[0])
+
+
+def indices(catalog: Catalog, stage: int | str, row: int, channel: int, normalize: str) -> np.ndarray:
+    """(H, W) uint8 colour-table indices of one map, normalised as render does."""
+    lo, hi = scale_used(catalog, stage, row, channel, normalize)
+    return to_indices(catalog.plane(stage, row, channel), lo, hi)
+
+
+def colorbar_png(cmap: str) -> bytes:
+    """A COLORBAR_HEIGHT × 256 PNG of a colour table, index 0 on the left: the scale every map uses."""
+    bar = np.broadcast_to(np.arange(256, dtype=np.uint8), (COLORBAR_HEIGHT, 256))
+    return encode_indexed(np.ascontiguousarray(bar), lut(cmap))
 
 
 def tile_png(catalog: Catalog, stage: int, row: int, channel: int, options: TileOptions) -> bytes:
