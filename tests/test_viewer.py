@@ -644,7 +644,7 @@ def test_browser_walks_collection_image_channel_examples_and_back_by_keyboard(br
         states = settle(page)
         overlays = page.eval_on_selector_all("a.example img.over", "all => all.map(i => i.dataset.state)")
         assert states["broken"] == [] and overlays == ["loaded"] * 5  # each beside its colour bar
-        assert states["loaded"] == 10  # 5 overlays, each with its crop
+        assert states["loaded"] == 15  # 5 overlays, each with its crop and its colour bar
         shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
         assert shot.std() > 30 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 300  # grey photos under grey maps
         page.keyboard.press("b")  # back to the channel page

@@ -187,7 +187,7 @@ def test_source_link_ranking_labels_error_pages_and_pca_on_request(sample):
             key = html.escape(keys[row])
             assert f'<span class="on" title="{key}">on {key}</span>' in block
         examples = get(viewer, "/examples/2/6?normalize=image")[2].decode()
-        shown = [int(r) for r in re.findall(r'<a class="example pick" href="/image/(\d+)/2/6', examples)]
+        shown = [int(r) for r in re.findall(r'<a class="example(?: cropped)? pick" href="/image/(\d+)/2/6', examples)]
         assert len(shown) == 5 and [b[:2] for b in bars(examples)] == [
             expected_scale(sample, 2, row, 6, "image") for row in shown
         ]
