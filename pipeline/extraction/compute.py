@@ -1,6 +1,8 @@
-"""The device side of extraction: normalise, forward (optionally bf16 autocast), storage cast
-and per-channel statistics inside the tap's sink, then the copy to the host (asynchronous on
-CUDA). Also the value checks: NaN is reported, float16 overflow is refused.
+"""The device side of extraction: normalise, forward (optionally bf16 autocast), then inside the
+tap's sink pooling (`--pool`), per-channel statistics and the storage encoding (float cast with
+optional mantissa rounding, or uint8 scaled by each map's min and max), then the copy to the host
+(asynchronous on CUDA): a GPU copies the stored bytes only. Also the value checks: NaN is
+reported, float16 overflow is refused.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import RunFailure
 from ..records import BatchResult
+from ..storage.encoding import LEVELS, Encoding
 from .loading import Batch, normalize
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,7 @@ class Staged:
     """A computed batch whose maps are on (or on their way to) the host."""
 
     batch: Batch
-    data: dict[int, torch.Tensor]  # stage → (B_ok, C, H, W) storage dtype, on the host
+    data: dict[int, torch.Tensor]  # stage → (B_ok, C, H, W) stored values (float16/float32/uint8), on the host
     stats: dict[int, torch.Tensor]  # stage → (3, B_ok, C) float32 min, max, mean, on the host
     copied: torch.cuda.Event | None = None  # set while an asynchronous copy is in flight
 
@@ -39,16 +43,16 @@ class Staged:
 
 
 class Forward:
-    """Runs the model on one batch: normalise, forward (optionally bf16 autocast), storage
-    cast and per-channel stats on the device, then the copy to the host.
+    """Runs the model on one batch: normalise, forward (optionally bf16 autocast), then pooling,
+    per-channel stats and the storage encoding on the device, then the copy to the host.
 
-    Stats and the cast happen inside the tap's sink, before any later in-place op of the
+    Stats and the encoding happen inside the tap's sink, before any later in-place op of the
     model can touch the captured tensor. On CUDA the copy runs on its own stream into
     pinned memory and does not block the next batch.
     """
 
-    def __init__(self, tap, model, device: torch.device, dtype: torch.dtype, amp: bool):
-        self.tap, self.model, self.device, self.dtype = tap, model, device, dtype
+    def __init__(self, tap, model, device: torch.device, encoding: Encoding, amp: bool):
+        self.tap, self.model, self.device, self.encoding = tap, model, device, encoding
         self.amp = amp and device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -59,11 +63,7 @@ class Forward:
             return Staged(batch, data, stats)
 
         def sink(index: int, tensor: torch.Tensor) -> None:
-            t = tensor.detach()
-            flat = t.float().flatten(2)  # (B, C, H*W)
-            # amin and amax, not aminmax: on the CPU the fused op measured 9x slower than both.
-            stats[index] = torch.stack([flat.amin(dim=2), flat.amax(dim=2), flat.mean(dim=2)])
-            data[index] = t.to(self.dtype, memory_format=torch.contiguous_format, copy=True)
+            data[index], stats[index] = encode(tensor.detach(), self.encoding)
 
         with torch.inference_mode():
             x = normalize(batch.pixels.to(self.device, non_blocking=True), self.model.mean, self.model.std)
@@ -88,6 +88,58 @@ class Forward:
             copied = torch.cuda.Event()
             copied.record(self.stream)
         return Staged(batch, host_data, host_stats, copied)
+
+
+def encode(t: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) activations → (stored maps, (3, B, C) float32 min, max, mean), on the device.
+
+    The statistics describe the maps as stored before rounding: pooled first when `--pool` asks.
+    """
+    if encoding.pool is not None and (t.shape[2] > encoding.pool[0] or t.shape[3] > encoding.pool[1]):
+        t = F.adaptive_avg_pool2d(t.float(), (min(t.shape[2], encoding.pool[0]), min(t.shape[3], encoding.pool[1])))
+    flat = t.float().flatten(2)  # (B, C, H*W)
+    # amin and amax, not aminmax: on the CPU the fused op measured 9x slower than both.
+    lo, hi = flat.amin(dim=2), flat.amax(dim=2)
+    stats = torch.stack([lo, hi, flat.mean(dim=2)])
+    if encoding.quantized:
+        return quantize(flat, lo, hi).view(t.shape), stats
+    stored = t.to(getattr(torch, encoding.dtype), memory_format=torch.contiguous_format, copy=True)
+    if encoding.keep_bits:
+        stored = round_mantissa(stored, encoding.keep_bits)
+    return stored, stats
+
+
+def quantize(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) float32 → uint8 q = round((v - lo) / (hi - lo) * 255) per (image, channel).
+
+    A constant map (hi == lo) gives q = 0; NaN (and inf, whose range is not finite) give 0 too:
+    their bounds are not finite, so the map reads back as NaN."""
+    span = hi - lo
+    scale = torch.where(span > 0, LEVELS / span, torch.zeros_like(span))
+    q = (flat - lo[..., None]) * scale[..., None]
+    return torch.nan_to_num_(q.round_(), nan=0.0).clamp_(0, LEVELS).to(torch.uint8).contiguous()
+
+
+_BITS = {torch.float16: (torch.int16, 10, 0x7C00), torch.float32: (torch.int32, 23, 0x7F800000)}
+
+
+def round_mantissa(t: torch.Tensor, keep: int) -> torch.Tensor:
+    """Round float16/float32 values to `keep` mantissa bits, to nearest (ties to even). Zeros,
+    signs, inf and NaN are kept; a finite value that would round up to inf is truncated instead."""
+    int_type, mantissa, exponent = _BITS[t.dtype]
+    drop = mantissa - keep
+    if drop <= 0:
+        return t
+    bits = t.view(int_type).to(torch.int64)
+    sign = bits & ~((1 << (mantissa + (8 if t.dtype == torch.float32 else 5))) - 1)
+    magnitude = bits - sign
+    mask = ~((1 << drop) - 1)
+    rounded = (magnitude + ((1 << (drop - 1)) - 1) + ((magnitude >> drop) & 1)) & mask
+    special = (magnitude & exponent) == exponent  # inf and NaN: untouched
+    overflow = (rounded & exponent) == exponent  # a finite value rounded up to inf: truncated
+    rounded = torch.where(overflow, magnitude & mask, rounded)
+    out = torch.where(special, magnitude, rounded) + sign
+    return out.to(int_type).view(t.dtype)
 
 
 def check_values(index: int | str, stats: np.ndarray, dtype: str, keys, ok_rows, summary) -> None:

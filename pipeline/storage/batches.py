@@ -19,7 +19,6 @@ import numpy as np
 from ..errors import RunFailure
 from ..records import BatchResult
 from . import rowstate, schema
-from .codecs import Codec
 from .layout import WritePlan
 
 
@@ -28,7 +27,7 @@ class BatchWriter:
 
     def __init__(self, file: h5py.File, plan: WritePlan, partial: Path, threads: int = 2, max_pending: int = 2):
         self.file, self.plan, self.partial = file, plan, partial
-        self.codec = Codec(plan.compression)
+        self.codec = plan.codec
         self.timings = {"compress_s": 0.0, "write_s": 0.0, "writer_busy_s": 0.0}
         self.bytes_written = 0
         self._timing_lock = threading.Lock()  # compression threads add to timings

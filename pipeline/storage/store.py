@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import IncompleteFileError, InputError
 from ..records import StageInfo
 from . import schema
+from .encoding import DecodedMaps, maps_reader
 from .metadata import RunInfo, run_info
 from .virtual import check_virtual_sources
 
@@ -30,7 +31,7 @@ CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 class StageView(StageInfo):
     """One stored stage: its `StageInfo` plus lazy h5py datasets."""
 
-    data: h5py.Dataset  # (N, C, H, W) float16/float32
+    data: h5py.Dataset | DecodedMaps  # (N, C, H, W) float16/float32 as stored; uint8 files read as float32
     min: h5py.Dataset  # (N, C) float32
     max: h5py.Dataset  # (N, C) float32
     mean: h5py.Dataset  # (N, C) float32
@@ -214,7 +215,7 @@ class Store:
             int(a[schema.ATTR_WIDTH]),
             str(a.get(schema.ATTR_CAPTURE, "")),
             layer,
-            data=group[schema.DATA],
+            data=maps_reader(group),
             min=group[schema.STAT_MIN],
             max=group[schema.STAT_MAX],
             mean=group[schema.STAT_MEAN],
