@@ -292,3 +292,29 @@ def test_a_resume_with_another_storage_choice_is_refused_naming_the_original(ima
     summary = pipeline.extract(str(image_dir), str(out), dtype="uint8", pool=(3, 3), **options)
     assert summary.done_before == 4 and summary.stored == 5
     assert pipeline.verify(out).ok
+
+
+@pytest.mark.slow
+def test_the_viewer_serves_uint8_maps_as_render_draws_them(made, tmp_path):
+    from test_viewer import get, running
+
+    path = made["uint8"]
+    with running(path) as viewer:
+        for stage, row, channel, normalize in ((0, 1, 3, "channel"), (2, 4, 39, "image"), (4, 0, 300, "stage")):
+            out = tmp_path / f"r{stage}"
+            pipeline.render(
+                path,
+                stage=stage,
+                out=out,
+                images=str(row),
+                channels=str(channel),
+                layout="channels",
+                normalize=normalize,
+                workers=1,
+            )
+            (written,) = out.rglob(f"c{channel:04d}.png")
+            status, _, body = get(viewer, f"/tile/{stage}/{row}/{channel}.png?normalize={normalize}")
+            assert status == 200 and body == written.read_bytes()
+        assert sum(b.raw_reads for b in viewer.catalog.blocks.values()) >= 3
+        status, _, body = get(viewer, "/api/top?stage=2&channel=5&k=3")
+    assert status == 200 and body.count(b'"row"') == 3
