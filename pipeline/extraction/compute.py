@@ -103,10 +103,10 @@ def encode(t: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Ten
     stats = torch.stack([lo, hi, flat.mean(dim=2)])
     if encoding.quantized:
         return quantize(flat, lo, hi).view(t.shape), stats
-    stored = t.to(getattr(torch, encoding.dtype), memory_format=torch.contiguous_format, copy=True)
+    dtype = getattr(torch, encoding.dtype)
     if encoding.keep_bits:
-        stored = round_mantissa(stored, encoding.keep_bits)
-    return stored, stats
+        return round_mantissa(t, encoding.keep_bits, dtype), stats
+    return t.to(dtype, memory_format=torch.contiguous_format, copy=True), stats
 
 
 def quantize(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -120,26 +120,24 @@ def quantize(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Te
     return torch.nan_to_num_(q.round_(), nan=0.0).clamp_(0, LEVELS).to(torch.uint8).contiguous()
 
 
-_BITS = {torch.float16: (torch.int16, 10, 0x7C00), torch.float32: (torch.int32, 23, 0x7F800000)}
+# Storage dtype → (its mantissa bits, the float type the rounding runs in, that type's significand
+# bits): wide enough that no finite value overflows when scaled by 2^(significand - 1 - keep).
+_SPLIT = {torch.float16: (10, torch.float32, 24), torch.float32: (23, torch.float64, 53)}
 
 
-def round_mantissa(t: torch.Tensor, keep: int) -> torch.Tensor:
-    """Round float16/float32 values to `keep` mantissa bits, to nearest (ties to even). Zeros,
-    signs, inf and NaN are kept; a finite value that would round up to inf is truncated instead."""
-    int_type, mantissa, exponent = _BITS[t.dtype]
-    drop = mantissa - keep
-    if drop <= 0:
-        return t
-    bits = t.view(int_type).to(torch.int64)
-    sign = bits & ~((1 << (mantissa + (8 if t.dtype == torch.float32 else 5))) - 1)
-    magnitude = bits - sign
-    mask = ~((1 << drop) - 1)
-    rounded = (magnitude + ((1 << (drop - 1)) - 1) + ((magnitude >> drop) & 1)) & mask
-    special = (magnitude & exponent) == exponent  # inf and NaN: untouched
-    overflow = (rounded & exponent) == exponent  # a finite value rounded up to inf: truncated
-    rounded = torch.where(overflow, magnitude & mask, rounded)
-    out = torch.where(special, magnitude, rounded) + sign
-    return out.to(int_type).view(t.dtype)
+def round_mantissa(x: torch.Tensor, keep: int, dtype: torch.dtype) -> torch.Tensor:
+    """`x` (activations) as `dtype` (float16/float32) rounded to `keep` mantissa bits, to nearest
+    (ties to even), in one rounding from `x`: Veltkamp's split, three float operations (faster on
+    a CPU than bit arithmetic). Zeros and signs are kept; inf and NaN, and a value that would
+    round up to inf, are stored as the plain cast stores them."""
+    mantissa, wide, significand = _SPLIT[dtype]
+    plain = x.to(dtype, memory_format=torch.contiguous_format, copy=True)
+    if keep >= mantissa:
+        return plain
+    w = x.to(wide)
+    scaled = w * (2.0 ** (significand - 1 - keep) + 1)
+    rounded = (scaled - (scaled - w)).to(dtype, memory_format=torch.contiguous_format)
+    return torch.where(torch.isfinite(rounded), rounded, plain)
 
 
 def check_values(index: int | str, stats: np.ndarray, dtype: str, keys, ok_rows, summary) -> None:
