@@ -2,7 +2,7 @@
 """Bytes per image against precision and host CPU, for each storage choice, on real photos.
 
     python scripts/bench_storage.py                          # the three cases below, CPU
-    python scripts/bench_storage.py --cases lite0 --images 16 --markdown out.md
+    python scripts/bench_storage.py --cases lite0 --images 16 --repeats 3 --markdown out.md
 
 Cases: the default model (efficientnet_lite0, its weights) at 224; tv:resnet50 all stages at 224 and
 timm's pvt_v2_b1 at 800x1200, both with random weights (seeded: no download). Images: the sample
@@ -48,7 +48,9 @@ VARIANTS = {
 }
 
 
-def run_case(name: str, spec: dict, images: Path, scratch: Path) -> list[dict]:
+def run_case(name: str, spec: dict, images: Path, scratch: Path, repeats: int = 1) -> list[dict]:
+    """Every variant `repeats` times, interleaved (a load that comes and goes hits them alike); per
+    variant the best images/s and the least compression CPU."""
     import pipeline
 
     options = {k: v for k, v in spec.items() if k != "images"}
@@ -57,17 +59,24 @@ def run_case(name: str, spec: dict, images: Path, scratch: Path) -> list[dict]:
     reference = scratch / f"{name}-float32.h5"
     pipeline.extract(str(images), str(reference), dtype="float32", overwrite=True, **options)
     encode_ms = encode_cpu_ms(spec, images)
-    rows = []
-    for label, extra in VARIANTS.items():
-        out = scratch / f"{name}-{len(rows)}.h5"
-        t0 = time.perf_counter()
-        summary = pipeline.extract(str(images), str(out), overwrite=True, **options, **extra)
-        wall = time.perf_counter() - t0
-        rows.append(measure(label, out, reference, summary, wall) | {"encode_cpu_ms_per_image": encode_ms[label]})
-        print(json.dumps({"case": name, **rows[-1]}), flush=True)
-        out.unlink()
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for i, (label, extra) in enumerate(VARIANTS.items()):
+            out = scratch / f"{name}-{i}.h5"
+            t0 = time.perf_counter()
+            summary = pipeline.extract(str(images), str(out), overwrite=True, **options, **extra)
+            row = measure(label, out, reference, summary, time.perf_counter() - t0)
+            row["encode_cpu_ms_per_image"] = encode_ms[label]
+            print(json.dumps({"case": name, **row}), flush=True)
+            out.unlink()
+            if label in best:
+                row["images_per_s"] = max(row["images_per_s"], best[label]["images_per_s"])
+                row["compress_cpu_ms_per_image"] = min(
+                    row["compress_cpu_ms_per_image"], best[label]["compress_cpu_ms_per_image"]
+                )
+            best[label] = row
     reference.unlink()
-    return rows
+    return list(best.values())
 
 
 def encode_cpu_ms(spec: dict, images: Path, repeats: int = 3) -> dict[str, float]:
@@ -186,6 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     parser.add_argument("--images", type=int, default=0, help="images per case (default: each case's own)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each variant, interleaved (best kept)")
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args()
     from bench_extract import prepare_images
@@ -207,7 +217,7 @@ def main() -> None:
                     (images / p.name).write_bytes(p.read_bytes())
             else:
                 images = prepare_images(scratch / f"photos-{count}", count)
-            results[case] = run_case(case, spec, images, scratch)
+            results[case] = run_case(case, spec, images, scratch, args.repeats)
     text = markdown(results)
     print(text)
     if args.markdown:
