@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import IncompleteFileError, InputError
 from ..records import StageInfo
 from . import schema
-from .encoding import DecodedMaps, maps_reader
+from .encoding import DecodedMaps, Encoding, encoding_of, maps_reader
 from .metadata import RunInfo, run_info
 from .virtual import check_virtual_sources
 
@@ -127,6 +127,11 @@ class Store:
     def run(self) -> RunInfo:
         """The run that wrote this file: model, weights, input size, storage, shards, images root."""
         return run_info(self.file.attrs)
+
+    @property
+    def encoding(self) -> Encoding:
+        """How the maps are stored: dtype (uint8 reads decoded), --keep-bits, byte shuffle, --pool."""
+        return encoding_of(self.file.attrs)
 
     @property
     def complete(self) -> bool:
