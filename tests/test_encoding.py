@@ -18,10 +18,10 @@ from PIL import Image
 
 import pipeline
 from pipeline.config import ExtractConfig
-from pipeline.errors import FingerprintMismatch, UsageError
+from pipeline.errors import FingerprintMismatch, InputError, UsageError
 from pipeline.extraction.compute import quantize, round_mantissa
 from pipeline.storage import files, schema
-from pipeline.storage.encoding import decode_maps, shuffle_bytes, unshuffle_bytes
+from pipeline.storage.encoding import Encoding, decode_maps, encoding_of, shuffle_bytes, unshuffle_bytes
 
 CPU = {"device": "cpu", "workers": 0}
 
@@ -101,6 +101,14 @@ def test_options_are_checked_with_clear_errors():
     assert ExtractConfig("a", "b").shuffled and not ExtractConfig("a", "b", compression="none").shuffled
     run = fmpipe(["extract", "x", "y.h5", "--pool", "7y"])
     assert run.returncode == 2 and "--pool must be H or HxW" in run.stderr
+
+
+def test_storage_attributes_fmpipe_never_writes_are_refused():
+    for attrs in ({"keep_bits": "x"}, {"keep_bits": 99}, {"dtype": "int8"}, {"pool": [0, 3]}, {"pool": [1, 2, 3]}):
+        with pytest.raises(InputError, match=r"fmpipe never writes|not fmpipe's|two positive sizes"):
+            encoding_of(attrs)
+    assert encoding_of({}) == Encoding()  # files from before these options: float16, nothing else
+    assert encoding_of({"dtype": "uint8", "pool": [7, 7]}) == Encoding("uint8", pool=(7, 7))
 
 
 # -- the default model on the sample photos -----------------------------------------------------------

@@ -53,7 +53,6 @@ class Recomputer:
     stages: list[int | str]  # stage indices, then layer names: the keys of the recomputed maps
     batch_size: int
     tolerance: tuple[float, float]  # (relative to |x|, fraction of the channel's largest |x|)
-    dtype: str = "float16"  # the stored maps' dtype (uint8 decodes through the stored min and max)
 
 
 def prepare(config: VerifyConfig) -> Recomputer:
@@ -104,7 +103,7 @@ def prepare(config: VerifyConfig) -> Recomputer:
     rel += 2.0**-stored_as.keep_bits if stored_as.keep_bits else 0.0
     frac = ABS_FRACTION[kind] + (UINT8_FRACTION if stored_as.quantized else 0.0)
     refs = [*sorted(shapes), *layer_shapes]
-    return Recomputer(model, forward, size_hw, refs, recorded.batch_size, (rel, frac), stored_as.dtype)
+    return Recomputer(model, forward, size_hw, refs, recorded.batch_size, (rel, frac))
 
 
 def _recorded_config(attrs: dict, path: Path) -> ExtractConfig:
@@ -201,7 +200,8 @@ def _recompute_file(rc: Recomputer, path: Path, rows: np.ndarray, images_root: s
                     group = file[schema.group_of(stage)]
                     row = int(rows[i])
                     lo, hi = group[schema.STAT_MIN][row], group[schema.STAT_MAX][row]
-                    stored = decode_maps(group[schema.DATA][row], lo, hi, rc.dtype)
+                    data = group[schema.DATA]
+                    stored = decode_maps(data[row], lo, hi, data.dtype.name)  # as stored, whatever attrs say
                     why = maps_mismatch(stored, result.data[stage][b], rc.tolerance)
                     if why:
                         found.problems.append((stage, keys[i], why))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InputError
 from ..records import StageInfo
 from . import schema
 
@@ -62,15 +63,20 @@ class Encoding:
 
 
 def encoding_of(attrs: Mapping) -> Encoding:
-    """A file's `Encoding` from its root attributes (files before these options: plain float)."""
+    """A file's `Encoding` from its root attributes (files before these options: plain float).
+    InputError for values fmpipe never writes (a damaged or crafted file)."""
     dtype = schema.text(attrs.get(schema.ATTR_DTYPE, "float16"))
-    pool = attrs.get(schema.ATTR_POOL)
-    return Encoding(
-        dtype=dtype if dtype in DTYPES else "float16",
-        keep_bits=int(attrs.get(schema.ATTR_KEEP_BITS, 0)),
-        shuffle=bool(attrs.get(schema.ATTR_SHUFFLE, False)),
-        pool=None if pool is None else (int(pool[0]), int(pool[1])),
-    )
+    try:
+        keep_bits = int(attrs.get(schema.ATTR_KEEP_BITS, 0))
+        pool = attrs.get(schema.ATTR_POOL)
+        pool = None if pool is None else tuple(int(v) for v in np.asarray(pool).reshape(-1))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"the file's storage attributes are malformed ({err}); fmpipe never writes that.") from None
+    if dtype not in DTYPES or not 0 <= keep_bits <= MANTISSA_BITS.get(dtype, 0):
+        raise InputError(f"the file's storage attributes (dtype {dtype!r}, keep_bits {keep_bits}) are not fmpipe's.")
+    if pool is not None and (len(pool) != 2 or min(pool) < 1):
+        raise InputError(f"the file's pool attribute {pool} is not two positive sizes.")
+    return Encoding(dtype, keep_bits, bool(attrs.get(schema.ATTR_SHUFFLE, False)), pool)
 
 
 def decode_maps(
