@@ -153,6 +153,11 @@ def test_uint8_decodes_within_half_a_step_of_float32_in_half_the_bytes(made):
             np.testing.assert_allclose(sq.data[2, 3:5, 1], decoded[2, 3:5, 1])  # any index reads decoded values
             assert np.float32(sq.data[1, 0, 2, 2]) == decoded[1, 0, 2, 2]
     assert maps_bytes(made["uint8"]) <= 0.55 * maps_bytes(made["float16"])
+    with h5py.File(made["uint8"]) as f, pipeline.open_store(made["uint8"]) as store:  # docs/format.md's 3 lines
+        q = f["stages/2/data"][0].astype("float32")
+        lo, hi = f["stages/2/min"][0][:, None, None], f["stages/2/max"][0][:, None, None]
+        by_hand, decoded = lo + q * (hi - lo) / 255, store.stage(2).data[0]
+        np.testing.assert_allclose(by_hand, decoded, rtol=0, atol=2.0**-20 * np.abs(decoded).max())  # float32 order
 
 
 @pytest.mark.slow
