@@ -347,3 +347,20 @@ def test_the_viewer_serves_uint8_maps_as_render_draws_them(made, tmp_path):
         assert sum(b.raw_reads for b in viewer.catalog.blocks.values()) >= 3
         status, _, body = get(viewer, "/api/top?stage=2&channel=5&k=3")
     assert status == 200 and body.count(b'"row"') == 3
+
+
+def test_uint8_stores_overflowing_values_and_nan_maps_verifiably(image_dir, tmp_path, caplog):
+    """float16 refuses 1e6-scaled maps (inf); uint8 scales each map into 0..255 and keeps them. A map with
+    NaN reads back as NaN, and verify accepts both."""
+    out = tmp_path / "big.h5"
+    pipeline.extract(image_dir, out, model="tiny_models:overflow_net", dtype="uint8", size=(16, 16), **CPU)
+    with pipeline.open_store(out) as store:
+        view = store.stage(0)
+        assert np.nanmax(np.abs(view.data[:])) > 65504 and np.isfinite(view.data[:]).all()
+    nan = tmp_path / "nan.h5"
+    pipeline.extract(image_dir, nan, model="tiny_models:nan_net", dtype="uint8", size=(16, 16), **CPU)
+    assert "NaN or inf activations" in caplog.text
+    with pipeline.open_store(nan) as store:
+        data = store.stage(0).data[:]
+        assert np.isnan(data[:, 0]).all() and np.isfinite(data[:, 1]).all()
+    assert pipeline.verify(out).ok and pipeline.verify(nan).ok

@@ -145,11 +145,17 @@ def check_values(index: int | str, stats: np.ndarray, dtype: str, keys, ok_rows,
     """Report NaN maps; refuse float16 overflow, which would be stored as inf. `index`: a stage's
     index or a layer's name."""
     label = f"stage {index}" if isinstance(index, int) else f"layer {index}"
-    nan_rows = np.flatnonzero(np.isnan(stats[2]).any(axis=1))
+    bad = ~np.isfinite(stats[2]) if dtype == "uint8" else np.isnan(stats[2])  # uint8 has no inf: NaN maps
+    nan_rows = np.flatnonzero(bad.any(axis=1))
     if len(nan_rows) and index not in summary.nan_stages:
         summary.nan_stages.append(index)
         first = keys[ok_rows[nan_rows[0]]]
-        log.warning("%s has NaN activations (first in %s); they are stored as NaN", label, first)
+        what = (
+            "NaN or inf activations (first in %s); uint8 stores those maps as NaN"
+            if dtype == "uint8"
+            else ("NaN activations (first in %s); they are stored as NaN")
+        )
+        log.warning("%s has " + what, label, first)
     if dtype != "float16":
         return
     peak = np.nan_to_num(np.maximum(np.abs(stats[0]), np.abs(stats[1])), nan=0.0)
