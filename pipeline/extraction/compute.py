@@ -165,5 +165,5 @@ def check_values(index: int | str, stats: np.ndarray, dtype: str, keys, ok_rows,
         raise RunFailure(
             f"{label} overflows float16 for {keys[ok_rows[b]]}: |activation| reaches "
             f"{float(peak[b].max()):.4g} > {FLOAT16_MAX:.0f}, which float16 would store as "
-            "inf. Rerun with --dtype float32 --overwrite (or select other --stages/--layers)."
+            "inf. Rerun with --dtype float32 (or uint8: scaled per map) --overwrite, or select other --stages/--layers."
         )
