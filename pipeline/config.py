@@ -72,6 +72,8 @@ class ExtractConfig:
     def _check_storage(self) -> None:
         if isinstance(self.pool, int) and not isinstance(self.pool, bool):
             object.__setattr__(self, "pool", (self.pool, self.pool))  # the API's pool=7 means 7x7
+        elif isinstance(self.pool, list):
+            object.__setattr__(self, "pool", tuple(self.pool))
         if self.shuffle not in SHUFFLES:
             raise UsageError(f"--shuffle must be one of {', '.join(SHUFFLES)}, got {self.shuffle!r}.")
         if self.pool is not None and (
