@@ -364,3 +364,20 @@ def test_uint8_stores_overflowing_values_and_nan_maps_verifiably(image_dir, tmp_
         data = store.stage(0).data[:]
         assert np.isnan(data[:, 0]).all() and np.isfinite(data[:, 1]).all()
     assert pipeline.verify(out).ok and pipeline.verify(nan).ok
+
+
+def test_layers_table_shows_pooled_shapes_and_bytes():
+    from types import SimpleNamespace
+
+    from pipeline.storage.info import describe_layers
+
+    calls = [
+        SimpleNamespace(spec="layer1", calls=1, output="(1, 64, 56, 56)", map_shape=(64, 56, 56)),
+        SimpleNamespace(spec="fc", calls=1, output="(1, 1000)", map_shape=(1000, 1, 1)),
+        SimpleNamespace(spec="pair", calls=1, output="tuple", map_shape=None),
+    ]
+    found = SimpleNamespace(model="m", size_hw=(224, 224), calls=calls)
+    text = describe_layers(found, 1, (7, 7))
+    assert "(64, 7, 7)" in text and f"{64 * 49 / 1e6:8.3f}" in text and "(1000, 1, 1)" in text
+    line = next(row for row in text.splitlines() if "layer1" in row)
+    assert "(not storable)" in text and line.split()[-2:] == ["7)", f"{64 * 49 / 1e6:.3f}"]
