@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import DTYPES, MANTISSA_BITS
 from ..errors import InputError
 from ..records import StageInfo
 from . import schema
 
-DTYPES = ("float16", "float32", "uint8")
-MANTISSA_BITS = {"float16": 10, "float32": 23}
 LEVELS = 255  # uint8: q in 0..255
 
 
