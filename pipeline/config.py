@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 DEFAULT_MODEL = "efficientnet_lite0"
-DTYPES = ("float16", "float32")
+DTYPES = ("float16", "float32", "uint8")
+SHUFFLES = ("auto", "on", "off")
+MANTISSA_BITS = {"float16": 10, "float32": 23}
 COMPRESSIONS = ("zstd", "gzip", "none")
 RESIZE_POLICY = "exact-HxW-pil-bicubic-no-crop-jpeg-draft"
 _INDEX = re.compile(r"[+-]?\d+")
@@ -36,7 +38,10 @@ class ExtractConfig:
     size: tuple[int, int] | None = None  # None: the model's own input size
     batch_size: int = 16
     device: str = "auto"
-    dtype: str = "float16"
+    dtype: str = "float16"  # float16, float32, or uint8 scaled by each (image, channel) map's min and max
+    keep_bits: int = 0  # float mantissa bits kept, rounded to nearest (0: all)
+    shuffle: str = "auto"  # HDF5 byte shuffle before compression: auto (on for compressed floats), on, off
+    pool: tuple[int, int] | None = None  # adaptive average pooling of every map to at most (H, W)
     compression: str = "zstd"
     workers: int = 2
     shard_index: int = 0
@@ -60,6 +65,7 @@ class ExtractConfig:
             raise UsageError(f"--workers must be 0 or more, got {self.workers}.")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+        self._check_storage()
         if self.compression not in COMPRESSIONS:
             raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}.")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -73,13 +79,43 @@ class ExtractConfig:
             if value and not self.weights:
                 raise UsageError(f"{option} {value} picks tensors of a weights file; give the file: --weights FILE.")
 
+    def _check_storage(self) -> None:
+        if isinstance(self.pool, int) and not isinstance(self.pool, bool):
+            object.__setattr__(self, "pool", (self.pool, self.pool))  # the API's pool=7 means 7x7
+        elif isinstance(self.pool, list):
+            object.__setattr__(self, "pool", tuple(self.pool))
+        if self.shuffle not in SHUFFLES:
+            raise UsageError(f"--shuffle must be one of {', '.join(SHUFFLES)}, got {self.shuffle!r}.")
+        if self.pool is not None and (
+            not isinstance(self.pool, tuple)
+            or len(self.pool) != 2
+            or not all(isinstance(v, int) for v in self.pool)
+            or min(self.pool) < 1
+        ):
+            raise UsageError(f"--pool must be H or HxW with positive integers, got {self.pool!r}.")
+        if not self.keep_bits:
+            return
+        if self.dtype not in MANTISSA_BITS:
+            raise UsageError(f"--keep-bits rounds float mantissas; it does not apply to --dtype {self.dtype}.")
+        most = MANTISSA_BITS[self.dtype]
+        if not 1 <= self.keep_bits <= most:
+            raise UsageError(f"--keep-bits must be in 1..{most} for {self.dtype} (0: keep all), got {self.keep_bits}.")
+
+    @property
+    def shuffled(self) -> bool:
+        """Whether chunks are byte-shuffled: `auto` shuffles compressed float maps (measured smaller:
+        docs/benchmarks.md); bytes of a uint8 map have nothing to shuffle."""
+        if self.shuffle != "auto":
+            return self.shuffle == "on" and self.dtype != "uint8"
+        return self.compression != "none" and self.dtype != "uint8"
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ExtractConfig:
         raw = json.loads(text)
-        for name in ("stages", "size"):
+        for name in ("stages", "size", "pool"):
             if raw.get(name) is not None:
                 raw[name] = tuple(raw[name])
         return cls(**raw)
@@ -99,6 +135,16 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if len(values) != 2 or min(values) < 1:
         raise UsageError(f"--size must be H or HxW with positive integers (e.g. 800x1200), got {text!r}.")
     return values[0], values[1]
+
+
+def parse_pool(text: str | None) -> tuple[int, int] | None:
+    """`--pool`: `"7x7"` → (7, 7); `"1"` → (1, 1) (the global mean); `"none"`/None → None."""
+    if text is None or text.strip().lower() in ("", "none", "off"):
+        return None
+    try:
+        return parse_size(text)
+    except UsageError:
+        raise UsageError(f"--pool must be H or HxW with positive integers (e.g. 7x7, or 1), got {text!r}.") from None
 
 
 def parse_layers(text: str | None) -> tuple[str, ...] | None:

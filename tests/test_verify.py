@@ -141,13 +141,17 @@ def test_overwritten_bytes_inside_a_chunk_are_found(made, tmp_path, compression)
     pipeline.extract(str(made["images"]), str(out), compression=compression, **OPTIONS)
     overwrite_inside_chunk(out, stage=1, row=3)
     report = pipeline.verify(out)
-    checksum = {"zstd": "zstd checksum", "gzip": "zlib Adler-32 checksum", "none": "Fletcher-32 checksum"}
-    assert [str(p) for p in report.problems] == [
-        f"stage 1, image img003.png: chunk (row 3, channels 0-63) fails its {checksum[compression]}"
-    ]
+    # A byte overwritten in deflate data (shuffled or not) may break the stream itself before its Adler-32.
+    reasons = {
+        "zstd": ["fails its zstd checksum"],
+        "gzip": ["fails its zlib Adler-32 checksum", "is a truncated or overlong zlib stream"],
+        "none": ["fails its Fletcher-32 checksum"],
+    }[compression]
+    found = [str(p) for p in report.problems]
+    assert found in [[f"stage 1, image img003.png: chunk (row 3, channels 0-63) {why}"] for why in reasons]
     run = fmpipe("verify", out)
     assert run.returncode == 1
-    assert "stage 1, image img003.png: chunk (row 3, channels 0-63) fails its" in run.stdout
+    assert found[0] in run.stdout
 
 
 def test_overwritten_chunk_in_a_shard_is_found_through_the_virtual_file(made, tmp_path):

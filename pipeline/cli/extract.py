@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_MODEL, ExtractConfig, parse_layers, parse_size, parse_stages
+from ..config import DEFAULT_MODEL, ExtractConfig, parse_layers, parse_pool, parse_size, parse_stages
+from ..errors import UsageError
 from .app import app, default
 
 Images = Annotated[
@@ -55,7 +56,34 @@ Size = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option(help="Images per forward pass.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
-Dtype = Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        help="Storage dtype: float16, float32, or uint8 (each image's channel scaled by its own min and max: "
+        "within (max - min)/510, about half the bytes of float16)."
+    ),
+]
+KeepBits = Annotated[
+    int,
+    typer.Option(
+        help="Round float mantissas to N bits (to nearest; 1..10 for float16, 1..23 for float32; 0: keep all). "
+        "Smaller files that stay plain float."
+    ),
+]
+Shuffle = Annotated[
+    str,
+    typer.Option(
+        help="HDF5 byte shuffle before compression: auto (on for compressed float maps: smaller), on, off. "
+        "Lossless; any HDF5 reader undoes it."
+    ),
+]
+Pool = Annotated[
+    str | None,
+    typer.Option(
+        help="Average-pool every stored stage and layer to at most HxW on the device, e.g. 7x7; "
+        "1 stores each channel's global mean (C, 1, 1)."
+    ),
+]
 Compression = Annotated[str, typer.Option(help="zstd, gzip or none.")]
 Workers = Annotated[int, typer.Option(help="Decoding processes (0: decode in the main process).")]
 ShardIndex = Annotated[int, typer.Option(help="This task's shard (job arrays).")]
@@ -73,6 +101,9 @@ Amp = Annotated[bool, typer.Option("--amp", help="bf16 autocast on CUDA (faster,
 NullWriter = Annotated[
     bool, typer.Option("--null-writer", help="Benchmarking: run everything but discard the maps (writes no file).")
 ]
+
+
+ITEMSIZE = {"uint8": 1, "float16": 2, "float32": 4}
 
 
 def _d(name: str):
@@ -94,6 +125,9 @@ def extract(
     batch_size: BatchSize = _d("batch_size"),
     device: Device = _d("device"),
     dtype: Dtype = _d("dtype"),
+    keep_bits: KeepBits = _d("keep_bits"),
+    shuffle: Shuffle = _d("shuffle"),
+    pool: Pool = None,
     compression: Compression = _d("compression"),
     workers: Workers = _d("workers"),
     shard_index: ShardIndex = _d("shard_index"),
@@ -119,6 +153,9 @@ def extract(
         batch_size=batch_size,
         device=device,
         dtype=dtype,
+        keep_bits=keep_bits,
+        shuffle=shuffle,
+        pool=parse_pool(pool),
         compression=compression,
         workers=workers,
         shard_index=shard_index,
@@ -135,15 +172,17 @@ def extract(
 
 def _describe(summary, model: str, dtype: str, chosen: bool) -> str:
     if summary.dry_run:
-        from ..extraction.runner import estimate_bytes
         from ..storage.info import describe_stages
 
-        per_image = estimate_bytes(summary.stages, dtype)
+        maps, other = summary.planned_bytes
+        per_image = (maps + other) / max(1, summary.images)
         label = _stored_label(summary.stages) if chosen else "all stages"
         return (
-            describe_stages(model, summary.input_hw, summary.stages, 2 if dtype == "float16" else 4, label)
-            + f"\ndry run: {summary.images} images → {summary.out}, about "
-            f"{per_image * summary.images / 1e6:.1f} MB before compression; nothing computed."
+            describe_stages(model, summary.input_hw, summary.stages, ITEMSIZE[dtype], label)
+            + f"\nstorage: {summary.encoding}"
+            + f"\ndry run: {summary.images} images → {summary.out}: {maps / 1e6:.1f} MB of maps and "
+            f"{other / 1e6:.1f} MB of keys, statistics and top lists before compression "
+            f"({per_image / 1e6:.3f} MB per image); nothing computed."
         )
     if summary.already_complete:
         return (
@@ -177,14 +216,17 @@ def stages(
     model: Annotated[str, typer.Argument(help="timm name, tv:NAME or module:factory.")] = DEFAULT_MODEL,
     size: Annotated[str | None, typer.Option(help="Input size HxW (default: the model's own).")] = None,
     dtype: Dtype = _d("dtype"),
+    pool: Pool = None,
 ) -> None:
-    """List a model's stages: index, module, channels, stride, shape and MB per image."""
+    """List a model's stages: index, module, channels, stride, shape and MB per image (as stored with --pool)."""
     import pipeline
 
+    from ..storage.encoding import pooled
     from ..storage.info import describe_stages
 
     found = pipeline.stages(model, size=parse_size(size))
-    typer.echo(describe_stages(model, found.size_hw, found.stages, 2 if dtype == "float16" else 4))
+    stored = [pooled(s, parse_pool(pool)) for s in found.stages]
+    typer.echo(describe_stages(model, found.size_hw, stored, _itemsize(dtype)))
 
 
 @app.command()
@@ -193,6 +235,7 @@ def layers(
     size: Annotated[str | None, typer.Option(help="Input size HxW (default: the model's own).")] = None,
     filter: Annotated[str | None, typer.Option("--filter", help="Only names matching this regular expression.")] = None,
     dtype: Dtype = _d("dtype"),
+    pool: Pool = None,
 ) -> None:
     """List every module --layers can pick, in execution order: calls, output, stored shape, MB per image."""
     import pipeline
@@ -200,4 +243,10 @@ def layers(
     from ..storage.info import describe_layers
 
     found = pipeline.layers(model, size=parse_size(size), filter=filter)
-    typer.echo(describe_layers(found, 2 if dtype == "float16" else 4))
+    typer.echo(describe_layers(found, _itemsize(dtype), parse_pool(pool)))
+
+
+def _itemsize(dtype: str) -> int:
+    if dtype not in ITEMSIZE:
+        raise UsageError(f"--dtype must be one of {', '.join(ITEMSIZE)}, got {dtype!r}.")
+    return ITEMSIZE[dtype]

@@ -10,6 +10,7 @@ from .. import sources
 from ..config import RESIZE_POLICY, ExtractConfig
 from ..records import StageInfo
 from ..storage import schema
+from ..storage.encoding import Encoding
 from ..storage.identity import fingerprint
 from ..storage.writer import WritePlan
 from ..version import __version__
@@ -47,7 +48,13 @@ def plan_shard(
     layers = [[s.layer, s.channels, s.height, s.width] for s in stages if s.layer is not None]
     if layers:  # only then: files without layers keep the fingerprint they always had
         parts["layers"] = layers
+    encoding = storage_encoding(config)
+    # Only when chosen, likewise; --shuffle changes no value but every chunk's bytes: a resume must match it.
+    for part, value in (("keep_bits", encoding.keep_bits), ("pool", encoding.pool), ("shuffle", encoding.shuffle)):
+        if value:
+            parts[part] = list(value) if isinstance(value, tuple) else value
     attrs = {attr: parts[part] for attr, part in _ATTRS_FROM_PARTS.items()}
+    attrs.update(encoding.attrs())
     attrs.update(
         {
             schema.ATTR_FMPIPE_VERSION: __version__,
@@ -62,7 +69,12 @@ def plan_shard(
             schema.ATTR_IMAGES_ROOT: collection.root,
         }
     )
-    return WritePlan(keys, stages, config.dtype, config.compression, fingerprint(parts), parts, attrs, start)
+    return WritePlan(keys, stages, config.dtype, config.compression, fingerprint(parts), parts, attrs, start, encoding)
+
+
+def storage_encoding(config: ExtractConfig) -> Encoding:
+    """The storage choice of a run's options (`--shuffle auto` resolved)."""
+    return Encoding(config.dtype, config.keep_bits, config.shuffled, config.pool)
 
 
 # File attributes that repeat a fingerprint part (one source for both).

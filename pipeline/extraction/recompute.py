@@ -2,9 +2,10 @@
 the extractor's own loading, tap and forward code, and compare the maps with the stored ones.
 
 This is the check that catches maps filed under the wrong image (two rows swapped together with
-their statistics pass every checksum and statistics check). Both sides are rounded to the storage
-dtype, and they come from float32 passes over batches of other shapes, so they agree only within
-a tolerance (see `maps_mismatch`).
+their statistics pass every checksum and statistics check). The stored side is decoded
+(`storage.encoding.decode_maps`) and compared with a fresh float32 pass (pooled as the file was)
+over a batch of another shape, so they agree only within a tolerance (see `maps_mismatch`), widened
+by the storage's own rounding: `--keep-bits N` and uint8's (hi - lo) / 510.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import ExtractConfig
 from ..errors import InputError
 from ..sources import source_path
 from ..storage import schema
+from ..storage.encoding import Encoding, decode_maps, encoding_of, pooled
 from ..storage.findings import Problem, VerifyConfig, VerifyReport
 from ..storage.verify import files_to_verify, open_fmpipe
 from ..storage.virtual import check_virtual_sources
@@ -39,6 +40,7 @@ REL_TOLERANCE = 2.0**-10
 ABS_FRACTION = {"cpu": 1e-3, "cuda": 1e-2, "amp": 2e-2}
 AMP_REL_TOLERANCE = 2.0**-7
 SUBNORMAL = 2.0**-24
+UINT8_FRACTION = 1 / 255  # uint8: (hi - lo) / 510 is at most 1/255 of the channel's largest |x|
 
 
 @dataclass(frozen=True)
@@ -88,16 +90,20 @@ def prepare(config: VerifyConfig) -> Recomputer:
     size_hw = tuple(int(v) for v in attrs[schema.ATTR_INPUT_SIZE])
     model.module.to(device)
     tap, probed = taps.build(model, size_hw, sorted(shapes), device, recorded.layers or ())
-    rebuilt = {s.index: s.shape for s in probed} | {s.layer: s.shape for s in tap.infos}
+    stored_as = encoding_of(attrs)
+    rebuilt = {s.index: pooled(s, stored_as.pool).shape for s in probed}
+    rebuilt |= {s.layer: pooled(s, stored_as.pool).shape for s in tap.infos}
     for ref, shape in (shapes | layer_shapes).items():
         if rebuilt.get(ref) != tuple(shape):
             what = f"stage {ref}" if isinstance(ref, int) else f"layer {ref}"
             raise InputError(f"{path}: {what} is stored as {shape}, but the rebuilt model gives {rebuilt.get(ref)}.")
-    forward = Forward(tap, model, device, getattr(torch, recorded.dtype), recorded.amp)
+    forward = Forward(tap, model, device, Encoding("float32", pool=stored_as.pool), recorded.amp)
     kind = "amp" if recorded.amp else device.type
     rel = AMP_REL_TOLERANCE if recorded.amp else REL_TOLERANCE
+    rel += 2.0**-stored_as.keep_bits if stored_as.keep_bits else 0.0
+    frac = ABS_FRACTION[kind] + (UINT8_FRACTION if stored_as.quantized else 0.0)
     refs = [*sorted(shapes), *layer_shapes]
-    return Recomputer(model, forward, size_hw, refs, recorded.batch_size, (rel, ABS_FRACTION[kind]))
+    return Recomputer(model, forward, size_hw, refs, recorded.batch_size, (rel, frac))
 
 
 def _recorded_config(attrs: dict, path: Path) -> ExtractConfig:
@@ -191,7 +197,11 @@ def _recompute_file(rc: Recomputer, path: Path, rows: np.ndarray, images_root: s
                     continue
                 found.recomputed += 1
                 for stage in rc.stages:
-                    stored = file[f"{schema.group_of(stage)}/{schema.DATA}"][int(rows[i])]
+                    group = file[schema.group_of(stage)]
+                    row = int(rows[i])
+                    lo, hi = group[schema.STAT_MIN][row], group[schema.STAT_MAX][row]
+                    data = group[schema.DATA]
+                    stored = decode_maps(data[row], lo, hi, data.dtype.name)  # as stored, whatever attrs say
                     why = maps_mismatch(stored, result.data[stage][b], rc.tolerance)
                     if why:
                         found.problems.append((stage, keys[i], why))

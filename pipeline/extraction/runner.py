@@ -23,7 +23,9 @@ from ..config import ExtractConfig
 from ..errors import InputError, Interrupted, RunFailure, UsageError
 from ..records import StageInfo
 from ..storage import manifest
+from ..storage.encoding import pooled
 from ..storage.files import partial_path, shard_output
+from ..storage.layout import planned_bytes
 from ..storage.writer import NullWriter, ShardWriter, WritePlan, Writer
 from . import models, taps
 from .compute import Forward, Staged, check_values
@@ -107,7 +109,18 @@ def extract(config: ExtractConfig) -> ExtractSummary:
             )
     finally:
         writer.close()
-    return _summary(run, tally, mb_written=writer.bytes_written / 1e6)
+    return _summary(run, tally, mb_written=_output_bytes(writer) / 1e6)
+
+
+def _output_bytes(writer: Writer) -> int:
+    """The size of the file written (every table included); the maps' bytes without a file."""
+    try:
+        return writer.out.stat().st_size if isinstance(writer, ShardWriter) else writer.bytes_written
+    except OSError:  # stopped before the rename: the partial file
+        try:
+            return partial_path(writer.out).stat().st_size
+        except OSError:
+            return writer.bytes_written
 
 
 def _prepare(config: ExtractConfig) -> Run:
@@ -131,7 +144,8 @@ def _prepare(config: ExtractConfig) -> Run:
     # --layers alone stores only those layers; with --stages too, both.
     wanted = config.stages if config.layers is None else (config.stages or ())
     tap, all_stages = taps.build(model, size_hw, wanted, device, config.layers or ())
-    plan = plan_shard(config, model, size_hw, [all_stages[i] for i in tap.wanted] + tap.infos, collection)
+    stored = [pooled(s, config.pool) for s in [all_stages[i] for i in tap.wanted] + tap.infos]
+    plan = plan_shard(config, model, size_hw, stored, collection)
     return Run(config, plan, model, tap, device, size_hw, collection.root)
 
 
@@ -168,6 +182,8 @@ def _summary(run: Run, tally: Tally, mb_written: float = 0.0, dry_run: bool = Fa
         dry_run=dry_run,
         timings=dict(tally.timings),
         nan_stages=list(tally.nan_stages),
+        planned_bytes=planned_bytes(run.plan) if dry_run else (0, 0),
+        encoding=run.plan.encoding.describe(),
     )
 
 
@@ -212,7 +228,7 @@ def _run_batches(run: Run, writer: Writer, pending: np.ndarray, tally: Tally, st
     """The batch loop. Batch i is handed to the writer after batch i+1's forward pass was
     launched, so on CUDA the device→host copy overlaps the next forward pass."""
     config, timings = run.config, tally.timings
-    forward = Forward(run.tap, run.model, run.device, getattr(torch, config.dtype), config.amp)
+    forward = Forward(run.tap, run.model, run.device, run.plan.encoding, config.amp)
     bar = _progress(tally.done_before, len(run.keys))
     batches = iter_batches(
         run.root,
@@ -297,6 +313,6 @@ def _check_writable(out: Path) -> None:
 
 
 def estimate_bytes(stages: list[StageInfo], dtype: str) -> int:
-    """Uncompressed bytes per image for these stages at the storage dtype."""
+    """Uncompressed bytes per image of these stages' maps at the storage dtype."""
     itemsize = np.dtype(dtype).itemsize
     return sum(s.nbytes(itemsize) for s in stages)

@@ -42,6 +42,8 @@ class ExtractSummary:
     nan_stages: list[int] = field(default_factory=list)
     already_complete: bool = False  # OUT was complete with this configuration: nothing was done
     failed_before: int = 0  # failures recorded by earlier runs (reported for a complete output)
+    planned_bytes: tuple[int, int] = (0, 0)  # (maps, everything else) uncompressed, for --dry-run
+    encoding: str = ""  # the storage choice in words
 
     @property
     def bound_by(self) -> str:

@@ -340,14 +340,17 @@ def _write_failures(file: h5py.File, parts: list[_Shard]) -> None:
 
 
 def _virtual_dataset(group: h5py.Group, name: str, parts: list[_Shard], path: str) -> None:
-    """A VDS over the shards' `path`, row blocks in shard order, NaN where no source maps."""
+    """A VDS over the shards' `path`, row blocks in shard order, NaN (uint8: 0) where no source maps."""
     ref = parts[0].file[path]
     n = sum(p.count for p in parts)
     layout = h5py.VirtualLayout(shape=(n, *ref.shape[1:]), dtype=ref.dtype)
     for p in parts:
         if p.count:
             layout[p.start : p.start + p.count] = h5py.VirtualSource(p.source, path, shape=(p.count, *ref.shape[1:]))
-    group.create_virtual_dataset(name, layout, fillvalue=np.nan if ref.dtype.kind == "f" else ref.fillvalue)
+    # Rows no source maps: float maps read NaN; uint8 maps q = 0, decoded to NaN through their NaN
+    # statistics; integer tables (argmax) their own fill value (-1).
+    fill = np.nan if ref.dtype.kind == "f" else 0 if ref.dtype.kind == "u" else ref.fillvalue
+    group.create_virtual_dataset(name, layout, fillvalue=fill)
 
 
 def _copy_dataset(group: h5py.Group, name: str, parts: list[_Shard], path: str) -> int:

@@ -21,6 +21,7 @@ from ..decoding import DecodeError, decode
 from ..errors import InputError, UsageError
 from ..sources import source_path
 from ..storage import schema
+from ..storage.encoding import maps_reader
 from ..storage.store import StageView, Store, open_store
 from .colormaps import DEFAULT_CMAP, finite_range, lut, to_indices
 from .config import NORMALIZATIONS
@@ -226,7 +227,7 @@ class Painter:
                 yield int(position), channel, data[channel - c0]
 
     def _block(self, row: int, c0: int) -> np.ndarray:
-        """(k, H, W) maps of channels c0.. of one chunk of `row`."""
+        """(k, H, W) maps (decoded values) of channels c0.. of one chunk of `row`."""
         try:
             return self.data[row, c0 : min(c0 + self.block, self.view.channels)]
         except OSError as err:  # a damaged chunk, or a shard that vanished mid-run
@@ -305,7 +306,8 @@ def _small_cache_dataset(file: h5py.File, group: str) -> tuple[h5py.Dataset, int
     del probe  # closed, so the open below is the first one
     dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
     dapl.set_chunk_cache(521, max(1 << 20, CACHE_CHUNKS * chunk_bytes), 1.0)
-    return h5py.Dataset(h5py.h5d.open(file.id, name.encode(), dapl)), block
+    data = h5py.Dataset(h5py.h5d.open(file.id, name.encode(), dapl))
+    return maps_reader(file[group], data), block  # uint8 maps decoded to float32 (storage.encoding)
 
 
 def _resized(photo: np.ndarray, height: int, width: int) -> np.ndarray:

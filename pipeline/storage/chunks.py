@@ -26,9 +26,13 @@ import zstandard
 
 from ..errors import InputError
 from .codecs import fletcher32
+from .encoding import unshuffle_bytes
 
-# HDF5 filter ids of the pipelines fmpipe writes: zstd (hdf5plugin), deflate, Fletcher-32.
-KINDS = {(): "none", (32015,): "zstd", (1,): "gzip", (3,): "fletcher32"}
+# HDF5 filter ids of the pipelines fmpipe writes: zstd (hdf5plugin), deflate, Fletcher-32, each
+# optionally after the byte shuffle (2).
+SHUFFLE = "shuffle+"
+_PLAIN = {(): "none", (32015,): "zstd", (1,): "gzip", (3,): "fletcher32"}
+KINDS = _PLAIN | {(2, *ids): SHUFFLE + kind for ids, kind in _PLAIN.items() if ids}
 CHECKSUMS = {"zstd": "zstd checksum", "gzip": "zlib Adler-32 checksum", "fletcher32": "Fletcher-32 checksum"}
 
 
@@ -41,7 +45,7 @@ class RawSource:
     """A physical dataset whose chunks are read raw: its file and its filter pipeline."""
 
     fd: int  # os-level descriptor of its file, read with os.pread
-    kind: str  # "zstd", "gzip", "fletcher32" or "none"
+    kind: str  # "zstd", "gzip", "fletcher32" or "none", "shuffle+" before it when byte-shuffled
     label: str  # its file, for messages
 
 
@@ -205,12 +209,17 @@ def read_raw(source: RawSource, offset: int, size: int) -> bytes:
     return raw
 
 
-def decode(raw: bytes, kind: str, mask: int, nbytes: int, checksum_required: bool) -> bytes:
+def decode(raw: bytes, kind: str, mask: int, nbytes: int, checksum_required: bool, itemsize: int = 1) -> bytes:
     """A chunk's `nbytes` uncompressed bytes, every checksum verified; ChunkError otherwise.
 
     `checksum_required` (format v2) also refuses a chunk without a checksum: a zstd frame
-    without one, or a chunk stored unfiltered (filter mask set).
+    without one, or a chunk stored unfiltered (filter mask set). A byte-shuffled kind is
+    unshuffled by `itemsize` (the data's element size) after its checksum held.
     """
+    if kind.startswith(SHUFFLE):
+        if mask:
+            raise ChunkError(f"skipped some of its filters (filter mask {mask}), which fmpipe never writes")
+        return unshuffle_bytes(decode(raw, kind[len(SHUFFLE) :], 0, nbytes, checksum_required), itemsize)
     if mask:
         if checksum_required:
             raise ChunkError(f"was stored without its {kind} filter (filter mask {mask}), so no checksum protects it")

@@ -49,8 +49,8 @@ def differences(old: dict, new: dict) -> list[Difference]:
             continue
         option, show = _WORDS.get(part, (None, _plain))
         if part == "stages" and _stages(old.get(part)) == _stages(new.get(part)):
-            if old.get("size") != new.get("size"):
-                continue  # the same stages at another --size: the size is the difference
+            if old.get("size") != new.get("size") or old.get("pool") != new.get("pool"):
+                continue  # the same stages at another --size or --pool: that is the difference
             option, show = "the stages' modules or shapes", _plain
         if part == "keys_sha256":
             was, now = f"{old.get('num_keys', '?')} images", f"{new.get('num_keys', '?')} images"
@@ -109,6 +109,9 @@ _WORDS = {
     "dtype": ("--dtype", _plain),
     "compression": ("--compression", _plain),
     "amp": ("--amp", _switch),
+    "keep_bits": ("--keep-bits", lambda value: str(value or 0)),
+    "pool": ("--pool", lambda value: "none" if not value else "x".join(str(v) for v in value)),
+    "shuffle": ("--shuffle", _switch),
     "keys_sha256": ("the image collection", _plain),
     "format_version": ("the file format version (another fmpipe version)", _plain),
 }

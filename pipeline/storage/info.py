@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .encoding import encoding_of, pooled_shape
 from .store import Store
 
 MB = 1e6
@@ -20,8 +21,9 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
         f"{store.path}: fmpipe format v{run.format_version}, {state}",
         f"  model      {run.model}  (weights: {run.weights}; state dict sha256 {(run.weights_sha256 or '?')[:16]}…)",
         f"  input      {_hw(run.input_size)}, {run.resize_policy}, mean {_floats(run.mean)}, std {_floats(run.std)}",
-        f"  storage    {run.dtype}, {run.compression}{checksum}",
+        f"  storage    {encoding_of(store.file.attrs).describe()}, {run.compression}{checksum}",
         f"  images     {n - len(failures)} stored, {len(failures)} failed, {n} in all",
+        _bytes_line(store, done),
     ]
     if run.merged:
         lines.append(
@@ -32,10 +34,11 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
         lines.append(f"  shard      {run.shard_index} of {run.num_shards}; images done {done} of {n}")
     lines.append("  stage  module               channels  stride  shape (C, H, W)      MB/image  stored MB  ratio")
     for s in store.maps:
-        raw = s.data.size * s.data.dtype.itemsize
+        itemsize = s.data.id.dtype.itemsize  # as stored (uint8 maps read as float32)
+        raw = s.data.size * itemsize
         stored = s.data.id.get_storage_size() if not s.data.is_virtual else 0
         ratio = f"{raw / stored:5.2f}" if stored else "    -"
-        per_image = s.channels * s.height * s.width * s.data.dtype.itemsize / MB
+        per_image = s.channels * s.height * s.width * itemsize / MB
         lines.append(
             f"  {s.index if s.layer is None else 'layer':>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
             f"{(s.channels, s.height, s.width)!s:<20} {per_image:8.3f}  "
@@ -56,9 +59,23 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _bytes_line(store: Store, done: int) -> str:
+    """`  bytes      0.412 MB per done image (the whole file 1.2 MB)`: the file's size over its done rows
+    (a merged virtual file counts its shards' files)."""
+    size = store.path.stat().st_size
+    if store.run.merged and store.run.merge_mode == "virtual":
+        folder = store.path.parent / (store.run.merged_from or "")
+        size += sum(p.stat().st_size for p in folder.glob("*.h5") if p.is_file()) if folder.is_dir() else 0
+    per_image = f"{size / done / MB:.3f} MB per done image" if done else "no image done yet"
+    return (
+        f"  bytes      {per_image} (the whole file{' and its shards' if store.run.merged else ''}: {size / MB:.1f} MB)"
+    )
+
+
 def describe_stages(model: str, size_hw, stages, itemsize: int = 2, label: str = "all stages") -> str:
-    """Table of a model's stages at one input size, with MB per image at `itemsize`; the total is
-    labelled `label` (what the table holds: all stages, or a run's chosen ones)."""
+    """Table of a model's stages at one input size, with MB per image at `itemsize` (the stages as
+    stored: pooled already when `--pool` is given); the total is labelled `label` (what the table
+    holds: all stages, or a run's chosen ones)."""
     lines = [
         f"{model} at {size_hw[0]}x{size_hw[1]}:",
         "  stage  module               channels  stride  shape (C, H, W)      MB/image",
@@ -71,9 +88,7 @@ def describe_stages(model: str, size_hw, stages, itemsize: int = 2, label: str =
             f"  {s.index if s.layer is None else 'layer':>5}  {s.module:<20} {s.channels:>8}  {s.stride:>6}  "
             f"{(s.channels, s.height, s.width)!s:<20} {mb:8.3f}"
         )
-    lines.append(
-        f"  {label}: {total:.3f} MB per image before compression ({'float16' if itemsize == 2 else 'float32'})"
-    )
+    lines.append(f"  {label}: {total:.3f} MB per image before compression ({_DTYPE_OF[itemsize]})")
     return "\n".join(lines)
 
 
@@ -85,8 +100,12 @@ def _floats(value) -> str:
     return "(" + ", ".join(f"{float(v):.3f}" for v in value) + ")" if value is not None else "?"
 
 
-def describe_layers(found, itemsize: int = 2) -> str:
-    """Table for `fmpipe layers`: every module call in execution order with its stored shape.
+_DTYPE_OF = {1: "uint8", 2: "float16", 4: "float32"}
+
+
+def describe_layers(found, itemsize: int = 2, pool: tuple[int, int] | None = None) -> str:
+    """Table for `fmpipe layers`: every module call in execution order with its stored shape
+    (pooled with `pool`, as `--pool` stores it).
 
     `found`: an `extraction.layers.ModelLayers` (model, size_hw, calls)."""
     h, w = found.size_hw
@@ -96,7 +115,12 @@ def describe_layers(found, itemsize: int = 2) -> str:
         f"  {'layer':<40} {'calls':>5}  {'output':<22} {'stored (C, H, W)':<20} MB/image",
     ]
     for call in found.calls:
-        shape = "(not storable)" if call.map_shape is None else str(call.map_shape)
-        mb = "" if call.map_shape is None else f"{np.prod(call.map_shape) * itemsize / MB:8.3f}"
+        stored = None if call.map_shape is None else _pooled_map(call.map_shape, pool)
+        shape = "(not storable)" if stored is None else str(stored)
+        mb = "" if stored is None else f"{np.prod(stored) * itemsize / MB:8.3f}"
         lines.append(f"  {call.spec:<40} {call.calls:>5}  {call.output:<22} {shape:<20} {mb}")
     return "\n".join(lines)
+
+
+def _pooled_map(shape: tuple[int, int, int], pool: tuple[int, int] | None) -> tuple[int, int, int]:
+    return (shape[0], *pooled_shape(shape[1], shape[2], pool))

@@ -19,7 +19,9 @@ from ..records import StageInfo
 from . import identity, schema
 from .codecs import Codec
 from .dims import attach_dimensions
+from .encoding import Encoding
 from .metadata import run_info
+from .toplists import TOP_K
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,18 @@ class WritePlan:
     fingerprint_parts: dict
     attrs: dict = field(default_factory=dict)
     start: int = 0  # row of the first key in the whole collection (a shard's offset)
+    encoding: Encoding | None = None  # storage dtype, mantissa rounding, byte shuffle, pooling (None: plain dtype)
+
+    def __post_init__(self) -> None:
+        if self.encoding is None:
+            object.__setattr__(self, "encoding", Encoding(self.dtype))
+        if self.encoding.dtype != self.dtype:
+            raise ValueError(f"a plan of {self.dtype} maps with an encoding of {self.encoding.dtype}")
+
+    @property
+    def codec(self) -> Codec:
+        """How each chunk is compressed (byte-shuffled first when the encoding says so)."""
+        return Codec(self.compression, self.encoding.itemsize if self.encoding.shuffle else 0)
 
 
 def to_utf8(text: str) -> str:
@@ -54,7 +68,7 @@ def create_layout(file: h5py.File, plan: WritePlan) -> None:
     attrs[schema.ATTR_COMPLETE] = False
     attrs[schema.ATTR_FINGERPRINT] = plan.fingerprint
     attrs[schema.ATTR_FINGERPRINT_JSON] = json.dumps(identity.canonical(plan.fingerprint_parts), sort_keys=True)
-    attrs[schema.ATTR_CHUNK_CHECKSUM] = Codec(plan.compression).checksum
+    attrs[schema.ATTR_CHUNK_CHECKSUM] = plan.codec.checksum
     for name, value in plan.attrs.items():
         attrs[name] = value
     file.create_dataset(schema.KEY, data=[to_utf8(k) for k in plan.keys], dtype=_STR)
@@ -65,11 +79,11 @@ def create_layout(file: h5py.File, plan: WritePlan) -> None:
     for name in (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REASON):
         dtype = "int64" if name == schema.FAILURE_INDEX else _STR
         file.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype=dtype)
-    codec = Codec(plan.compression)
+    codec = plan.codec
     keys = file[schema.KEY][:]
     file.require_group(schema.STAGES)
     for info in plan.stages:
-        _create_stage(file, info, n, plan.dtype, codec)
+        _create_stage(file, info, n, plan.encoding.dtype, codec)
         attach_dimensions(file[info.group], keys)
 
 
@@ -95,12 +109,32 @@ def _create_stage(file: h5py.File, info: StageInfo, n: int, dtype: str, codec: C
         maxshape=(max(n, 1), info.channels, info.height, info.width),
         dtype=dtype,
         chunks=(1, k, info.height, info.width),
-        fillvalue=np.nan,
+        # uint8 rows without maps read as q = 0, which decodes to NaN through their NaN statistics.
+        fillvalue=0 if np.dtype(dtype).kind == "u" else np.nan,
         **codec.dataset_options(),
     )
     for name in schema.STAT_NAMES:
         group.create_dataset(name, shape=(n, info.channels), dtype="float32", fillvalue=np.nan)
     group.create_dataset(schema.STAT_ARGMAX, shape=(n, info.channels), dtype="int32", fillvalue=-1)
+
+
+# Per image beside the maps: key (+ its copy per stage), orig_hw 8, done 1, source_sha256 64, source_size 8.
+_ROW_BYTES = 8 + 1 + 64 + 8
+
+
+def planned_bytes(plan: WritePlan) -> tuple[int, int]:
+    """(maps, everything else) in bytes a complete file of this plan holds before compression:
+    the maps at the storage dtype; the keys (once, and again as every stage's `image` axis), the
+    per-image tables, the statistics (3 float32 per image and channel) and the top lists."""
+    n, itemsize = len(plan.keys), plan.encoding.itemsize
+    key_bytes = sum(len(k.encode("utf-8", "surrogateescape")) + 16 for k in plan.keys)  # + HDF5's vlen record
+    maps = n * sum(s.nbytes(itemsize) for s in plan.stages)
+    other = key_bytes + n * _ROW_BYTES
+    k = max(1, min(TOP_K, n))
+    for s in plan.stages:
+        other += key_bytes + n * s.channels * 3 * 4  # the `image` axis, min/max/mean
+        other += 2 * s.channels * (k * (8 + 4) + 4 + 8)  # top lists by max and mean
+    return maps, other
 
 
 def append_failures(file: h5py.File, keys: list[str], failures: list[tuple[int, str]]) -> None:

@@ -5,6 +5,10 @@ cast. Rounding to float16 is monotonic, so a channel's stored min and max are th
 data's min and max rounded back: they agree within half a float16 ulp. Each value moves by at
 most half an ulp (2^-11 of its magnitude), so the means agree within 2^-11 of the channel's
 largest |x|; MEAN_TOLERANCE allows twice that, for float32 summation noise on the device.
+
+Other encodings widen the same rules: `--keep-bits N` rounds to half an ulp of N mantissa bits
+(min, max and mean), and uint8 maps are decoded through their own min and max first (so min and
+max agree within float32 rounding, the mean within the quantisation step (hi - lo) / 510).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import MANTISSA_BITS
 from . import schema
 from .chunks import ChunkError, RawSource, decode, read_raw
+from .encoding import decode_maps, quantization_step
 
 MEAN_TOLERANCE = 2.0**-10  # of the channel's largest |x|
 SUBNORMAL = 2.0**-24  # float16's smallest step: rounding near zero is absolute, not relative
 TINY = 2.0**-40  # min and max: half an ulp plus this
+FLOAT32_NOISE = 2.0**-20  # uint8: decoding lo + q * (hi - lo) / 255 in float32, of the channel's largest |x|
 _F16_FINITE = 65504.0
 
 
@@ -26,11 +33,12 @@ _F16_FINITE = 65504.0
 class ChunkSpec:
     """What checking a chunk of one stage needs: its (1, k, H, W) shape, dtype, checksum rule."""
 
-    dtype: np.dtype  # float16 or float32
+    dtype: np.dtype  # float16, float32 or uint8
     k: int  # channels per chunk (the stage's last chunk is padded to k)
     channels: int  # C
     hw: int  # H * W
     checksum_required: bool  # format v2: a chunk without a checksum is a problem
+    keep_bits: int = 0  # --keep-bits the maps were rounded to (0: none)
 
     @property
     def nbytes(self) -> int:
@@ -63,19 +71,23 @@ def check_chunks(spec: ChunkSpec, refs: list[ChunkRef]) -> list[tuple[int, str |
         n = ref.stored.shape[1]
         try:
             raw = read_raw(ref.source, ref.offset, ref.size)
-            data = decode(raw, ref.source.kind, ref.mask, spec.nbytes, spec.checksum_required)
+            data = decode(raw, ref.source.kind, ref.mask, spec.nbytes, spec.checksum_required, spec.dtype.itemsize)
         except ChunkError as err:
             results.append((n * spec.hw * spec.dtype.itemsize, str(err)))
             continue
-        blocks.append(np.frombuffer(data, dtype=spec.dtype).reshape(spec.k, spec.hw)[:n])
-        results.append((blocks[-1].nbytes, None))
+        chunk = np.frombuffer(data, dtype=spec.dtype).reshape(spec.k, 1, spec.hw)[:n]
+        if spec.dtype == np.uint8:  # decoded through the stored min and max; floats are compared as stored
+            blocks.append(decode_maps(chunk, ref.stored[0], ref.stored[1], "uint8")[:, 0])
+        else:
+            blocks.append(chunk[:, 0])
+        results.append((chunk.nbytes, None))
     if not blocks:
         return results
     decoded = [ref for ref, (_, why) in zip(refs, results, strict=True) if why is None]
     values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     stored = np.concatenate([ref.stored for ref in decoded], axis=1)
     found = channel_stats(values)
-    bad = mismatches(found, stored, values.dtype)
+    bad = mismatches(found, stored, spec.dtype, spec.keep_bits)
     start, b = 0, 0
     for i, (nbytes, why) in enumerate(results):
         if why is None:
@@ -90,26 +102,39 @@ def check_chunks(spec: ChunkSpec, refs: list[ChunkRef]) -> list[tuple[int, str |
     return results
 
 
-def stats_mismatch(values: np.ndarray, stored: np.ndarray, c0: int = 0) -> str | None:
-    """Why the stored statistics (3, n) float32 do not describe `values` (n, H*W), or None.
-    `c0` is the first channel's index, for the message."""
+def stats_mismatch(values: np.ndarray, stored: np.ndarray, c0: int = 0, keep_bits: int = 0) -> str | None:
+    """Why the stored statistics (3, n) float32 do not describe `values` (n, H*W) float16 or
+    float32 (decoded), or None. `c0` is the first channel's index, for the message."""
     found = channel_stats(values)
-    return describe(mismatches(found, stored, values.dtype), found, stored, c0)
+    return describe(mismatches(found, stored, values.dtype, keep_bits), found, stored, c0)
 
 
-def mismatches(found: np.ndarray, stored: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def mismatches(found: np.ndarray, stored: np.ndarray, dtype: np.dtype, keep_bits: int = 0) -> np.ndarray:
     """(3, n) bool: which stored min, max, mean (float32) disagree with the data's `found` ones.
 
     The statistics were computed from the float32 activations before the storage cast, so
     min and max may differ from the data's by half a storage ulp (rounding is monotonic);
     the mean by at most half an ulp of the channel's largest |x| (MEAN_TOLERANCE: twice that).
+    `keep_bits` widens the ulp to that many mantissa bits; uint8 (`dtype`) data was decoded
+    through the stored min and max, so those agree within float32 rounding.
     """
     peak = np.maximum(np.abs(found[0]), np.abs(found[1]))
     with np.errstate(invalid="ignore", over="ignore"):
-        ulp = np.spacing(np.abs(found[:2]).astype(dtype)).astype(np.float64)
-        tolerance = np.concatenate([0.5 * ulp + TINY, (MEAN_TOLERANCE * peak + SUBNORMAL)[None]])
+        if np.dtype(dtype) == np.uint8:
+            noise = FLOAT32_NOISE * peak + TINY
+            step = quantization_step(stored[0], stored[1])
+            tolerance = np.stack([noise, noise, step + noise + SUBNORMAL])
+        else:
+            ulp = np.spacing(np.abs(found[:2]).astype(dtype)).astype(np.float64)
+            relative = MEAN_TOLERANCE
+            if keep_bits:
+                coarser = 2.0 ** (MANTISSA_BITS[np.dtype(dtype).name] - keep_bits)
+                ulp, relative = ulp * (1 + coarser), max(MEAN_TOLERANCE, 2.0**-keep_bits)
+            tolerance = np.concatenate([0.5 * ulp + TINY, (relative * peak + SUBNORMAL)[None]])
         stored64 = stored.astype(np.float64)
         good = (stored64 == found) | (np.isnan(stored64) & np.isnan(found)) | (np.abs(stored64 - found) <= tolerance)
+        if np.dtype(dtype) == np.uint8:  # a map with inf has no finite scale: it is stored as NaN, by design
+            good |= (~np.isfinite(stored64[:2]).all(axis=0) & np.isnan(found[0]))[None]
     return ~good
 
 

@@ -47,7 +47,10 @@ ATTR_INPUT_SIZE = "input_size"  # [H, W] the model saw
 ATTR_MEAN = "mean"
 ATTR_STD = "std"
 ATTR_RESIZE_POLICY = "resize_policy"
-ATTR_DTYPE = "dtype"
+ATTR_DTYPE = "dtype"  # float16, float32 or uint8 (scaled per image and channel by min and max)
+ATTR_KEEP_BITS = "keep_bits"  # mantissa bits kept by rounding (0: all); absent in older files
+ATTR_SHUFFLE = "shuffle"  # bool: HDF5's byte shuffle filter before compression
+ATTR_POOL = "pool"  # [H, W]: maps adaptively average-pooled to at most this; absent: not pooled
 ATTR_COMPRESSION = "compression"
 ATTR_CHUNK_CHECKSUM = "chunk_checksum"  # what protects each data chunk: "zstd-xxh64", "zlib-adler32", "fletcher32"
 ATTR_AMP = "amp"
@@ -67,7 +70,7 @@ ATTR_CAPTURE = "capture"  # "forward_intermediates" or "forward_hook"
 ATTR_LAYOUT = "layout"  # always "NCHW"
 
 # Per-stage datasets, below stages/<i>/.
-DATA = "data"  # (N, C, H, W) float16 (or float32), chunks (1, k, H, W)
+DATA = "data"  # (N, C, H, W) float16, float32 or uint8, chunks (1, k, H, W); storage/encoding.py decodes it
 STAT_MIN = "min"  # (N, C) float32
 STAT_MAX = "max"  # (N, C) float32
 STAT_MEAN = "mean"  # (N, C) float32

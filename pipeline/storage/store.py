@@ -27,6 +27,7 @@ from ..errors import (
 )
 from ..records import StageInfo
 from . import schema
+from .encoding import DecodedMaps, Encoding, encoding_of, maps_reader
 from .metadata import RunInfo, run_info
 from .virtual import check_virtual_sources
 
@@ -42,7 +43,7 @@ STREAM_CACHE_BYTES = 1024 * 1024
 class StageView(StageInfo):
     """One stored stage: its `StageInfo` plus lazy h5py datasets."""
 
-    data: h5py.Dataset  # (N, C, H, W) float16/float32
+    data: h5py.Dataset | DecodedMaps  # (N, C, H, W) float16/float32 as stored; uint8 files read as float32
     min: h5py.Dataset  # (N, C) float32
     max: h5py.Dataset  # (N, C) float32
     mean: h5py.Dataset  # (N, C) float32
@@ -166,6 +167,11 @@ class Store:
         return run_info(self.file.attrs)
 
     @property
+    def encoding(self) -> Encoding:
+        """How the maps are stored: dtype (uint8 reads decoded), --keep-bits, byte shuffle, --pool."""
+        return encoding_of(self.file.attrs)
+
+    @property
     def complete(self) -> bool:
         return bool(self.file.attrs.get(schema.ATTR_COMPLETE, False))
 
@@ -259,7 +265,7 @@ class Store:
             int(a[schema.ATTR_WIDTH]),
             str(a.get(schema.ATTR_CAPTURE, "")),
             layer,
-            data=group[schema.DATA],
+            data=maps_reader(group),
             min=group[schema.STAT_MIN],
             max=group[schema.STAT_MAX],
             mean=group[schema.STAT_MEAN],
@@ -381,7 +387,8 @@ def decoded_maps(
 ) -> np.ndarray:
     """Stored map values → float32: `stored` is `view.data[rows, channels]` (any y, x subset), 4-d.
 
-    The one decoder: every read of map values (`Store.read`, `open_dataset`, export, reduce) passes
-    here, so a storage dtype that needs decoding (uint8 with a per-(image, channel) lo/hi, read from
-    `view` at `rows` and `channels`) plugs in at this one place. Today: float16/float32 → float32."""
+    Every read of map values (`Store.read`, `open_dataset`, export, reduce) passes here. Decoding a
+    storage choice happens one step before, in `view.data` itself: for uint8 files it is an
+    `encoding.DecodedMaps`, whose reads go through `encoding.decode_maps` (the one decoder, which the
+    viewer's blocks, render and verify use too); what remains here is the cast of float16 to float32."""
     return stored.astype(np.float32, copy=False)

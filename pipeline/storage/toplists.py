@@ -21,7 +21,9 @@ import numpy as np
 from ..errors import UsageError
 from . import schema
 
-TOP_K = 256  # images kept per channel; asking for more falls back to a pass over the statistics
+TOP_K = 256  # images kept per channel (fewer when the file holds fewer); asking for more falls back to a pass
+# Top lists are compressed (gzip, built into every HDF5 reader; shuffled): -1/NaN padding and rows close together.
+COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 ROW_BLOCK = 8192  # rows of (N, C) statistics read per step
 BY = {"max": schema.STAT_MAX, "mean": schema.STAT_MEAN}
 
@@ -120,8 +122,10 @@ def scan(group: h5py.Group, usable: np.ndarray, k: int = TOP_K) -> dict[str, tup
 
 
 def write_top_lists(file: h5py.File, k: int = TOP_K) -> None:
-    """Compute and store every stage's top lists from its statistics (at finalise)."""
+    """Compute and store every stage's top lists from its statistics (at finalise), `min(k, images)`
+    entries per channel: a list longer than the file's usable images would hold only padding."""
     usable = _usable_rows(file)
+    k = _kept(k, usable)
     for path in schema.map_groups(file):
         group = file[path]
         _store(group, scan(group, usable, k), int(usable.sum()))
@@ -143,6 +147,7 @@ def merge_top_lists(file: h5py.File, shards: list[tuple[h5py.File, int]], k: int
     `shards`: (open shard file, its first row in the merged file). A shard without lists
     (an older fmpipe) makes this stage fall back to a pass over the merged statistics."""
     usable = _usable_rows(file)
+    k = _kept(k, usable)
     for name in schema.map_groups(file):
         group = file[name]
         path = f"{name}/{schema.TOP}"
@@ -161,6 +166,11 @@ def merge_top_lists(file: h5py.File, shards: list[tuple[h5py.File, int]], k: int
         _store(group, merged, int(usable.sum()))
 
 
+def _kept(k: int, usable: np.ndarray) -> int:
+    """Entries kept per channel: at most one per usable image (at least one, so empty shards have lists)."""
+    return max(1, min(k, int(usable.sum())))
+
+
 def _fresh(channels: int, k: int) -> dict[str, tuple[TopList, Response]]:
     return {by: (TopList.empty(channels, k), Response(np.zeros(channels), np.zeros(channels, np.int64))) for by in BY}
 
@@ -172,10 +182,10 @@ def _store(group: h5py.Group, found: dict[str, tuple[TopList, Response]], rows: 
     top.attrs[schema.ATTR_TOP_K] = next(iter(found.values()))[0].rows.shape[1]
     top.attrs[schema.ATTR_TOP_ROWS] = rows
     for by, (best, response) in found.items():
-        top.create_dataset(f"{by}_rows", data=best.rows)
-        top.create_dataset(f"{by}_values", data=best.values)
-        top.create_dataset(f"{by}_response", data=response.means)
-        top.create_dataset(f"{by}_counts", data=response.counts)
+        top.create_dataset(f"{by}_rows", data=best.rows, **COMPRESSION)
+        top.create_dataset(f"{by}_values", data=best.values, **COMPRESSION)
+        top.create_dataset(f"{by}_response", data=response.means, **COMPRESSION)
+        top.create_dataset(f"{by}_counts", data=response.counts, **COMPRESSION)
 
 
 def _usable_rows(file: h5py.File) -> np.ndarray:
@@ -198,13 +208,19 @@ def top_images(store, stage: int | str, channel: int, k: int, by: str = "max") -
     if k < 1:
         raise UsageError(f"k must be at least 1, got {k}.")
     group = store.file[view.group]
-    if schema.TOP in group and group[schema.TOP].attrs.get(schema.ATTR_TOP_K, 0) >= k and store.complete:
+    if schema.TOP in group and _covers(group[schema.TOP], k) and store.complete:
         top = group[schema.TOP]
         rows, values = top[f"{by}_rows"][channel, :k], top[f"{by}_values"][channel, :k]
     else:
         found = scan(group, store.ok, k)[by][0]
         rows, values = found.rows[channel], found.values[channel]
     return [(int(r), float(v)) for r, v in zip(rows, values, strict=True) if r >= 0]
+
+
+def _covers(top: h5py.Group, k: int) -> bool:
+    """Whether a stored list answers a top-k: it keeps k entries, or every image it was computed over."""
+    kept = int(top.attrs.get(schema.ATTR_TOP_K, 0))
+    return kept >= min(k, int(top.attrs.get(schema.ATTR_TOP_ROWS, k)))
 
 
 def channel_ranking(store, stage: int | str, by: str = "max") -> tuple[np.ndarray, np.ndarray]:

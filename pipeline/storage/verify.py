@@ -23,6 +23,7 @@ from ..errors import InputError
 from . import schema
 from .chunks import C0, ROW, RawFiles, Window, index_chunks
 from .digests import check_sources, recorded_rows
+from .encoding import encoding_of
 from .files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
@@ -178,7 +179,8 @@ class _FileCheck:
         n, channels, height, width = data.shape
         found = index_chunks(data, self.path, self.files)
         checksums = self.version >= 2 and self.file.attrs.get(schema.ATTR_CHUNK_CHECKSUM) is not None
-        spec = ChunkSpec(np.dtype(data.dtype), found.k, channels, height * width, checksums)
+        keep_bits = encoding_of(self.file.attrs).keep_bits
+        spec = ChunkSpec(np.dtype(data.dtype), found.k, channels, height * width, checksums, keep_bits)
         self._report_missing(index, found.table, spec)
         table = found.table[self.ok[found.table[:, ROW]]]
         valid = int(np.minimum(channels - table[:, C0], spec.k).sum()) * spec.hw * spec.dtype.itemsize

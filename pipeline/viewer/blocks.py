@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..storage import schema
 from ..storage.chunks import ChunkError, decode, filter_kind
+from ..storage.encoding import decode_maps
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ class StageBlocks:
             return file[first.name].chunks
 
     def block(self, row: int, c0: int) -> np.ndarray:
-        """(n, H, W) float16/float32 maps of channels c0..c0+n of `row` (c0 a multiple of k), read-only."""
+        """(n, H, W) maps of channels c0..c0+n of `row` (c0 a multiple of k), read-only: float16/float32
+        as stored, uint8 decoded to float32 (`storage.encoding.decode_maps`)."""
         n = min(self.k, self.channels - c0)
         part = self._part(row)
         raw = self._read_raw(part, row, c0) if part is not None else None
@@ -87,13 +89,17 @@ class StageBlocks:
             self.raw_reads += 1
             kind, mask, stored = raw
             try:
-                flat = decode(stored, kind, mask, self.nbytes, self.checksum_required)
+                flat = decode(stored, kind, mask, self.nbytes, self.checksum_required, self.dtype.itemsize)
             except ChunkError as err:
                 raise InputError(
                     f"{self.path}: the chunk of stage {self.stage}, row {row}, channels {c0}.. {err}; "
                     f"check the file with `fmpipe verify {self.path}`."
                 ) from None
             data = np.frombuffer(flat, dtype=self.dtype).reshape(self.k, self.height, self.width)[:n]
+        if self.dtype == np.uint8:
+            group = self._own[self.name.rpartition("/")[0]]
+            bounds = [group[name][row, c0 : c0 + n] for name in (schema.STAT_MIN, schema.STAT_MAX)]
+            data = decode_maps(data, *bounds, "uint8")
         data.setflags(write=False)
         return data
 
