@@ -36,10 +36,9 @@ from .features import block_rows, check_row_fits
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 64 * 1024 * 1024  # hdf5: rows copied per step, about this many bytes of float32 maps
-# HDF5's shuffle filter (also built in) would shrink float16 maps a little more under deflate (the
-# quick-start file's maps: 3.14 → 2.90 MB, -8 %), but verify and the viewer decode chunks themselves
-# and know deflate alone (storage/chunks.py KINDS); turn it on once they unshuffle.
-SHUFFLE = False
+# HDF5's shuffle filter (built into every HDF5 library) before deflate: the quick-start file's maps
+# 3.14 → 2.90 MB (-8 %); verify and the viewer undo it after the checksum (storage/chunks.py).
+SHUFFLE = True
 # Root attributes of a merged file that a stand-alone copy must not carry (it has no shards).
 _MERGE_ONLY = (schema.ATTR_MERGED_FROM, schema.ATTR_MERGE_MODE)
 ATTR_EXPORTED_FROM = "exported_from"  # the copy's source file name (docs/format.md)
@@ -173,8 +172,7 @@ def _copy_tables(store: Store, out: h5py.File) -> None:
             out.attrs[name] = value
     out.attrs[schema.ATTR_COMPRESSION] = "gzip"
     out.attrs[schema.ATTR_CHUNK_CHECKSUM] = "zlib-adler32"
-    if "shuffle" in out.attrs:  # the storage choices' byte-shuffle flag (schema.ATTR_SHUFFLE there): not here
-        out.attrs["shuffle"] = SHUFFLE
+    out.attrs[schema.ATTR_SHUFFLE] = SHUFFLE  # the copy's own filter pipeline, whatever the original's
     out.attrs[ATTR_EXPORTED_FROM] = store.path.name
     for group in (schema.IMAGES, schema.FAILURES):
         for name, dset in store.file[group].items():
