@@ -28,6 +28,7 @@ from ..storage.dims import attach_dimensions
 from ..storage.files import merged_path, publish, shards_folder
 from ..storage.identity import describe_difference
 from ..storage.metadata import run_info
+from ..storage.seal import write_seal
 from ..storage.store import open_store
 from ..storage.toplists import merge_top_lists
 from . import shards
@@ -85,6 +86,8 @@ def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -
         opened = [stack.enter_context(h5py.File(s.path, "r", locking="best-effort")) for s in found.shards]
         parts = _check_shards(found, opened, out)
         copied = _write(tmp, parts, found, mode)
+    with h5py.File(tmp, "r+", locking="best-effort") as file:  # the shards are closed: no lock clash
+        write_seal(file, tmp)  # with each shard's seal: a shard replaced after the merge is named
     publish(tmp, out)
     with open_store(out, require_complete=True) as store:  # re-check: the sources resolve from OUT's folder
         images, failed = len(store), len(store.failures)

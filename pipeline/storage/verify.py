@@ -26,6 +26,7 @@ from .digests import check_sources, recorded_rows
 from .files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
+from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
 from .virtual import check_virtual_sources
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class _FileCheck:
     files: RawFiles
     version: int = field(init=False, default=2)
     ok: np.ndarray = field(init=False, default=None)  # (N,) bool: done and not failed
+    seal: dict | None = field(init=False, default=None)  # the items sealed at finalise (None: unsealed)
+    chunk_digests: dict = field(init=False, default_factory=dict)  # map data path → its chunk table's sha256
 
     def run(self) -> None:
         attrs = self.file.attrs
@@ -157,10 +160,30 @@ class _FileCheck:
             failed = failed[(failed >= 0) & (failed < len(done))]
         self.ok[failed] = False
         self.report.rows += int(self.ok.sum())
+        self.seal = recorded_seal(self.file)
         log.info("%s: checking %d stages and layers of %d rows", self.path, len(self._groups()), int(self.ok.sum()))
         for path in self._groups():
             self._check_stage(path)
+        self._check_seal(done)
         self._check_sources(done)
+
+    def _check_seal(self, done: np.ndarray) -> None:
+        """Everything a reader relies on against the seal written at finalise (or merge)."""
+        complete = bool(self.file.attrs.get(schema.ATTR_COMPLETE, False))
+        if complete and not done.all():
+            self.problem(f"the file is marked complete but {int((~done).sum())} rows are not marked done")
+        if self.seal is None:
+            if complete and self.version >= 2:
+                self.report.warn(
+                    f"{self.path.name} has no seal (written before fmpipe sealed its files); "
+                    "its keys, statistics, top lists and attributes were not checked against one"
+                )
+            return
+        now = seal_items(self.file, self.path, self.files, self.chunk_digests)
+        if table_sha256(self.seal) != schema.text(self.file.attrs.get(schema.ATTR_SEAL, "")):
+            self.problem("the seal itself (/seal or its seal_sha256 attribute) was altered")
+        for line in changed_items(self.seal, now):
+            self.problem(line)
 
     def _groups(self) -> list[str]:
         """Every stage's and layer's group path."""
@@ -177,6 +200,8 @@ class _FileCheck:
         data = group[schema.DATA]
         n, channels, height, width = data.shape
         found = index_chunks(data, self.path, self.files)
+        if self.seal is not None:
+            self.chunk_digests[f"{path}/{schema.DATA}"] = chunk_table_sha256(found)
         checksums = self.version >= 2 and self.file.attrs.get(schema.ATTR_CHUNK_CHECKSUM) is not None
         spec = ChunkSpec(np.dtype(data.dtype), found.k, channels, height * width, checksums)
         self._report_missing(index, found.table, spec)

@@ -27,6 +27,7 @@ from .files import partial_path, publish
 from .layout import WritePlan
 from .lockfile import OutputLock
 from .output import open_output
+from .seal import write_seal
 from .toplists import write_top_lists
 
 __all__ = ["NullWriter", "ShardWriter", "WritePlan", "Writer"]
@@ -107,6 +108,7 @@ class ShardWriter:
         write_top_lists(self.file)
         self.file.attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
         self.file.attrs[schema.ATTR_COMPLETE] = True
+        write_seal(self.file, partial_path(self.out))
         output_lock, self.output_lock = self.output_lock, None  # held until OUT has its final name
         try:
             self.close()
