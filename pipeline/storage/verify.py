@@ -27,6 +27,7 @@ from .files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
 from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
+from .structure import check_structure
 from .virtual import check_virtual_sources
 
 log = logging.getLogger(__name__)
@@ -99,29 +100,14 @@ def open_fmpipe(path: Path) -> h5py.File:
         problem = "is an HDF5 file but not an fmpipe file (no format='fmpipe')"
     elif attrs.get(schema.ATTR_FORMAT_VERSION) not in schema.READABLE_VERSIONS:
         problem = f"has fmpipe format version {attrs.get(schema.ATTR_FORMAT_VERSION)}, which this fmpipe cannot read"
-    else:
-        missing = [n for n in (schema.KEY, schema.DONE, schema.FAILURE_INDEX, schema.STAGES) if n not in file]
-        problem = f"lacks /{missing[0]}" if missing else _stage_problem(file)
-    if problem:
+    try:
+        if problem:
+            raise InputError(f"{path} {problem}.")
+        check_structure(path, file)
+    except InputError:
         file.close()
-        raise InputError(f"{path} {problem}.")
+        raise
     return file
-
-
-def _stage_problem(file: h5py.File) -> str | None:
-    n = file[schema.KEY].shape[0]
-    if file[schema.DONE].shape != (n,):
-        return f"has /{schema.DONE} of shape {file[schema.DONE].shape}, expected ({n},)"
-    if any(not name.isdigit() for name in file[schema.STAGES]):
-        return "has a stage group not named by a stage index"
-    for path in schema.map_groups(file):
-        group = file[path]
-        if any(d not in group for d in (schema.DATA, *schema.STAT_NAMES)):
-            return f"has a group {path!r} that is not an fmpipe stage or layer"
-        shape = group[schema.DATA].shape
-        if len(shape) != 4 or shape[0] != n or any(group[s].shape != shape[:2] for s in schema.STAT_NAMES):
-            return f"has {path} data of shape {shape} or statistics that do not match {n} images"
-    return None
 
 
 @dataclass

@@ -16,6 +16,7 @@ import h5py
 from ..errors import InputError
 from . import schema
 from .seal import recorded_seal, virtual_source_names
+from .structure import check_structure
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def _check_source(path: Path, base: Path, source: str, fingerprint, seal: str | 
         raise InputError(f"{path}: its shard {source!r} is missing (looked in {base}). {hint}")
     try:
         with h5py.File(target, "r", locking="best-effort") as shard:
+            check_structure(target, shard)  # no links, no external storage, shapes that fit the file
             same = shard.attrs.get(schema.ATTR_FINGERPRINT) == fingerprint
             complete = bool(shard.attrs.get(schema.ATTR_COMPLETE))
             now = schema.text(shard.attrs.get(schema.ATTR_SEAL, ""))
