@@ -27,7 +27,7 @@ from .files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
 from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
-from .structure import check_structure
+from .structure import check_structure, top_rows_problem
 from .virtual import check_virtual_sources
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,15 @@ class _FileCheck:
                 self.window.submit(self._handler(index, spec, jobs, progress), check_chunks, spec, refs)
         self.window.drain()
         progress.close()
+        self._check_top_rows(group, index)
+
+    def _check_top_rows(self, group: h5py.Group, index: int | str) -> None:
+        """Top lists name rows of this file only (also in files without a seal)."""
+        top = group.get(schema.TOP)
+        for by in ("max", "mean") if top is not None else ():
+            problem = top_rows_problem(top[f"{by}_rows"][:], len(self.ok))
+            if problem:
+                self.problem(f"{by} list: {problem}", index)
 
     def _handler(self, index: int | str, spec: ChunkSpec, jobs: list, progress: Progress) -> Callable:
         def handle(results: list[tuple[int, str | None]]) -> None:
