@@ -307,3 +307,45 @@ def test_merge_refuses_a_shard_whose_top_lists_name_rows_it_does_not_have(made, 
         file["stages/1/top/mean_rows"][0, 0] = 10**9
     with pytest.raises(InputError, match="its top lists name row 1000000000"):
         merge.merge(out)
+
+
+# -- a file being written -------------------------------------------------------------------------
+
+
+def test_a_partial_file_being_written_is_reopened_not_called_damaged(made, tmp_path, monkeypatch):
+    """HDF5 reading a chunk index newer than its view of a file being written says "addr overflow"
+    (measured with an instrumented extract in docs/reliability.md); render reopens and reads again."""
+    from pipeline.rendering import painting
+
+    partial = Path(shutil.copy(made["single"], tmp_path / "out.h5.partial"))
+    with h5py.File(partial, "r+") as file:
+        file.attrs[schema.ATTR_COMPLETE] = False  # as while the extract still writes
+    real_block, real_open = painting.Painter._block, painting.Painter._open
+    state = {"fail": 2, "opens": 0}
+
+    def flaky_block(self, row: int, c0: int) -> np.ndarray:
+        if state["fail"]:
+            state["fail"] -= 1
+            raise InputError(f"{self.job.path}: reading row {row} failed (addr overflow, addr = 9, eoa = 8)")
+        return real_block(self, row, c0)
+
+    def counted_open(self) -> None:
+        state["opens"] += 1
+        real_open(self)
+
+    monkeypatch.setattr(painting.Painter, "_block", flaky_block)
+    monkeypatch.setattr(painting.Painter, "_open", counted_open)
+    options = dict(top_k=2, workers=1, allow_partial=True)
+    summary = pipeline.render(tmp_path / "out.h5", 2, out=str(tmp_path / "partial"), **options)
+    assert not summary.failed and summary.images == 11 and state["opens"] == 3  # opened, then reopened twice
+    monkeypatch.setattr(painting.Painter, "_block", real_block)
+    reference = pipeline.render(made["single"], 2, out=str(tmp_path / "reference"), top_k=2, workers=1)
+    pngs = sorted(p.relative_to(tmp_path / "partial") for p in (tmp_path / "partial").rglob("*.png"))
+    assert len(pngs) == reference.pngs and pngs == sorted(
+        p.relative_to(tmp_path / "reference") for p in (tmp_path / "reference").rglob("*.png")
+    )
+    assert all((tmp_path / "partial" / p).read_bytes() == (tmp_path / "reference" / p).read_bytes() for p in pngs)
+    state["fail"] = 1
+    monkeypatch.setattr(painting.Painter, "_block", flaky_block)
+    with pytest.raises(InputError, match="addr overflow"):  # a complete file is never being written: no retry
+        pipeline.render(made["single"], 2, out=str(tmp_path / "complete"), top_k=2, workers=1)
