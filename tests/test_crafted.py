@@ -314,14 +314,18 @@ def test_merge_refuses_a_shard_whose_top_lists_name_rows_it_does_not_have(made, 
 
 def test_a_partial_file_being_written_is_reopened_not_called_damaged(made, tmp_path, monkeypatch):
     """HDF5 reading a chunk index newer than its view of a file being written says "addr overflow"
-    (measured with an instrumented extract in docs/reliability.md); render reopens and reads again."""
+    (measured with an instrumented extract in docs/reliability.md): render's painter reopens the file
+    and paints the image again, and the PNGs equal those of the finished file."""
     from pipeline.rendering import painting
+    from pipeline.rendering.config import RenderConfig
+    from pipeline.rendering.run import _plan, _tasks
+    from pipeline.rendering.selection import image_folders
 
     partial = Path(shutil.copy(made["single"], tmp_path / "out.h5.partial"))
     with h5py.File(partial, "r+") as file:
         file.attrs[schema.ATTR_COMPLETE] = False  # as while the extract still writes
     real_block, real_open = painting.Painter._block, painting.Painter._open
-    state = {"fail": 2, "opens": 0}
+    state = {"fail": 0, "opens": 0}
 
     def flaky_block(self, row: int, c0: int) -> np.ndarray:
         if state["fail"]:
@@ -335,17 +339,28 @@ def test_a_partial_file_being_written_is_reopened_not_called_damaged(made, tmp_p
 
     monkeypatch.setattr(painting.Painter, "_block", flaky_block)
     monkeypatch.setattr(painting.Painter, "_open", counted_open)
-    options = dict(top_k=2, workers=1, allow_partial=True)
-    summary = pipeline.render(tmp_path / "out.h5", 2, out=str(tmp_path / "partial"), **options)
-    assert not summary.failed and summary.images == 11 and state["opens"] == 3  # opened, then reopened twice
-    monkeypatch.setattr(painting.Painter, "_block", real_block)
-    reference = pipeline.render(made["single"], 2, out=str(tmp_path / "reference"), top_k=2, workers=1)
+
+    def paint(path: Path, out: Path, fail: int) -> list:
+        config = RenderConfig(str(path), 2, out=str(out), top_k=2, workers=1, allow_partial=True)
+        with pipeline.open_store(path) as store:
+            job, rows = _plan(config, store)
+            tasks = list(_tasks(store, rows, image_folders(store)))
+        painter = painting.Painter(job)
+        try:
+            state["fail"] = fail
+            return [painter.paint(task) for task in tasks]
+        finally:
+            painter.close()
+
+    results = paint(partial, tmp_path / "partial", fail=2)
+    assert state["opens"] == 3 and len(results) == 11  # opened, then reopened twice: every image painted
+    assert all(r.error is None and r.pngs == 3 for r in results)  # 2 channels and the grid
+    state["opens"] = 0
+    reference = paint(made["single"], tmp_path / "reference", fail=0)
+    assert state["opens"] == 1 and [r.key for r in reference] == [r.key for r in results]
     pngs = sorted(p.relative_to(tmp_path / "partial") for p in (tmp_path / "partial").rglob("*.png"))
-    assert len(pngs) == reference.pngs and pngs == sorted(
-        p.relative_to(tmp_path / "reference") for p in (tmp_path / "reference").rglob("*.png")
+    assert len(pngs) == 33 and all(
+        (tmp_path / "partial" / p).read_bytes() == (tmp_path / "reference" / p).read_bytes() for p in pngs
     )
-    assert all((tmp_path / "partial" / p).read_bytes() == (tmp_path / "reference" / p).read_bytes() for p in pngs)
-    state["fail"] = 1
-    monkeypatch.setattr(painting.Painter, "_block", flaky_block)
     with pytest.raises(InputError, match="addr overflow"):  # a complete file is never being written: no retry
-        pipeline.render(made["single"], 2, out=str(tmp_path / "complete"), top_k=2, workers=1)
+        paint(made["single"], tmp_path / "complete", fail=1)

@@ -8,6 +8,7 @@ fill values for a missing source.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from .virtual import check_virtual_sources
 # One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
 # is decoded again on every partial read).
 CHUNK_CACHE_BYTES = 64 * 1024 * 1024
+PARTIAL_OPEN_TRIES = 6  # a file being written is opened again up to this many times
+PARTIAL_RETRY_S = 0.05  # first wait before opening it again (doubled each time)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,17 +47,27 @@ class Store:
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"{self.path} does not exist.")
-        try:
-            self.file = h5py.File(
-                self.path, "r", locking="best-effort", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007
-            )
-        except OSError as err:
-            raise InputError(f"{self.path} is not a readable HDF5 file ({err}).") from None
-        try:
-            self._validate(require_complete)
-        except Exception:
-            self.file.close()
-            raise
+        # OUT.partial may be being written: a view of it can be outgrown by the writer's next flush
+        # while it is checked ("addr overflow"); a fresh open then sees the flushed file.
+        tries = PARTIAL_OPEN_TRIES if self.path.name.endswith(".partial") else 1
+        for attempt in range(tries):
+            try:
+                self.file = h5py.File(
+                    self.path, "r", locking="best-effort", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=10007
+                )
+            except OSError as err:
+                raise InputError(f"{self.path} is not a readable HDF5 file ({err}).") from None
+            try:
+                self._validate(require_complete)
+                return
+            except InputError:
+                self.file.close()
+                if attempt + 1 == tries:
+                    raise
+            except Exception:
+                self.file.close()
+                raise
+            time.sleep(PARTIAL_RETRY_S * 2**attempt)
 
     def _validate(self, require_complete: bool) -> None:
         attrs = self.file.attrs
