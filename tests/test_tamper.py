@@ -157,6 +157,8 @@ def test_a_shard_replaced_by_another_shard_of_the_same_run_is_named(made, tmp_pa
     assert f"its shard '{folder.name}/{SHARD0}' is not the shard it was merged from" in done.stdout
     with pytest.raises(InputError, match="not the shard it was merged from"):
         pipeline.open_store(merged)
+    found = [str(p) for p in pipeline.verify(folder).problems]  # the shards folder alone
+    assert found == [f"{SHARD0}: it holds shard 1 of 2, not the shard its name says"]
     for args in (["top", merged, "--stage", "2", "--channel", "0"], ["render", merged, "--stage", "2"]):
         refused = fmpipe(args, cwd=tmp_path)
         assert refused.returncode == 2 and "not the shard it was merged from" in refused.stderr, refused.stderr

@@ -25,7 +25,7 @@ from .metadata import run_info
 
 STAGE_NAME = re.compile(r"(0|[1-9][0-9]{0,8})")  # ASCII only: "٣".isdigit() is True
 MIN_ROW_BYTES = 16  # each key's variable-length reference in images/key takes 16 bytes of the file
-MAX_VALUES_PER_IMAGE = 1 << 31  # C·H·W of one image's map: far above any model's, below a reader's memory
+MAX_VALUES_PER_IMAGE = 1 << 28  # C·H·W of one image: 4x a 4096-pixel input at stride 2 with 64 channels
 MAX_CHANNELS = 1 << 24
 # (path, dtype kinds allowed, trailing shape): the per-image datasets, N rows each.
 PER_IMAGE = (

@@ -53,6 +53,8 @@ def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
                 report.add(Problem(str(err), file=label))  # a damaged shard among others
                 continue
             runs.setdefault(str(file.attrs.get(schema.ATTR_FINGERPRINT)), []).append(path.name)
+            if label is not None:
+                _check_shard_name(file, path, report)
             with file, RawFiles() as files:
                 window = Window(pool, workers * IN_FLIGHT_PER_WORKER)
                 _FileCheck(file, path, label, config, report, window, files).run()
@@ -60,6 +62,14 @@ def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
     if len(runs) > 1:
         odd = sorted(runs.values(), key=len)[0]
         report.add(Problem(f"{', '.join(odd)} belong to another run than the other shards (fingerprint differs)"))
+
+
+def _check_shard_name(file: h5py.File, path: Path, report: VerifyReport) -> None:
+    """A shard file holds the shard its name says (not another one copied over it)."""
+    match = SHARD_RE.match(path.name)
+    said = (file.attrs.get(schema.ATTR_SHARD_INDEX), file.attrs.get(schema.ATTR_NUM_SHARDS))
+    if match and tuple(int(g) for g in match.groups()[:2]) != said:
+        report.add(Problem(f"it holds shard {said[0]} of {said[1]}, not the shard its name says", file=path.name))
 
 
 def files_to_verify(path: Path, report: VerifyReport | None = None) -> list[Path]:
