@@ -27,6 +27,7 @@ STAGE_NAME = re.compile(r"(0|[1-9][0-9]{0,8})")  # ASCII only: "٣".isdigit() is
 MIN_ROW_BYTES = 16  # each key's variable-length reference in images/key takes 16 bytes of the file
 MAX_VALUES_PER_IMAGE = 1 << 28  # C·H·W of one image: 4x a 4096-pixel input at stride 2 with 64 channels
 MAX_CHANNELS = 1 << 24
+MAX_INPUT_SIDE = 1 << 16  # the model's input: overlays and the viewer's photos are decoded at this size
 # (path, dtype kinds allowed, trailing shape): the per-image datasets, N rows each.
 PER_IMAGE = (
     (schema.DONE, "bui", ()),
@@ -46,11 +47,13 @@ def check_structure(path: Path, file: h5py.File) -> None:
         _check_failures(path, file, n)
         groups = _check_maps(path, file, n)
         _check_storage(path, file, groups)
-        run_info(file.attrs)
+        size = run_info(file.attrs).input_size
     except InputError:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, OSError) as err:
         raise InputError(f"{path} is damaged or not shaped as an fmpipe file ({err}).") from None
+    if size is not None and not all(1 <= side <= MAX_INPUT_SIDE for side in size):
+        raise InputError(f"{path}: its input_size {size} is not an image size (1..{MAX_INPUT_SIDE}); refusing it.")
 
 
 def _check_links(path: Path, file: h5py.File) -> None:
