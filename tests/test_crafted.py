@@ -97,13 +97,16 @@ def test_no_command_runs_code_a_file_names(made, tmp_path, spec):
         ["verify", crafted],
         ["top", crafted, "--stage", "2", "--channel", "1", "--json"],
         ["render", crafted, "--stage", "2", "--top-k", "2", "--out", tmp_path / "site", "--html"],
-        ["gallery", tmp_path / "site"],
+        ["gallery", crafted, "--out", tmp_path / "site"],
     ):
         done = run(args, tmp_path, stdin)
         assert done.returncode in (0, 1), (args, done.stderr)
         assert "Traceback" not in done.stderr
     serve_briefly(crafted)
     assert [m.name for m in markers if m.exists()] == []
+    if spec.startswith(MARKER_MODULE):  # the control: named by the user, the planted module is imported
+        trusted = run(["verify", "--recompute", "1", crafted, "--model", spec], tmp_path)
+        assert trusted.returncode == 2 and markers[0].exists(), trusted.stderr
 
 
 def serve_briefly(path: Path) -> None:
