@@ -89,7 +89,10 @@ def scale(path: str, factor: float):
 
 # (what is done to the file, what verify must name)
 TAMPERS = {
-    "key-bit": (flip_key_bit, ["/images/key changed since the file was sealed"]),
+    "key-bit": (
+        flip_key_bit,
+        ["/images/key changed since the file was sealed", "/images/key is not the collection the fingerprint names"],
+    ),
     "top-rows": (swap_top_rows, ["/stages/2/top/max_rows changed since the file was sealed"]),
     "top-values": (scale("stages/1/top/mean_values", 2.0), ["/stages/1/top/mean_values changed"]),
     "top-response": (scale("stages/3/top/max_response", 0.5), ["/stages/3/top/max_response changed"]),
@@ -99,9 +102,18 @@ TAMPERS = {
     ),
     "orig-hw": (set_item(schema.ORIG_HW, 2, (48, 40)), ["/images/orig_hw changed"]),
     "stage-image-copy": (set_item("stages/1/image", 0, "img001.png"), ["/stages/1/image changed"]),
-    "fingerprint": (set_attr(schema.ATTR_FINGERPRINT, "0" * 64), ["the root attribute 'fingerprint' changed"]),
-    "model": (set_attr(schema.ATTR_MODEL, "resnet50"), ["the root attribute 'model' changed"]),
-    "weights-digest": (set_attr(schema.ATTR_WEIGHTS_SHA256, "f" * 64), ["the root attribute 'weights_sha256'"]),
+    "fingerprint": (
+        set_attr(schema.ATTR_FINGERPRINT, "0" * 64),
+        ["the root attribute 'fingerprint' changed", "'fingerprint' attribute is not the sha256 of 'fingerprint_json'"],
+    ),
+    "model": (
+        set_attr(schema.ATTR_MODEL, "resnet50"),
+        ["the root attribute 'model' changed", "the 'model' attribute (resnet50) disagrees with 'fingerprint_json'"],
+    ),
+    "weights-digest": (
+        set_attr(schema.ATTR_WEIGHTS_SHA256, "f" * 64),
+        ["the root attribute 'weights_sha256' changed", "the 'weights_sha256' attribute (ffff"],
+    ),
 }
 
 
@@ -118,6 +130,21 @@ def test_each_single_tamper_is_named(made, tmp_path, case, kind):
     for text in expected:
         assert any(text in line for line in found), (text, found)
     assert len(found) == len(expected), found  # that change alone: nothing else is blamed
+
+
+@pytest.mark.parametrize("case", ["key-bit", "fingerprint", "model", "weights-digest"])
+def test_run_attributes_and_keys_are_checked_without_a_seal_too(made, tmp_path, case):
+    """Files of an fmpipe before the seal: the run attributes and keys against fingerprint_json."""
+    path = Path(shutil.copy(made["single"], tmp_path / "out.h5"))
+    tamper, expected = TAMPERS[case]
+    with h5py.File(path, "r+") as file:
+        del file[schema.SEAL], file.attrs[schema.ATTR_SEAL]
+        tamper(file)
+    assert (
+        [str(p) for p in pipeline.verify(path).problems]
+        == [line for line in (str(p) for p in pipeline.verify(path).problems) if expected[1] in line]
+        != []
+    )
 
 
 @pytest.mark.slow

@@ -264,6 +264,7 @@ def test_keys_that_leave_the_images_root_are_never_read(single, tmp_path):
         file[schema.KEY][0] = "../../etc/passwd"
     report = pipeline.verify(single)
     assert [str(p) for p in report.problems] == [
+        "/images/key is not the collection the fingerprint names: a key was changed",
         "/images/key changed since the file was sealed",
         "image ../../etc/passwd: its key leaves the images root; the source was not read",
     ]

@@ -20,12 +20,15 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from ..sources import keys_sha256
 from . import schema
 from .chunks import C0, ROW, RawFiles, Window, index_chunks
 from .digests import check_sources, recorded_rows
 from .files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
+from .identity import fingerprint
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
+from .metadata import run_info
 from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
 from .structure import check_structure, top_rows_problem
 from .virtual import check_virtual_sources
@@ -160,8 +163,29 @@ class _FileCheck:
         log.info("%s: checking %d stages and layers of %d rows", self.path, len(self._groups()), int(self.ok.sum()))
         for path in self._groups():
             self._check_stage(path)
+        self._check_run_attributes()
         self._check_seal(done)
         self._check_sources(done)
+
+    def _check_run_attributes(self) -> None:
+        """The run attributes against `fingerprint_json`, the parts the fingerprint hashes (files
+        without a seal too): the fingerprint, the model, the weights' digest and, for a file of the
+        whole collection, the keys."""
+        run = run_info(self.file.attrs)
+        parts = run.fingerprint_parts
+        if not parts:
+            return
+        if run.fingerprint != fingerprint(parts):
+            self.problem("the 'fingerprint' attribute is not the sha256 of 'fingerprint_json': one was changed")
+        for name, value in (("model", run.model), ("weights_sha256", run.weights_sha256)):
+            if name in parts and value is not None and value != str(parts[name]):
+                self.problem(f"the {name!r} attribute ({value}) disagrees with 'fingerprint_json' ({parts[name]})")
+        if parts.get("num_keys") != len(self.ok) or "keys_sha256" not in parts:
+            return  # a shard holds part of the collection; merge checks the shards' keys together
+        keys = [schema.text(k) for k in self.file[schema.KEY][:]]
+        # Undecodable names are stored escaped ("\\x.."), so their hash cannot match (as in merge).
+        if not any("\\" in k for k in keys) and keys_sha256(keys) != parts["keys_sha256"]:
+            self.problem(f"/{schema.KEY} is not the collection the fingerprint names: a key was changed")
 
     def _check_seal(self, done: np.ndarray) -> None:
         """Everything a reader relies on against the seal written at finalise (or merge)."""
