@@ -140,14 +140,15 @@ def job_array(made, folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_merge_and_its_file_run_no_code_the_shards_name(made, tmp_path):
+@pytest.mark.parametrize("spec", SPECS)
+def test_merge_and_its_file_run_no_code_the_shards_name(made, tmp_path, spec):
     markers = plant(tmp_path)
     out = job_array(made, tmp_path)
     for shard in shards_folder(out).glob("shard-*"):
-        name_model(shard, f"{MARKER_MODULE}:factory")
-    done = run(["merge", out], tmp_path)
+        name_model(shard, spec)
+    done = run(["merge", out], tmp_path, interact_input(markers))
     assert done.returncode == 0, done.stderr
-    refused = run(["verify", out, "--recompute", "2"], tmp_path)
+    refused = run(["verify", out, "--recompute", "2"], tmp_path, interact_input(markers))
     assert refused.returncode == 2 and "--trust-model" in refused.stderr
     assert [m.name for m in markers if m.exists()] == []
 
