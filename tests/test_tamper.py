@@ -192,6 +192,19 @@ def test_a_shard_replaced_by_another_shard_of_the_same_run_is_named(made, tmp_pa
         assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.parametrize("case", ["key-bit", "top-rows", "orig-hw", "model"])
+def test_merge_refuses_a_shard_changed_since_it_was_finalised(made, tmp_path, case):
+    """Merge copies keys, done markers, failures, top lists and attributes: it must not seal a changed copy."""
+    merged = private_merged(made, tmp_path)
+    merged.unlink()
+    tamper = TAMPERS[case][0]
+    with h5py.File(shards_folder(merged) / SHARD0, "r+") as file:
+        tamper(file)
+    with pytest.raises(InputError, match=f"{SHARD0}.*changed since the file was sealed"):
+        merge.merge(merged)
+    assert not merged.exists()
+
+
 def test_a_rewritten_shard_with_equal_contents_still_reads(made, tmp_path):
     """Re-extracting a shard the same way gives the same bytes, hence the same seal: nothing to refuse."""
     merged = private_merged(made, tmp_path)

@@ -28,9 +28,9 @@ from ..storage.dims import attach_dimensions
 from ..storage.files import merged_path, publish, shards_folder
 from ..storage.identity import describe_difference
 from ..storage.metadata import run_info
-from ..storage.seal import write_seal
+from ..storage.seal import changed_since_sealed, copied_by_merge, write_seal
 from ..storage.store import open_store
-from ..storage.structure import check_structure, top_rows_problem
+from ..storage.structure import check_structure
 from ..storage.toplists import merge_top_lists
 from . import shards
 
@@ -158,8 +158,13 @@ def _check_output(out: Path, overwrite: bool) -> None:
 def _check_shards(found: shards.ShardScan, opened: list[h5py.File], out: Path) -> list[_Shard]:
     """Same fingerprint and stage layout everywhere; keys disjoint, in order and covering."""
     for state, file in zip(found.shards, opened, strict=True):
-        check_structure(state.path, file)  # links, external storage, shapes: before anything is copied
-        _check_top_rows(state, file)
+        check_structure(state.path, file, top_rows=True)  # links, external storage, shapes, top-list rows
+        changed = changed_since_sealed(file, state.path, copied_by_merge)  # what merge copies: unchanged
+        if changed:
+            raise InputError(
+                f"{state.label}: {changed[0]} ({len(changed)} items changed since it was finalised). Restore "
+                "it, or re-extract it (--overwrite), then merge again; `fmpipe verify` on the shards folder says more."
+            )
     _check_fingerprints(found, opened)
     layout = _stage_layout(opened[0])
     parts, start = [], 0
@@ -184,17 +189,6 @@ def _check_shards(found: shards.ShardScan, opened: list[h5py.File], out: Path) -
         start += count
     _check_keys(parts, opened[0], out)
     return parts
-
-
-def _check_top_rows(state: shards.ShardState, file: h5py.File) -> None:
-    """A shard's top lists may only name its own rows: merge shifts them into the merged file."""
-    n = file[schema.KEY].shape[0]
-    for name in schema.map_groups(file):
-        top = file[name].get(schema.TOP)
-        for by in ("max", "mean") if top is not None else ():
-            problem = top_rows_problem(top[f"{by}_rows"][:], n)
-            if problem:
-                raise InputError(f"{state.label}: {name} {problem}. Re-extract it (--overwrite).")
 
 
 def _check_fingerprints(found: shards.ShardScan, opened: list[h5py.File]) -> None:

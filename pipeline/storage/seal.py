@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -72,10 +73,14 @@ def table_sha256(items: dict[str, str]) -> str:
 
 
 def seal_items(
-    file: h5py.File, path: Path, files: RawFiles, chunk_digests: dict[str, str] | None = None
+    file: h5py.File,
+    path: Path,
+    files: RawFiles,
+    chunk_digests: dict[str, str] | None = None,
+    select: Callable[[str], bool] = lambda item: True,
 ) -> dict[str, str]:
-    """Every item of `file` (at `path`) as it is now. `chunk_digests`: map groups' `data` items
-    already computed (verify computes them from the chunk index it reads anyway)."""
+    """Every item of `file` (at `path`) as it is now, or those `select` picks. `chunk_digests`: map
+    groups' `data` items already computed (verify computes them from the chunk index it reads anyway)."""
     items = {f"attr:{name}": _sha256(_value_bytes(value)) for name, value in file.attrs.items()}
     for name in schema.UNSEALED_ATTRS:
         items.pop(f"attr:{name}", None)
@@ -84,6 +89,8 @@ def seal_items(
 
     def visit(name: str, obj) -> None:
         if name == schema.SEAL or name.startswith(f"{schema.SEAL}/"):
+            return
+        if not select(f"{name}@attrs" if isinstance(obj, h5py.Group) else name):
             return
         if isinstance(obj, h5py.Group):
             if len(obj.attrs):
@@ -95,7 +102,24 @@ def seal_items(
 
     file.visititems(visit)
     items.update(shard_items(file, path))
-    return items
+    return {name: digest for name, digest in items.items() if select(name)}
+
+
+def copied_by_merge(item: str) -> bool:
+    """The items merge copies or relies on, cheap to check (no statistics, no chunks): attributes,
+    per-image datasets, failures, top lists, groups' attributes."""
+    copied = item.startswith(("attr:", f"{schema.IMAGES}/", f"{schema.FAILURES}/"))
+    return copied or f"/{schema.TOP}" in item or item.endswith("@attrs")
+
+
+def changed_since_sealed(file: h5py.File, path: Path, select: Callable[[str], bool]) -> list[str]:
+    """`changed_items` for the items `select` picks (none for a file never sealed)."""
+    recorded = recorded_seal(file)
+    if not recorded:
+        return []
+    with RawFiles() as files:
+        now = seal_items(file, path, files, select=select)
+    return changed_items({name: digest for name, digest in recorded.items() if select(name)}, now)
 
 
 def shard_items(file: h5py.File, path: Path) -> dict[str, str]:

@@ -39,8 +39,9 @@ FAILURE_COLUMNS = (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REAS
 TOP_SHAPES = {"rows": 2, "values": 2, "response": 1, "counts": 1}
 
 
-def check_structure(path: Path, file: h5py.File) -> None:
-    """Raise InputError unless `file` (at `path`) is shaped as fmpipe writes it (see the module)."""
+def check_structure(path: Path, file: h5py.File, top_rows: bool = False) -> None:
+    """Raise InputError unless `file` (at `path`) is shaped as fmpipe writes it (see the module).
+    `top_rows`: also read every top list and check its rows are this file's (merge shifts them)."""
     try:
         _check_links(path, file)
         n = _check_images(path, file)
@@ -48,6 +49,8 @@ def check_structure(path: Path, file: h5py.File) -> None:
         groups = _check_maps(path, file, n)
         _check_storage(path, file, groups)
         size = run_info(file.attrs).input_size
+        for group in groups if top_rows else ():
+            _check_top_rows(path, file[group], n)
     except InputError:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, OSError) as err:
@@ -205,6 +208,14 @@ def _dataset(path: Path, file: h5py.File, name: str) -> h5py.Dataset:
     if not isinstance(dset, h5py.Dataset):
         raise InputError(f"{path}: /{name} is not a dataset.")
     return dset
+
+
+def _check_top_rows(path: Path, group: h5py.Group, n: int) -> None:
+    top = group.get(schema.TOP)
+    for by in ("max", "mean") if top is not None else ():
+        problem = top_rows_problem(top[f"{by}_rows"][:], n)
+        if problem:
+            raise InputError(f"{path}: {group.name.lstrip('/')} {problem}.")
 
 
 def top_rows_problem(rows: np.ndarray, n: int) -> str | None:
