@@ -69,7 +69,9 @@ def verify(
     ] = False,
 ) -> None:
     """Check a file is intact and true to its sources and model: every chunk's checksum and statistics,
-    every source's digest, and with --recompute N the maps of N rows. Exit 1 when a problem is found."""
+    the seal written at finalise (keys, done markers, statistics, top lists, attributes, chunk layout,
+    a merged file's shards), every source's digest, and with --recompute N the maps of N rows. Exit 1
+    when a problem is found."""
     import pipeline
 
     report = pipeline.verify(
