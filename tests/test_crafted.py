@@ -233,11 +233,24 @@ def declared_rows(file: h5py.File, folder: Path) -> None:
             )
 
 
+def virtual_outside_maps(file: h5py.File, folder: Path) -> None:
+    """/images/orig_hw as a virtual dataset reading another file (a path the store would never check)."""
+    other = folder.parent / "other.h5"
+    shape = file[schema.ORIG_HW].shape
+    with h5py.File(other, "w") as source:
+        source.create_dataset("hw", data=np.ones(shape, np.int32))
+    layout = h5py.VirtualLayout(shape=shape, dtype="int32")
+    layout[:] = h5py.VirtualSource(str(other), "hw", shape=shape)
+    del file[schema.ORIG_HW]
+    file.create_virtual_dataset(schema.ORIG_HW, layout, fillvalue=-1)
+
+
 def input_size(file: h5py.File, folder: Path) -> None:
     file.attrs[schema.ATTR_INPUT_SIZE] = [10**9, 10**9]  # overlays and the viewer's photos decode at this size
 
 
 CRAFTED = {
+    "virtual-outside-maps": (virtual_outside_maps, "/images/orig_hw is a virtual dataset"),
     "input-size": (input_size, "its input_size (1000000000, 1000000000) is not an image size"),
     "soft-link-loop": (soft_link_loop, "/images/done is a soft link"),
     "non-ascii-stage": (non_ascii_stage, "holds a group '\u0663' that is not named by a stage index"),
