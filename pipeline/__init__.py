@@ -214,7 +214,9 @@ def verify(path, **options):
     Every chunk of every stage is decoded with its checksum verified and compared with the stored
     statistics; every source file is hashed and compared with its recorded digest (below
     `images_root` if the images moved). `recompute=N` then runs N rows (picked with `seed`) through
-    the recorded model again and compares the maps. `workers`: threads (0: one per core).
+    the recorded model again and compares the maps. `workers`: threads (0: one per core). A
+    `package.module:factory` model is rebuilt only with `model=` (the recorded name, given again) or
+    `trust_model=True`: fmpipe never imports code a file names on its word alone.
     """
     import time
     from pathlib import Path

@@ -74,6 +74,15 @@ def overwrite_inside_chunk(path: Path, stage: int, row: int) -> None:
         dset.id.write_direct_chunk((row, 0, 0, 0), bytes(raw), mask)
 
 
+STAT_AND_DATA = ("data", "min", "max", "mean")
+
+
+def unseal(path: Path) -> None:
+    """Remove the seal, as in a file written before fmpipe sealed its files."""
+    with h5py.File(path, "r+") as file:
+        del file[schema.SEAL], file.attrs[schema.ATTR_SEAL]
+
+
 def swap_rows(path: Path, a: int, b: int) -> None:
     """Swap two rows' maps (their raw chunks) and statistics in every stage: every checksum and
     statistics check still passes."""
@@ -126,6 +135,7 @@ def test_a_partial_shards_folder_checks_its_done_rows(made, tmp_path):
     with h5py.File(partial, "r+") as file:  # rows 8.. not done yet, as during a run
         file[schema.DONE][8:] = False
         file.attrs[schema.ATTR_COMPLETE] = False
+        del file[schema.SEAL], file.attrs[schema.ATTR_SEAL]  # a partial shard is not sealed yet
     report = pipeline.verify(folder)
     assert report.ok and report.files == 1
     assert report.rows == 8 - 1 and report.sources_checked == 8
@@ -179,9 +189,13 @@ def test_a_missing_shard_of_a_virtual_file_is_a_problem(made, tmp_path):
     assert report.problem_count == 1 and "shard-00001-of-00002.h5" in str(report.problems[0])
 
 
-def test_swapped_rows_pass_integrity_and_fail_recompute(single):
+def test_swapped_rows_fail_the_seal_and_recompute(single):
     swap_rows(single, 2, 6)
-    assert pipeline.verify(single).ok  # checksums and statistics moved with the maps
+    found = {p.what for p in pipeline.verify(single).problems}  # checksums and statistics moved with the maps
+    sealed = {f"/stages/{s}/{name} changed since the file was sealed" for s in range(5) for name in STAT_AND_DATA}
+    assert {f"/stages/{s}/data changed since the file was sealed" for s in range(5)} <= found <= sealed
+    unseal(single)  # a file without a seal (an older fmpipe's): recompute still finds the swap
+    assert pipeline.verify(single).ok
     report = pipeline.verify(single, recompute=100)
     assert report.recomputed == 19
     assert {(p.stage, p.key) for p in report.problems} == {
@@ -201,6 +215,7 @@ def test_recompute_reads_merged_files_and_shards_folders(made, kind):
 def test_recompute_passes_a_clean_file_and_picks_rows_by_seed(single):
     report = pipeline.verify(single, recompute=100)
     assert report.ok and report.recomputed == 19
+    unseal(single)  # the seal names a swap at once; this is about the rows recompute picks
     swap_rows(single, 0, 1)
     found = [{p.key for p in pipeline.verify(single, recompute=10, seed=seed).problems} for seed in range(4)]
     assert found == [{p.key for p in pipeline.verify(single, recompute=10, seed=seed).problems} for seed in range(4)]
@@ -253,7 +268,9 @@ def test_keys_that_leave_the_images_root_are_never_read(single, tmp_path):
         file[schema.KEY][0] = "../../etc/passwd"
     report = pipeline.verify(single)
     assert [str(p) for p in report.problems] == [
-        "image ../../etc/passwd: its key leaves the images root; the source was not read"
+        "/images/key is not the collection the fingerprint names: a key was changed",
+        "/images/key changed since the file was sealed",
+        "image ../../etc/passwd: its key leaves the images root; the source was not read",
     ]
 
 
@@ -261,7 +278,7 @@ def test_statistics_that_do_not_describe_the_data_are_found(single):
     with h5py.File(single, "r+") as file:
         file["stages/3/max"][4, 200] += 0.01
     report = pipeline.verify(single)
-    assert len(report.problems) == 1
+    assert len(report.problems) == 2 and str(report.problems[1]) == "/stages/3/max changed since the file was sealed"
     assert str(report.problems[0]).startswith(
         "stage 3, image img004.jpg: chunk (row 4, channels 0-255) disagrees with its stored statistics in 1 channels "
         "(first: channel 200, max stored"
@@ -278,7 +295,11 @@ def test_a_done_row_without_its_chunks_is_found(single):
     assert str(report.problems[0]) == (
         "stage 0, image img004b.png: chunk (row 5, channels 0-63) is missing: it reads as NaN"
     )
-    assert report.problem_count == 5  # one chunk per stage
+    assert report.problem_count == 5 + 3  # one chunk per stage; the seal names the three failures datasets
+    assert {str(p) for p in report.problems[5:]} == {
+        f"/{name} changed since the file was sealed"
+        for name in (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REASON)
+    }
 
 
 # -- statistics tolerance on synthetic maps ---------------------------------------------------------
@@ -382,6 +403,7 @@ def test_maps_mismatch_tolerates_float16_and_float32_noise_only():
 
 
 def test_a_format_v1_file_is_checked_by_its_statistics_alone(single):
+    unseal(single)
     with h5py.File(single, "r+") as file:
         file.attrs[schema.ATTR_FORMAT_VERSION] = 1
         del file.attrs[schema.ATTR_CHUNK_CHECKSUM]
@@ -403,7 +425,8 @@ def test_a_zstd_frame_without_its_checksum_is_a_problem_in_format_v2(single):
         plain = zstandard.ZstdCompressor(write_checksum=False, write_content_size=True)
         dset.id.write_direct_chunk((1, 0, 0, 0), plain.compress(zstandard.decompress(raw)), mask)
     assert [str(p) for p in pipeline.verify(single).problems] == [
-        "stage 2, image img001.png: chunk (row 1, channels 0-127) is a zstd frame without its checksum"
+        "stage 2, image img001.png: chunk (row 1, channels 0-127) is a zstd frame without its checksum",
+        "/stages/2/data changed since the file was sealed",
     ]
 
 

@@ -54,12 +54,35 @@ def verify(
     images_root: ImagesRoot = None,
     seed: Annotated[int, typer.Option(help="Seed of the rows picked for --recompute.")] = 0,
     workers: Annotated[int, typer.Option(help="Threads reading, decoding and hashing (0: one per core).")] = 0,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="With --recompute: the recorded model, named again by you. Needed for a package.module:factory "
+            "model, whose code fmpipe never imports on a file's word alone."
+        ),
+    ] = None,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model", help="With --recompute: build the recorded model even if that imports code it names."
+        ),
+    ] = False,
 ) -> None:
     """Check a file is intact and true to its sources and model: every chunk's checksum and statistics,
-    every source's digest, and with --recompute N the maps of N rows. Exit 1 when a problem is found."""
+    the seal written at finalise (keys, done markers, statistics, top lists, attributes, chunk layout,
+    a merged file's shards), every source's digest, and with --recompute N the maps of N rows. Exit 1
+    when a problem is found."""
     import pipeline
 
-    report = pipeline.verify(path, recompute=recompute, images_root=images_root, seed=seed, workers=workers)
+    report = pipeline.verify(
+        path,
+        recompute=recompute,
+        images_root=images_root,
+        seed=seed,
+        workers=workers,
+        model=model,
+        trust_model=trust_model,
+    )
     for problem in report.problems:
         typer.echo(f"problem: {problem}")
     if report.problem_count > len(report.problems):

@@ -11,13 +11,14 @@ by the storage's own rounding: `--keep-bits N` and uint8's (hi - lo) / 510.
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..config import ExtractConfig
-from ..errors import InputError
+from ..errors import FmpipeError, InputError
 from ..sources import source_path
 from ..storage import schema
 from ..storage.encoding import Encoding, decode_maps, encoding_of, pooled
@@ -69,6 +70,7 @@ def prepare(config: VerifyConfig) -> Recomputer:
             {n: g[schema.DATA].shape[1:] for n, g in file[schema.LAYERS].items()} if schema.LAYERS in file else {}
         )
     recorded = _recorded_config(attrs, path)
+    check_buildable(recorded.model, config, path)
     if recorded.weights and not Path(recorded.weights).is_file():
         raise InputError(
             f"{path} was extracted with --weights {recorded.weights}, which is not there now; --recompute "
@@ -108,9 +110,43 @@ def prepare(config: VerifyConfig) -> Recomputer:
 
 def _recorded_config(attrs: dict, path: Path) -> ExtractConfig:
     try:
-        return ExtractConfig.from_json(attrs[schema.ATTR_CONFIG])
-    except (KeyError, TypeError, ValueError) as err:
+        config = ExtractConfig.from_json(schema.text(attrs[schema.ATTR_CONFIG]))
+    except (KeyError, TypeError, ValueError, AttributeError, FmpipeError) as err:
         raise InputError(f"{path} has no usable extract configuration ({schema.ATTR_CONFIG}: {err}).") from None
+    if not isinstance(config.model, str) or not config.model:
+        raise InputError(f"{path} records no model name in {schema.ATTR_CONFIG}; --recompute cannot rebuild it.")
+    return config
+
+
+def check_buildable(name: str, config: VerifyConfig, path: Path) -> None:
+    """Refuse, before anything is imported, a recorded model that building would run code for.
+
+    A timm name (in timm's registry) or `tv:NAME` (in torchvision's) is built from code fmpipe
+    already trusts. A `package.module:factory` spec imports and calls whatever the file names, so
+    it is built only when the user names it again (`--model`) or passes `--trust-model`.
+    """
+    if config.model is not None and config.model != name:
+        raise InputError(
+            f"{path} records the model {name!r}, not {config.model!r}; --model must repeat the recorded name."
+        )
+    trusted = config.trust_model or config.model == name
+    if name.startswith("tv:"):
+        import torchvision
+
+        if name[3:] not in torchvision.models.list_models():
+            raise InputError(f"{path} records the model {name!r}, which is not a torchvision model; refusing it.")
+    elif ":" in name:
+        if not trusted:
+            raise InputError(
+                f"{path} records the model {name!r}: building it would import and run that code, and fmpipe "
+                "never runs code a file names. If you trust this file and that code, say so on the command "
+                f"line: fmpipe verify {path} --recompute N --model {shlex.quote(name)} (or --trust-model)."
+            )
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            raise InputError(f"{path} records the model {name!r}, which is not in timm's registry; refusing it.")
 
 
 def _check_model(model: models.ResolvedModel, attrs: dict, path: Path) -> None:

@@ -28,16 +28,18 @@ from ..storage.dims import attach_dimensions
 from ..storage.files import merged_path, publish, reserve_space, shards_folder
 from ..storage.identity import describe_difference
 from ..storage.metadata import run_info
+from ..storage.seal import changed_since_sealed, copied_by_merge, write_seal
 from ..storage.store import open_store
+from ..storage.structure import check_structure
 from ..storage.toplists import merge_top_lists, top_lists_bytes
 from . import shards
+from .chunkcopy import copy_chunks, copy_rows
 
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".merging"
 _STR = h5py.string_dtype("utf-8")
 # Rows of (N, C) statistics copied per step with --copy: bounded memory for any N.
-STAT_BLOCK_BYTES = 64 * 1024 * 1024
 # Root attributes that describe one shard, not the merged file.
 _SHARD_ONLY_ATTRS = (schema.ATTR_SHARD_INDEX, schema.ATTR_TIMINGS, schema.ATTR_COMPLETE)
 
@@ -88,6 +90,8 @@ def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -
             parts = _check_shards(found, opened, out)
             reserve_space(tmp, _merged_bytes(parts, copy), then)
             copied = _write(tmp, parts, found, mode)
+        with h5py.File(tmp, "r+", locking="best-effort") as file:  # the shards are closed: no lock clash
+            write_seal(file, tmp)  # with each shard's seal: a shard replaced after the merge is named
         publish(tmp, out)
     except (OSError, RuntimeError) as err:  # disk full, quota, I/O error: from HDF5 or the publish
         _discard(tmp)
@@ -181,6 +185,14 @@ def _check_output(out: Path, overwrite: bool) -> None:
 
 def _check_shards(found: shards.ShardScan, opened: list[h5py.File], out: Path) -> list[_Shard]:
     """Same fingerprint and stage layout everywhere; keys disjoint, in order and covering."""
+    for state, file in zip(found.shards, opened, strict=True):
+        check_structure(state.path, file, top_rows=True)  # links, external storage, shapes, top-list rows
+        changed = changed_since_sealed(file, state.path, copied_by_merge)  # what merge copies: unchanged
+        if changed:
+            raise InputError(
+                f"{state.label}: {changed[0]} ({len(changed)} items changed since it was finalised). Restore "
+                "it, or re-extract it (--overwrite), then merge again; `fmpipe verify` on the shards folder says more."
+            )
     _check_fingerprints(found, opened)
     layout = _stage_layout(opened[0])
     parts, start = [], 0
@@ -366,31 +378,7 @@ def _copy_dataset(group: h5py.Group, name: str, parts: list[_Shard], path: str) 
         if not p.count:
             continue
         if src.chunks is not None:
-            copied += _copy_chunks(src, dst, p.start)
+            copied += copy_chunks(src, dst, p.start)
         else:
-            _copy_rows(src, dst, p.start)
+            copy_rows(src, dst, p.start)
     return copied
-
-
-def _copy_chunks(src: h5py.Dataset, dst: h5py.Dataset, start: int) -> int:
-    """read_direct_chunk → write_direct_chunk for every stored chunk; rows shifted by `start`."""
-    offsets: list[tuple] = []
-    if hasattr(src.id, "chunk_iter"):
-        src.id.chunk_iter(lambda info: offsets.append(info.chunk_offset))
-    else:  # HDF5 before 1.12.3
-        offsets = [src.id.get_chunk_info(i).chunk_offset for i in range(src.id.get_num_chunks())]
-    copied = 0
-    for offset in offsets:
-        mask, payload = src.id.read_direct_chunk(offset)
-        dst.id.write_direct_chunk((offset[0] + start, *offset[1:]), payload, mask)
-        copied += len(payload)
-    return copied
-
-
-def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, start: int) -> None:
-    """Uncompressed (N, C) statistics: copied in blocks of rows."""
-    row_bytes = max(1, int(np.prod(src.shape[1:])) * src.dtype.itemsize)
-    step = max(1, STAT_BLOCK_BYTES // row_bytes)
-    for lo in range(0, src.shape[0], step):
-        hi = min(src.shape[0], lo + step)
-        dst[start + lo : start + hi] = src[lo:hi]

@@ -21,6 +21,7 @@ from ..storage.files import PARTIAL_SUFFIX, SHARD_RE, merged_path, shard_name
 from ..storage.lockholders import describe, parse, process_state
 from ..storage.manifest import MANIFEST_NAME
 from ..storage.manifest import read as read_manifest
+from ..storage.structure import check_structure
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,16 @@ def read_state(path: Path, index: int) -> ShardState:
             attrs = file.attrs
             if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT or schema.DONE not in file:
                 return ShardState(index, path, "unreadable", reason="not an fmpipe file")
+            if not path.name.endswith(PARTIAL_SUFFIX):  # a running task may be flushing a partial one
+                check_structure(path, file)
             done = int(file[schema.DONE][:].sum())
             images = int(file[schema.DONE].shape[0])
             total = attrs.get(schema.ATTR_TOTAL_IMAGES)
             complete = bool(attrs.get(schema.ATTR_COMPLETE)) and not path.name.endswith(PARTIAL_SUFFIX)
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
         return ShardState(index, path, "unreadable", reason=f"cannot be read ({err})")
+    except InputError as err:
+        return ShardState(index, path, "unreadable", reason=f"is damaged ({err})")
     state = "complete" if complete and done == images else "partial"
     return ShardState(index, path, state, images, done, None if total is None else int(total))
 

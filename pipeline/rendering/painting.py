@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from .tiling import Grid, blend, fit_within, overlay_hw, upscale
 log = logging.getLogger(__name__)
 
 STATS_BLOCK = 1024  # rows of (N, C) stats read per call when scanning a whole stage
+PARTIAL_READ_TRIES = 6  # a file being written: reopened and read again up to this many times
+PARTIAL_RETRY_S = 0.05  # first wait before reopening it (doubled each time)
 CACHE_CHUNKS = 2  # render reads each chunk once: cache two, not the store's 64 MB
 OUTSIDE_ROOT = "not found: the key leaves the images root (absolute, or an empty, '.' or '..' part), not read"
 _OUTPUT = re.compile(r"(c\d{4,}|grid|pca)(-overlay)?\.png")
@@ -112,18 +115,44 @@ class Painter:
 
     def __init__(self, job: RenderJob):
         self.job = job
-        self.store = open_store(job.path)
+        self.table = lut(job.cmap)
+        self._open()
+
+    def _open(self) -> None:
+        self.store = open_store(self.job.path)
+        self.partial = not self.store.complete
         # Before StageView opens it: HDF5 ignores the cache settings of an already open dataset.
         # The small-cache open first: later opens of the same dataset share the first one's cache.
-        self.data, self.block = _small_cache_dataset(self.store.file, schema.group_of(job.stage))
-        self.view = self.store.view(job.stage)
-        self.table = lut(job.cmap)
+        self.data, self.block = _small_cache_dataset(self.store.file, schema.group_of(self.job.stage))
+        self.view = self.store.view(self.job.stage)
 
     def close(self) -> None:
         self.store.close()
 
     def paint(self, task: ImageTask) -> ImageResult:
-        """Write one image's PNGs; a missing overlay photo skips the image, other errors raise."""
+        """Write one image's PNGs; a missing overlay photo skips the image, other errors raise.
+
+        A partial file may be being written: this process's view of it (its end of allocation,
+        cached index nodes) can be older than the chunk index it reads next, and HDF5 then says
+        "addr overflow". The row itself is done, so the file is reopened (a fresh view) and the
+        image painted again, a few times, before a failure is reported."""
+        for attempt in range(PARTIAL_READ_TRIES):
+            try:
+                return self._paint(task)
+            except (OSError, RuntimeError, KeyError, InputError) as err:
+                if not self.partial or attempt + 1 == PARTIAL_READ_TRIES:
+                    raise
+                log.debug("reading %s of a file being written failed (%s); reopening it", task.key, err)
+                time.sleep(PARTIAL_RETRY_S * 2**attempt)
+                self._reopen()
+        raise AssertionError("unreachable")
+
+    def _reopen(self) -> None:
+        del self.data, self.view
+        self.store.close()
+        self._open()
+
+    def _paint(self, task: ImageTask) -> ImageResult:
         job = self.job
         folder = job.out_stage / task.folder
         try:

@@ -93,7 +93,9 @@ def render(config: RenderConfig) -> RenderSummary:
             job.out_stage.parent, job.stage, workers=workers, source=store.path, folder=job.out_stage.name
         )
         progress = _Progress(len(rows), job.pngs_per_image)
-        run = _run_inline if workers == 1 else _run_pool
+        # A file being written is painted in a worker process even for one worker: a reopen after a
+        # stale read must not share this process's open file (HDF5 shares one per process).
+        run = _run_inline if workers == 1 and store.complete else _run_pool
         # The parent keeps the store open only to stream keys; workers open their own.
         for result in run(job, _tasks(store, rows, folders, owned), workers):
             summary.images += 1

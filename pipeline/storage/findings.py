@@ -27,6 +27,10 @@ class VerifyConfig:
     images_root: str | None = None  # where the sources are now (default: the file's images_root)
     seed: int = 0  # picks the rows to recompute
     workers: int = 0  # threads reading, decoding and hashing (0: one per core)
+    # --recompute never runs code a file names: a `module:factory` model is built only when the
+    # user names it (`model`, equal to the recorded one) or says to trust the file (`trust_model`).
+    model: str | None = None
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
         for name in ("recompute", "workers"):

@@ -92,6 +92,16 @@ TOP = "top"
 ATTR_TOP_K = "k"  # entries per channel
 ATTR_TOP_ROWS = "rows"  # images the lists were computed over (done, not failed)
 
+# The seal (storage/seal.py): a digest of every part a reader relies on, written at finalise and merge.
+SEAL = "seal"
+SEAL_ITEM = "seal/item"  # (M,) utf-8 str: what each digest covers ("images/key", "attr:model", ...)
+SEAL_SHA256 = "seal/sha256"  # (M,) 64-byte ASCII hex sha256 of that item
+ATTR_SEAL = "seal_sha256"  # root attribute: sha256 of the item table, the file's one digest
+SHARD_ITEM = "shard:"  # merged (virtual) files: "shard:<source>" → that shard's seal_sha256
+# Not sealed: the seal itself; what differs per run; where the images were (they may move, and
+# their content is pinned by the per-row source digests, which are sealed).
+UNSEALED_ATTRS = (ATTR_SEAL, ATTR_CREATED, ATTR_TIMINGS, ATTR_IMAGES_ROOT)
+
 # Chunking: one image and a block of k channels, about CHUNK_TARGET_BYTES.
 CHUNK_TARGET_BYTES = 512 * 1024
 

@@ -9,6 +9,7 @@ fill values for a missing source.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..records import StageInfo
 from . import schema
 from .encoding import DecodedMaps, Encoding, encoding_of, maps_reader
 from .metadata import RunInfo, run_info
+from .structure import check_structure
 from .virtual import check_virtual_sources
 
 # One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
@@ -37,6 +39,8 @@ CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 # What a pass that reads every chunk once (export, reduce) needs: a full cache only keeps chunks
 # that are never read again, and memory would grow with the images read, up to the 64 MB.
 STREAM_CACHE_BYTES = 1024 * 1024
+PARTIAL_OPEN_TRIES = 6  # a file being written is opened again up to this many times
+PARTIAL_RETRY_S = 0.05  # first wait before opening it again (doubled each time)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,17 +74,28 @@ class Store:
         self._rows: dict[str, int] | None = None  # key → row, built on the first row() call
         if not self.path.exists():
             raise MissingFileError(f"{self.path} does not exist.")
-        try:
-            self._file = h5py.File(
-                self.path, "r", locking="best-effort", rdcc_nbytes=chunk_cache_bytes, rdcc_nslots=10007
-            )
-        except OSError as err:
-            raise InputError(f"{self.path} is not a readable HDF5 file ({err}).") from None
-        try:
-            self._validate(require_complete)
-        except Exception:
-            self._file.close()
-            raise
+        # OUT.partial may be being written: a view of it can be outgrown by the writer's next flush
+        # while it is checked ("addr overflow"); a fresh open then sees the flushed file.
+        tries = PARTIAL_OPEN_TRIES if self.path.name.endswith(".partial") else 1
+        for attempt in range(tries):
+            self._keys, self._rows = None, None  # nothing cached from an outgrown view
+            try:
+                self._file = h5py.File(
+                    self.path, "r", locking="best-effort", rdcc_nbytes=chunk_cache_bytes, rdcc_nslots=10007
+                )
+            except OSError as err:
+                raise InputError(f"{self.path} is not a readable HDF5 file ({err}).") from None
+            try:
+                self._validate(require_complete)
+                return
+            except InputError:
+                self._file.close()
+                if attempt + 1 == tries:
+                    raise
+            except Exception:
+                self._file.close()
+                raise
+            time.sleep(PARTIAL_RETRY_S * 2**attempt)
 
     @property
     def file(self) -> h5py.File:
@@ -104,50 +119,13 @@ class Store:
                 f"{self.path} has fmpipe format version {version}; this fmpipe reads version "
                 f"{schema.FORMAT_VERSION}. Upgrade fmpipe (python -m pip install -U fmpipe)."
             )
-        for name in (schema.KEY, schema.DONE, schema.ORIG_HW, schema.STAGES):
-            if name not in self.file:
-                raise InputError(f"{self.path} claims to be an fmpipe file but lacks /{name}.")
-        n = self.file[schema.KEY].shape[0]
-        for name, shape in ((schema.DONE, (n,)), (schema.ORIG_HW, (n, 2))):
-            if self.file[name].shape != shape:
-                raise InputError(f"{self.path}: /{name} has shape {self.file[name].shape}, expected {shape}.")
-        if any(not name.isdigit() for name in self.file[schema.STAGES]):
-            raise InputError(f"{self.path}: /{schema.STAGES} holds groups not named by a stage index.")
-        for index in self.stage_indices:
-            self._check_stage(schema.stage_group(index), f"stage {index}", n, index)
-        for name in self.layer_names:
-            self._check_stage(schema.layer_group(name), f"layer {name}", n, None)
+        check_structure(self.path, self.file)
         self.check_sources()
         if require_complete and not self.complete:
             raise IncompleteFileError(
                 f"{self.path} is not complete ({self.done_count} of {len(self)} images done). "
                 "Finish it by rerunning the same extract command, or pass --allow-partial."
             )
-
-    def _check_stage(self, path: str, label: str, n: int, index: int | None) -> None:
-        """A stage's (or layer's) group: its datasets, their shapes and its attributes agree."""
-        group = self.file[path]
-        for name in (schema.DATA, *schema.STAT_NAMES):
-            if name not in group:
-                raise InputError(f"{self.path}: {label} lacks its {name!r} dataset.")
-        data = group[schema.DATA]
-        if data.ndim != 4 or data.shape[0] != n:
-            raise InputError(f"{self.path}: {label} data has shape {data.shape}, expected ({n}, C, H, W).")
-        try:
-            names = (schema.ATTR_CHANNELS, schema.ATTR_HEIGHT, schema.ATTR_WIDTH, schema.ATTR_STRIDE)
-            declared = tuple(int(group.attrs[a]) for a in (*names, schema.ATTR_STAGE_INDEX))
-        except (KeyError, TypeError, ValueError) as err:
-            raise InputError(f"{self.path}: {label} has a missing or malformed attribute ({err}).") from None
-        if declared[:3] != data.shape[1:] or (index is not None and declared[4] != index):
-            raise InputError(
-                f"{self.path}: {label} attributes (index {declared[4]}, C, H, W = {declared[:3]}) "
-                f"disagree with its data {data.shape}; the file is damaged."
-            )
-        for name in schema.STAT_NAMES:
-            if group[name].shape != data.shape[:2]:
-                raise InputError(
-                    f"{self.path}: {label} {name!r} has shape {group[name].shape}, expected {data.shape[:2]}."
-                )
 
     def check_sources(self) -> None:
         """Raise unless every virtual source (data and statistics) is present, inside this

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from . import schema
+from .structure import top_rows_problem
 
 TOP_K = 256  # images kept per channel (fewer when the file holds fewer); asking for more falls back to a pass
 # Top lists are compressed (gzip, built into every HDF5 reader; shuffled): -1/NaN padding and rows close together.
@@ -211,6 +212,9 @@ def top_images(store, stage: int | str, channel: int, k: int, by: str = "max") -
     if schema.TOP in group and _covers(group[schema.TOP], k) and store.complete:
         top = group[schema.TOP]
         rows, values = top[f"{by}_rows"][channel, :k], top[f"{by}_values"][channel, :k]
+        problem = top_rows_problem(rows, len(store))
+        if problem:
+            raise InputError(f"{store.path}, {view.label}: {problem}. Run `fmpipe verify {store.path}`.")
     else:
         found = scan(group, store.ok, k)[by][0]
         rows, values = found.rows[channel], found.values[channel]

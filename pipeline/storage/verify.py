@@ -20,13 +20,18 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from ..sources import keys_sha256
 from . import schema
 from .chunks import C0, ROW, RawFiles, Window, index_chunks
 from .digests import check_sources, recorded_rows
 from .encoding import encoding_of
 from .files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
+from .identity import fingerprint
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
+from .metadata import run_info
+from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
+from .structure import check_structure, top_rows_problem
 from .virtual import check_virtual_sources
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,8 @@ def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
                 report.add(Problem(str(err), file=label))  # a damaged shard among others
                 continue
             runs.setdefault(str(file.attrs.get(schema.ATTR_FINGERPRINT)), []).append(path.name)
+            if label is not None:
+                _check_shard_name(file, path, report)
             with file, RawFiles() as files:
                 window = Window(pool, workers * IN_FLIGHT_PER_WORKER)
                 _FileCheck(file, path, label, config, report, window, files).run()
@@ -59,6 +66,14 @@ def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
     if len(runs) > 1:
         odd = sorted(runs.values(), key=len)[0]
         report.add(Problem(f"{', '.join(odd)} belong to another run than the other shards (fingerprint differs)"))
+
+
+def _check_shard_name(file: h5py.File, path: Path, report: VerifyReport) -> None:
+    """A shard file holds the shard its name says (not another one copied over it)."""
+    match = SHARD_RE.match(path.name)
+    said = (file.attrs.get(schema.ATTR_SHARD_INDEX), file.attrs.get(schema.ATTR_NUM_SHARDS))
+    if match and tuple(int(g) for g in match.groups()[:2]) != said:
+        report.add(Problem(f"it holds shard {said[0]} of {said[1]}, not the shard its name says", file=path.name))
 
 
 def files_to_verify(path: Path, report: VerifyReport | None = None) -> list[Path]:
@@ -99,29 +114,14 @@ def open_fmpipe(path: Path) -> h5py.File:
         problem = "is an HDF5 file but not an fmpipe file (no format='fmpipe')"
     elif attrs.get(schema.ATTR_FORMAT_VERSION) not in schema.READABLE_VERSIONS:
         problem = f"has fmpipe format version {attrs.get(schema.ATTR_FORMAT_VERSION)}, which this fmpipe cannot read"
-    else:
-        missing = [n for n in (schema.KEY, schema.DONE, schema.FAILURE_INDEX, schema.STAGES) if n not in file]
-        problem = f"lacks /{missing[0]}" if missing else _stage_problem(file)
-    if problem:
+    try:
+        if problem:
+            raise InputError(f"{path} {problem}.")
+        check_structure(path, file)
+    except InputError:
         file.close()
-        raise InputError(f"{path} {problem}.")
+        raise
     return file
-
-
-def _stage_problem(file: h5py.File) -> str | None:
-    n = file[schema.KEY].shape[0]
-    if file[schema.DONE].shape != (n,):
-        return f"has /{schema.DONE} of shape {file[schema.DONE].shape}, expected ({n},)"
-    if any(not name.isdigit() for name in file[schema.STAGES]):
-        return "has a stage group not named by a stage index"
-    for path in schema.map_groups(file):
-        group = file[path]
-        if any(d not in group for d in (schema.DATA, *schema.STAT_NAMES)):
-            return f"has a group {path!r} that is not an fmpipe stage or layer"
-        shape = group[schema.DATA].shape
-        if len(shape) != 4 or shape[0] != n or any(group[s].shape != shape[:2] for s in schema.STAT_NAMES):
-            return f"has {path} data of shape {shape} or statistics that do not match {n} images"
-    return None
 
 
 @dataclass
@@ -135,6 +135,8 @@ class _FileCheck:
     files: RawFiles
     version: int = field(init=False, default=2)
     ok: np.ndarray = field(init=False, default=None)  # (N,) bool: done and not failed
+    seal: dict | None = field(init=False, default=None)  # the items sealed at finalise (None: unsealed)
+    chunk_digests: dict = field(init=False, default_factory=dict)  # map data path → its chunk table's sha256
 
     def run(self) -> None:
         attrs = self.file.attrs
@@ -158,10 +160,51 @@ class _FileCheck:
             failed = failed[(failed >= 0) & (failed < len(done))]
         self.ok[failed] = False
         self.report.rows += int(self.ok.sum())
+        self.seal = recorded_seal(self.file)
         log.info("%s: checking %d stages and layers of %d rows", self.path, len(self._groups()), int(self.ok.sum()))
         for path in self._groups():
             self._check_stage(path)
+        self._check_run_attributes()
+        self._check_seal(done)
         self._check_sources(done)
+
+    def _check_run_attributes(self) -> None:
+        """The run attributes against `fingerprint_json`, the parts the fingerprint hashes (files
+        without a seal too): the fingerprint, the model, the weights' digest and, for a file of the
+        whole collection, the keys."""
+        run = run_info(self.file.attrs)
+        parts = run.fingerprint_parts
+        if not parts:
+            return
+        if run.fingerprint != fingerprint(parts):
+            self.problem("the 'fingerprint' attribute is not the sha256 of 'fingerprint_json': one was changed")
+        for name, value in (("model", run.model), ("weights_sha256", run.weights_sha256)):
+            if name in parts and value is not None and value != str(parts[name]):
+                self.problem(f"the {name!r} attribute ({value}) disagrees with 'fingerprint_json' ({parts[name]})")
+        if parts.get("num_keys") != len(self.ok) or "keys_sha256" not in parts:
+            return  # a shard holds part of the collection; merge checks the shards' keys together
+        keys = [schema.text(k) for k in self.file[schema.KEY][:]]
+        # Undecodable names are stored escaped ("\\x.."), so their hash cannot match (as in merge).
+        if not any("\\" in k for k in keys) and keys_sha256(keys) != parts["keys_sha256"]:
+            self.problem(f"/{schema.KEY} is not the collection the fingerprint names: a key was changed")
+
+    def _check_seal(self, done: np.ndarray) -> None:
+        """Everything a reader relies on against the seal written at finalise (or merge)."""
+        complete = bool(self.file.attrs.get(schema.ATTR_COMPLETE, False))
+        if complete and not done.all():
+            self.problem(f"the file is marked complete but {int((~done).sum())} rows are not marked done")
+        if self.seal is None:
+            if complete and self.version >= 2:
+                self.report.warn(
+                    f"{self.path.name} has no seal (written before fmpipe sealed its files); "
+                    "its keys, statistics, top lists and attributes were not checked against one"
+                )
+            return
+        now = seal_items(self.file, self.path, self.files, self.chunk_digests)
+        if table_sha256(self.seal) != schema.text(self.file.attrs.get(schema.ATTR_SEAL, "")):
+            self.problem("the seal itself (/seal or its seal_sha256 attribute) was altered")
+        for line in changed_items(self.seal, now):
+            self.problem(line)
 
     def _groups(self) -> list[str]:
         """Every stage's and layer's group path."""
@@ -178,6 +221,8 @@ class _FileCheck:
         data = group[schema.DATA]
         n, channels, height, width = data.shape
         found = index_chunks(data, self.path, self.files)
+        if self.seal is not None:
+            self.chunk_digests[f"{path}/{schema.DATA}"] = chunk_table_sha256(found)
         checksums = self.version >= 2 and self.file.attrs.get(schema.ATTR_CHUNK_CHECKSUM) is not None
         keep_bits = encoding_of(self.file.attrs).keep_bits
         spec = ChunkSpec(np.dtype(data.dtype), found.k, channels, height * width, checksums, keep_bits)
@@ -201,6 +246,15 @@ class _FileCheck:
                 self.window.submit(self._handler(index, spec, jobs, progress), check_chunks, spec, refs)
         self.window.drain()
         progress.close()
+        self._check_top_rows(group, index)
+
+    def _check_top_rows(self, group: h5py.Group, index: int | str) -> None:
+        """Top lists name rows of this file only (also in files without a seal)."""
+        top = group.get(schema.TOP)
+        for by in ("max", "mean") if top is not None else ():
+            problem = top_rows_problem(top[f"{by}_rows"][:], len(self.ok))
+            if problem:
+                self.problem(f"{by} list: {problem}", index)
 
     def _handler(self, index: int | str, spec: ChunkSpec, jobs: list, progress: Progress) -> Callable:
         def handle(results: list[tuple[int, str | None]]) -> None:

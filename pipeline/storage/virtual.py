@@ -15,6 +15,8 @@ import h5py
 
 from ..errors import InputError
 from . import schema
+from .seal import recorded_seal, virtual_source_names
+from .structure import check_structure
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +31,19 @@ def check_virtual_sources(path: Path, file: h5py.File) -> list[str]:
     so each source must exist beside `path`, stay inside its folder, be a complete fmpipe
     shard of the same run (fingerprint), and the process must be allowed enough open files.
     """
-    names = set()
-    for group in (file[path] for path in schema.map_groups(file)):
-        for dset in group.values():
-            if isinstance(dset, h5py.Dataset) and dset.is_virtual:
-                names.update(vs.file_name for vs in dset.virtual_sources())
-    names.discard(".")
+    names = virtual_source_names(file)
     # Lexical, not resolved: OUT.shards may be a symlink to scratch space; ".." may not escape.
     base = Path(os.path.abspath(path)).parent
     fingerprint = file.attrs.get(schema.ATTR_FINGERPRINT)
-    for source in sorted(names):
-        _check_source(path, base, source, fingerprint)
+    sealed = recorded_seal(file) or {}
+    for source in names:
+        seal = sealed.get(f"{schema.SHARD_ITEM}{source}")
+        _check_source(path, base, source, fingerprint, seal)
     _ensure_file_handles(path, len(names))
-    return sorted(names)
+    return names
 
 
-def _check_source(path: Path, base: Path, source: str, fingerprint) -> None:
+def _check_source(path: Path, base: Path, source: str, fingerprint, seal: str | None) -> None:
     target = Path(os.path.normpath(base / source))
     if os.path.isabs(source) or base not in target.parents:
         raise InputError(f"{path}: virtual source {source!r} points outside {base}; refusing to read it.")
@@ -53,14 +52,21 @@ def _check_source(path: Path, base: Path, source: str, fingerprint) -> None:
         raise InputError(f"{path}: its shard {source!r} is missing (looked in {base}). {hint}")
     try:
         with h5py.File(target, "r", locking="best-effort") as shard:
+            check_structure(target, shard)  # no links, no external storage, shapes that fit the file
             same = shard.attrs.get(schema.ATTR_FINGERPRINT) == fingerprint
             complete = bool(shard.attrs.get(schema.ATTR_COMPLETE))
+            now = schema.text(shard.attrs.get(schema.ATTR_SEAL, ""))
     except OSError as err:
         raise InputError(f"{path}: its shard {source!r} cannot be read ({err}). {hint}") from None
     if not same:
         raise InputError(f"{path}: its shard {source!r} now holds a different run (fingerprint differs). {hint}")
     if not complete:
         raise InputError(f"{path}: its shard {source!r} is not complete. {hint}")
+    if seal is not None and now != seal:
+        raise InputError(
+            f"{path}: its shard {source!r} is not the shard it was merged from (its seal differs: replaced "
+            f"or rewritten since the merge). Run `fmpipe merge {path}` again if the shards are right."
+        )
 
 
 def _ensure_file_handles(path: Path, sources: int) -> None:

@@ -27,6 +27,7 @@ from .files import partial_path, publish, reserve_space
 from .layout import WritePlan
 from .lockfile import OutputLock
 from .output import open_output
+from .seal import write_seal
 from .toplists import top_lists_bytes, write_top_lists
 
 __all__ = ["NullWriter", "ShardWriter", "WritePlan", "Writer"]
@@ -125,6 +126,7 @@ class ShardWriter:
             self.file.flush()  # a full disk shows here, not in a close that could not report it
             self.file.attrs[schema.ATTR_TIMINGS] = json.dumps({**self.timings, **(timings or {})})
             self.file.attrs[schema.ATTR_COMPLETE] = True
+            write_seal(self.file, partial)
             self.file.flush()
         except (OSError, RuntimeError, KeyError) as err:
             # HDF5 cannot close a file whose flush failed (it raises again, and h5py may crash at

@@ -25,6 +25,7 @@ from ..rendering.selection import KEY_BLOCK, iter_keys
 from ..rendering.tiling import overlay_hw
 from ..sources import source_path
 from ..storage import schema
+from ..storage.seal import virtual_source_names
 from ..storage.store import StageView, Store, open_store
 from ..storage.toplists import channel_ranking, top_images
 from .blocks import StageBlocks
@@ -85,6 +86,32 @@ class Catalog:
         self._photos: Lru[np.ndarray] = Lru(PHOTO_CACHE_BYTES)
         self._thumbs: Lru[bytes] = Lru(THUMB_CACHE_BYTES)
         self._small: Lru[object] = Lru(SMALL_CACHE_BYTES)
+        self._shards = [self.path.parent / name for name in virtual_source_names(store.file)]
+        self._shard_stats = self._stat_shards()  # as checked by open_store
+
+    def check_shards(self) -> None:
+        """Refuse (InputError) to read a merged file whose shards changed since they were checked.
+
+        HDF5 reads a missing shard as fill values: a shard deleted or replaced while the viewer runs
+        would be served as blank maps. A stat of each shard per read; the full check (present,
+        complete, same run, the seal recorded at merge) when one changed."""
+        if not self._shards:
+            return
+        now = self._stat_shards()
+        if now != self._shard_stats:
+            self.store.check_sources()
+            self._shard_stats = now
+
+    def _stat_shards(self) -> tuple:
+        stats = []
+        for path in self._shards:
+            try:
+                info = path.stat()
+            except OSError:
+                stats.append(None)
+                continue
+            stats.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        return tuple(stats)
 
     def __len__(self) -> int:
         return len(self.ok)
@@ -171,6 +198,7 @@ class Catalog:
 
         def read() -> np.ndarray:
             view = self.stage(stage)
+            self.check_shards()
             values = np.stack([view.min[row], view.max[row], view.mean[row]])
             values.setflags(write=False)
             return values
@@ -179,12 +207,14 @@ class Catalog:
 
     def span(self, stage: int) -> tuple[float, float]:
         """(lo, hi) over every stored image and channel of a stage (`--normalize stage`), once per stage."""
+        self.check_shards()
         return self._small.get(("span", stage), lambda: stage_range(self.stage(stage), self.ok))
 
     # -- maps ---------------------------------------------------------------------------------
 
     def block(self, stage: int, row: int, c0: int) -> np.ndarray:
         """(n, H, W) maps of channels c0.. of one chunk of `row`, from the bounded chunk cache."""
+        self.check_shards()
         return self._chunks.get((stage, row, c0), lambda: self.blocks[stage].block(row, c0))
 
     def plane(self, stage: int, row: int, channel: int) -> np.ndarray:
@@ -195,6 +225,7 @@ class Catalog:
 
     def pca(self, stage: int) -> PcaFit:
         """The stage's PCA fit with render's defaults (so pictures equal `render --layout pca`), once per stage."""
+        self.check_shards()
         return self._small.get(("pca", stage), lambda: fit_pca(self.store, stage))
 
     # -- rankings -----------------------------------------------------------------------------
@@ -202,11 +233,13 @@ class Catalog:
     def top(self, stage: int, channel: int, k: int, by: str) -> list[tuple[int, float]]:
         """(row, value) of the k images whose map of `channel` has the largest max (or mean), best first."""
         self.channel(stage, channel)
+        self.check_shards()
         return self._small.get(("top", stage, channel, k, by), lambda: top_images(self.store, stage, channel, k, by))
 
     def ranking(self, stage: int, by: str) -> tuple[np.ndarray, np.ndarray]:
         """(channels, scores): the stage's channels by how strongly they respond across the collection."""
         self.stage(stage)
+        self.check_shards()
         return self._small.get(("ranking", stage, by), lambda: channel_ranking(self.store, stage, by))
 
     # -- sources ------------------------------------------------------------------------------
