@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".merging"
 _STR = h5py.string_dtype("utf-8")
-# Rows of (N, C) statistics copied per step with --copy: bounded memory for any N.
 # Root attributes that describe one shard, not the merged file.
 _SHARD_ONLY_ATTRS = (schema.ATTR_SHARD_INDEX, schema.ATTR_TIMINGS, schema.ATTR_COMPLETE)
 
