@@ -370,7 +370,7 @@ def test_a_partial_file_being_written_is_reopened_not_called_damaged(made, tmp_p
         config = RenderConfig(str(path), 2, out=str(out), top_k=2, workers=1, allow_partial=True)
         with pipeline.open_store(path) as store:
             job, rows = _plan(config, store)
-            tasks = list(_tasks(store, rows, image_folders(store)))
+            tasks = list(_tasks(store, rows, image_folders(store), {}))
         painter = painting.Painter(job)
         try:
             state["fail"] = fail
