@@ -15,7 +15,7 @@ DTYPES = ("float16", "float32")
 COMPRESSIONS = ("zstd", "gzip", "none")
 RESIZE_POLICY = "exact-HxW-pil-bicubic-no-crop-jpeg-draft"
 _INDEX = re.compile(r"[+-]?\d+")
-_RANGE = re.compile(r"([+-]?\d*):([+-]?\d*)(?::([+-]?\d*))?")
+_RANGE = re.compile(r"([+-]?\d+)?:([+-]?\d+)?(?::([+-]?\d+)?)?")
 
 
 @dataclass(frozen=True)
