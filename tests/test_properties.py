@@ -7,6 +7,7 @@ Examples are few and unbounded in time (`deadline=None`) so the suite stays fast
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 
@@ -184,7 +185,7 @@ def test_shards_are_contiguous_covering_cut_in_units_and_balanced(count, num_sha
     unit = sources.SHARD_UNIT
     parts = [sources.shard_bounds(count, i, num_shards) for i in range(num_shards)]
     assert parts[0][0] == 0 and parts[-1][1] == count
-    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
     assert all(start <= stop for start, stop in parts)
     assert all(start % unit == 0 or start == count for start, _ in parts)
     sizes = [stop - start for start, stop in parts]
