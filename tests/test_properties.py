@@ -23,8 +23,10 @@ from pipeline.errors import UsageError
 from pipeline.rendering import png, selection
 from pipeline.storage import codecs, schema
 
-FAST = settings(max_examples=200, deadline=None)
-SLOW = settings(max_examples=40, deadline=None)  # each example writes an HDF5 file or decodes a PNG
+# FMPIPE_HYPOTHESIS_SCALE=20 multiplies every test's examples: a deeper search than CI's (CONTRIBUTING.md).
+SCALE = max(1, int(os.environ.get("FMPIPE_HYPOTHESIS_SCALE", "1")))
+FAST = settings(max_examples=200 * SCALE, deadline=None)
+SLOW = settings(max_examples=40 * SCALE, deadline=None)  # each example writes an HDF5 file or decodes a PNG
 
 counts = st.integers(min_value=1, max_value=60)
 bounds = st.one_of(st.none(), st.integers(min_value=-80, max_value=80))
@@ -177,7 +179,7 @@ def test_layers_split_on_commas_and_strip(names, pad):
 # ---- shard bounds ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300 * SCALE, deadline=None)
 @given(count=st.integers(0, 5000), num_shards=st.integers(1, 64))
 @example(count=33, num_shards=2)  # before the fix: 32 + 1 images
 @example(count=100, num_shards=3)  # before the fix: 48 + 32 + 20
