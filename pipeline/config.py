@@ -17,7 +17,7 @@ MANTISSA_BITS = {"float16": 10, "float32": 23}
 COMPRESSIONS = ("zstd", "gzip", "none")
 RESIZE_POLICY = "exact-HxW-pil-bicubic-no-crop-jpeg-draft"
 _INDEX = re.compile(r"[+-]?\d+")
-_RANGE = re.compile(r"([+-]?\d*):([+-]?\d*)(?::([+-]?\d*))?")
+_RANGE = re.compile(r"([+-]?\d+)?:([+-]?\d+)?(?::([+-]?\d+)?)?")
 
 
 @dataclass(frozen=True)

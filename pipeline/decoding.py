@@ -37,6 +37,10 @@ class DecodeError(Exception):
     """One image that cannot be used; its message becomes the failure reason."""
 
 
+class SourceMissing(DecodeError):
+    """The image's file is not there (moved, deleted, a broken symlink): callers tell it by type."""
+
+
 @dataclass(frozen=True)
 class Source:
     """A source file's bytes and their identity. A large file's sha256 is computed in a thread
@@ -73,7 +77,7 @@ def read_source(path: str | os.PathLike) -> Source:
     except PermissionError:
         raise DecodeError("permission denied reading the file") from None
     except (FileNotFoundError, NotADirectoryError):
-        raise DecodeError("file not found (moved, deleted, or a broken symlink)") from None
+        raise SourceMissing("file not found (moved, deleted, or a broken symlink)") from None
     except IsADirectoryError:
         raise DecodeError("a folder, not an image file") from None
     except OSError as err:

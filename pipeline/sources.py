@@ -158,14 +158,24 @@ SHARD_UNIT = 16
 def shard_bounds(count: int, shard_index: int, num_shards: int) -> tuple[int, int]:
     """[start, stop) of shard `shard_index` of `num_shards`: balanced contiguous slices.
 
-    Slices are balanced in whole SHARD_UNITs, so every shard starts on a multiple of
-    SHARD_UNIT; the first shards get one extra unit. The bounds never depend on options
-    such as the batch size, so any rerun of a task plans the same rows.
+    Invariants (tests/test_properties.py checks them for every count and shard count):
+    - contiguous, disjoint and covering: shard 0 starts at 0, each shard starts where the one
+      before stopped, and the last stops at `count`;
+    - cut in whole SHARD_UNITs: every start is a multiple of SHARD_UNIT (or `count`, for an
+      empty shard at the end);
+    - balanced: the largest shard holds at most one SHARD_UNIT more images than the smallest.
+
+    Every shard gets `units // num_shards` whole units and the last `units % num_shards` shards
+    one more, so the collection's last, partial unit falls in a shard with an extra unit (the
+    first shards getting them instead left 32 + 1 images for 33 in 2 shards). With fewer units
+    than shards, the first shards get one unit each and the others are empty. The bounds never
+    depend on options such as the batch size, so any rerun of a task plans the same rows.
     """
     units = -(-count // SHARD_UNIT)
     base, extra = divmod(units, num_shards)
-    start = shard_index * base + min(shard_index, extra)
-    stop = start + base + (1 if shard_index < extra else 0)
+    first_extra = num_shards - extra if base else 0  # shards from here on get `base + 1` units
+    start = shard_index * base + max(0, min(shard_index, extra + first_extra) - first_extra)
+    stop = start + base + (1 if first_extra <= shard_index < first_extra + extra else 0)
     return min(count, start * SHARD_UNIT), min(count, stop * SHARD_UNIT)
 
 

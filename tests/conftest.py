@@ -42,3 +42,45 @@ def image_dir(tmp_path: Path) -> Path:
 def sample_images() -> Path:
     """The bundled sample photos (data/images)."""
     return REPO / "data" / "images"
+
+
+# The fast loop (`pytest -m "not slow"`, CONTRIBUTING.md) leaves out what takes seconds. Besides the
+# tests marked in their files, these are measured with `pytest -m "not slow" --durations=45` on the
+# 2-core machine: module fixtures that extract real models (every test using one is slow, since
+# whichever runs first pays) and single tests of 2.4 s or more. Marking them here keeps each file
+# as it is; CI runs every test either way.
+SLOW_FIXTURES = {
+    ("test_merge", "collection"),  # 13 s: an unsharded run and 4 shards of resnet18
+    ("test_dims", "outputs"),  # 10 s
+    ("test_toplists", "merged"),  # 8 s
+    ("test_verify", "made"),  # 6 s
+    ("test_viewer", "merged"),  # 5 s
+}
+SLOW_TESTS = {
+    "test_layers.py::test_verify_checks_and_recomputes_layers",
+    "test_layers.py::test_layers_resume_merge_and_render_like_stages",
+    "test_layers.py::test_layers_store_what_forward_hooks_see",
+    "test_image_lists.py::test_a_list_is_taken_in_its_order_and_a_missing_file_is_a_failure_row",
+    "test_resume.py::test_a_resume_from_a_corrected_copy_records_the_new_images_root",
+    "test_resume.py::test_a_different_configuration_is_refused_naming_it",
+    "test_resume.py::test_rerun_continues_from_the_first_not_done_image",
+    "test_resume.py::test_a_resume_from_a_folder_missing_done_images_keeps_the_recorded_root",
+    "test_resume.py::test_a_done_image_broken_at_resume_is_a_failure_whose_maps_read_nan",
+    "test_resume.py::test_failures_of_an_unfinished_batch_are_not_listed_twice",
+    "test_resume.py::test_a_done_image_missing_at_resume_keeps_its_maps_and_is_reported",
+    "test_extract.py::test_an_extract_storing_no_map_is_refused_naming_the_selection",
+    "test_extract.py::test_stored_maps_equal_direct_forward",
+    "test_extract.py::test_batch_sizes_store_the_same_rows",
+    "test_startup.py::test_an_unknown_model_name_offline_still_says_unknown_model",
+    "test_merge.py::test_shards_cut_in_whole_units_equal_the_unsharded_run_bit_for_bit",
+    "test_merge.py::test_a_replaced_source_is_detected",
+    "test_viewer_values.py::test_every_channel_page_pages_all_channels_each_with_its_scale",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        test = f"{item.path.name}::{item.originalname}"
+        if test in SLOW_TESTS or any((module, name) in SLOW_FIXTURES for name in item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -1,11 +1,14 @@
 """Helpers for the tests and scripts/kill_test.py (no pytest import): `fmpipe` in real processes, the
 same instrumented, bit-for-bit snapshots of an fmpipe file, row comparisons within float16 rounding.
 
-    python tests/helpers.py [--delay S] [--chunk-delay S] [--die-at EVENT[#N]] -- IMAGES OUT [OPTIONS]
+    python tests/helpers.py [--delay S] [--chunk-delay S] [--die-at EVENT[#N]] [--hold-at EVENT --release FILE]
+        -- IMAGES OUT [OPTIONS]
 
 runs `fmpipe extract IMAGES OUT OPTIONS` (the real CLI, writer and DataLoader decode workers) printing
 one event per step (`instrument`) and sleeping S seconds after each. `--die-at EVENT#N`: SIGKILL the
 main process at the Nth event named EVENT (`is_event`; from a decode worker too), an exact step.
+`--hold-at EVENT --release FILE`: the main process waits at the first event named EVENT until FILE
+exists (a test holds a run at an exact step, whatever the machine's load, and lets it go).
 """
 
 from __future__ import annotations
@@ -39,10 +42,18 @@ CHILD_TIMEOUT_S = 180.0
 # -- fmpipe in real processes -----------------------------------------------------------------
 
 
-def extract_command(argv: list, delay_s: float = 0.0, chunk_delay_s: float = 0.0, die_at: str | None = None):
-    """`fmpipe extract ARGV` instrumented (see the module docstring)."""
+def extract_command(
+    argv: list,
+    delay_s: float = 0.0,
+    chunk_delay_s: float = 0.0,
+    die_at: str | None = None,
+    hold: tuple[str, Path] | None = None,
+):
+    """`fmpipe extract ARGV` instrumented (see the module docstring); `hold`: (EVENT, release FILE)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--delay", str(delay_s), "--chunk-delay"]
-    return [*command, str(chunk_delay_s), *(["--die-at", die_at] if die_at else []), "--", *map(str, argv)]
+    command += [str(chunk_delay_s), *(["--die-at", die_at] if die_at else [])]
+    command += ["--hold-at", hold[0], "--release", str(hold[1])] if hold else []
+    return [*command, "--", *map(str, argv)]
 
 
 def fmpipe(args: list, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -79,15 +90,22 @@ class Child:
 
 
 def start_extract(
-    argv: list[str], cwd: Path, log: Path, delay_s: float = 0.0, chunk_delay_s: float = 0.0, die_at: str | None = None
+    argv: list[str],
+    cwd: Path,
+    log: Path,
+    delay_s: float = 0.0,
+    chunk_delay_s: float = 0.0,
+    die_at: str | None = None,
+    hold: tuple[str, Path] | None = None,
 ) -> Child:
-    """Start `fmpipe extract ARGV` instrumented (see the module docstring) in `cwd`.
+    """Start `fmpipe extract ARGV` instrumented (see the module docstring) in `cwd`; `hold=(EVENT, FILE)`
+    stops its main process at the first EVENT until FILE exists.
 
     Its stdout goes to the file `log`, not a pipe: decode workers orphaned by a kill keep their
     copy of stdout open for seconds, and nothing here may wait for them. stderr goes to `log.err`.
     """
     with open(log, "w") as out, open(f"{log}.err", "w") as err:
-        command = extract_command(argv, delay_s, chunk_delay_s, die_at)
+        command = extract_command(argv, delay_s, chunk_delay_s, die_at, hold)
         process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, env=_env())
     return Child(process, log)
 
@@ -160,8 +178,9 @@ class Announcer:
     Decode workers never sleep: a worker whose parent dies before its `worker_init_fn` returns
     records the wrong parent (torch creates its ManagerWatchdog afterwards) and lives on forever."""
 
-    def __init__(self, delay_s: float, chunk_delay_s: float, die_at: str | None):
+    def __init__(self, delay_s: float, chunk_delay_s: float, die_at: str | None, hold: tuple[str, str] | None = None):
         self.delay_s, self.chunk_delay_s = delay_s, chunk_delay_s
+        self.hold = hold  # (EVENT, FILE): wait at the first EVENT until FILE exists
         prefix, _, nth = (die_at or "").partition("#")
         self.die_prefix, self.die_nth = prefix or None, int(nth or 1)
         self.main_pid = os.getpid()  # a forked decode worker kills its parent
@@ -171,8 +190,14 @@ class Announcer:
         os.write(1, f"{event}\n".encode("utf-8", "backslashreplace"))
         if self.die_prefix and is_event(event, self.die_prefix) and next(self.matches) == self.die_nth:
             os.kill(self.main_pid, signal.SIGKILL)
-        if os.getpid() == self.main_pid:
-            time.sleep(self.chunk_delay_s if event.startswith("chunk") else self.delay_s)
+        if os.getpid() != self.main_pid:
+            return
+        if self.hold and is_event(event, self.hold[0]):
+            release, self.hold = self.hold[1], None
+            deadline = time.monotonic() + 2 * CHILD_TIMEOUT_S  # never outlives a broken test
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        time.sleep(self.chunk_delay_s if event.startswith("chunk") else self.delay_s)
 
 
 def _around(owner, name: str, before: Callable[..., str] | str | None, after: Callable[..., str] | str | None, say):
@@ -275,9 +300,12 @@ def _child_main() -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to sleep after each step")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds to sleep after each chunk write")
     parser.add_argument("--die-at", help="EVENT[#N]: SIGKILL at the Nth event starting with EVENT")
+    parser.add_argument("--hold-at", help="EVENT: wait at the first event starting with EVENT until --release exists")
+    parser.add_argument("--release", help="FILE whose creation lets a run held by --hold-at go on")
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- IMAGES OUT [extract options]")
     args = parser.parse_args()
-    say = Announcer(args.delay, args.chunk_delay, args.die_at)
+    hold = (args.hold_at, args.release) if args.hold_at else None
+    say = Announcer(args.delay, args.chunk_delay, args.die_at, hold)
     instrument(say)
     from pipeline import cli
 

@@ -111,8 +111,6 @@ def fmpipe(*args) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_a_wrong_prefix_exits_2_through_the_cli(detr, tmp_path):
-    if "--weights-prefix" not in fmpipe("extract", "--help").stdout:
-        pytest.skip("the CLI has no --weights-prefix option yet")
     out = tmp_path / "x.h5"
     args = ["extract", detr["images"], out, "--model", "pvt_v2_b1", "--weights", detr["ckpt"], "--size", "64"]
     run = fmpipe(*args, "--weights-prefix", "backbone.body.", "--device", "cpu")

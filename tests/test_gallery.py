@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -236,7 +237,7 @@ def test_grid_layout_matches_tiling():
     assert grid_layout(4, 7, 7, 2 + 2 * 44, 2 + 2 * 44) == (2, 2)  # 42 = 7 × 6
 
 
-def test_thumbnails_are_reused_and_errors(hostile, tmp_path):
+def test_thumbnails_are_reused_and_errors(hostile, tmp_path, caplog):
     path, out, _ = hostile
     again = write_gallery(GalleryConfig(str(path), str(out)))
     assert again.thumbs_written == 0 and again.sources_missing == 1 and again.stages == [0, 1]
@@ -244,8 +245,11 @@ def test_thumbnails_are_reused_and_errors(hostile, tmp_path):
     with Image.open(out / "gallery" / "thumbs" / f"{name}-240.jpg") as thumb:
         assert thumb.size == (64, 48)  # never enlarged
     shutil.copytree(out, tmp_path / "copy")  # a moved render folder still works, and says where sources are
-    moved = write_gallery(GalleryConfig(str(path), str(tmp_path / "copy"), images_root=str(tmp_path / "nowhere")))
+    with caplog.at_level(logging.DEBUG, logger="pipeline.site.build"):
+        moved = write_gallery(GalleryConfig(str(path), str(tmp_path / "copy"), images_root=str(tmp_path / "nowhere")))
     assert moved.sources_missing == 4 and moved.images == 4
+    thumbs = [r for r in caplog.records if r.getMessage().startswith("no thumbnail for")]
+    assert thumbs and all(r.levelno == logging.DEBUG for r in thumbs)  # missing sources are counted, not warned
     assert "source image not found" in (tmp_path / "copy" / "gallery" / "000000.html").read_text()
     with pytest.raises(InputError, match="fmpipe render"):
         write_gallery(GalleryConfig(str(path), str(tmp_path / "empty")))

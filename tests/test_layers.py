@@ -14,7 +14,7 @@ from conftest import REPO, write_images
 
 import pipeline
 from pipeline.decoding import decode
-from pipeline.errors import UsageError
+from pipeline.errors import OutputExistsError, UsageError
 from pipeline.extraction import models
 from pipeline.extraction.loading import normalize
 
@@ -160,7 +160,7 @@ def test_layers_resume_merge_and_render_like_stages(resnet, tmp_path):
         assert "layers/layer1.0.relu:2/top/max_rows" in f
     summary = pipeline.render(tmp_path / "s.h5", "layer1.0.relu:2", channels="0:3", layout="channels", workers=1)
     assert summary.pngs == 3 * 6
-    with pytest.raises(Exception, match="--layers"):
+    with pytest.raises(OutputExistsError, match="--layers"):
         pipeline.extract(base / "images", tmp_path / "s.h5", **{**options, "layers": ("layer2",)})
 
 

@@ -284,7 +284,8 @@ def test_one_process_cannot_lock_one_output_twice(tmp_path, mode):
 @pytest.mark.slow
 def test_a_second_extract_on_one_output_is_refused_naming_the_first_which_finishes_intact(tmp_path):
     """Two real `fmpipe extract` on one output: the second refuses at once naming the first (pid),
-    the first is undisturbed and its file equals an undisturbed run's."""
+    the first is undisturbed and its file equals an undisturbed run's. The first is held at its
+    first batch (lock taken, file created) until the second has been refused: no timing race."""
     from conftest import write_images
     from helpers import IGNORED_ATTRS, differences, fmpipe, snapshot, start_extract
 
@@ -292,13 +293,16 @@ def test_a_second_extract_on_one_output_is_refused_naming_the_first_which_finish
     write_images(images, 12, size=(32, 32))
     options = ["--model", "resnet18", "--random-init", "--size", "32", "--batch-size", "2", "--device", "cpu"]
     assert fmpipe(["extract", images, tmp_path / "alone.h5", *options]).returncode == 0
-    first = start_extract([images, "out.h5", *options], tmp_path, tmp_path / "first.log", delay_s=0.15)
+    release = tmp_path / "release-first"
+    first = start_extract([images, "out.h5", *options], tmp_path, tmp_path / "first.log", hold=("batch-start", release))
     deadline = time.monotonic() + 120
-    while not any(e.startswith("batch-start") for e in first.events()) and time.monotonic() < deadline:
+    while not any(e.startswith("batch-start") for e in first.events()):
         assert first.process.poll() is None, Path(f"{first.log}.err").read_text()
+        assert time.monotonic() < deadline, "the first run never reached its first batch"
         time.sleep(0.05)
     second = fmpipe(["extract", images, "out.h5", *options], cwd=tmp_path)
-    assert first.process.poll() is None, "the first run ended before the second started: slow it down"
+    assert first.process.poll() is None, Path(f"{first.log}.err").read_text()  # held: it cannot have ended
+    release.touch()
     assert second.returncode == 2, second.stderr
     assert f"pid {first.process.pid}" in second.stderr and "Wait for it to finish" in second.stderr
     assert "--overwrite" not in second.stderr and "Traceback" not in second.stderr

@@ -57,11 +57,34 @@ def test_the_tasks_of_an_array_walk_the_folder_once(tmp_path, walks):
     ]
 
 
-def test_tasks_starting_together_publish_one_manifest(tmp_path, walks):
+def test_tasks_starting_together_publish_one_manifest(tmp_path, walks, monkeypatch):
     images = tmp_path / "images"
     keys = write_images(images, 5, size=(8, 8))
     out = str(tmp_path / "out.h5")
     results, errors = [], []
+    # Proof of overlap: the task that walks the folder is held inside its walk until each of the
+    # other seven has been refused the manifest's lock at least once (so they ran while it held
+    # it, and waited instead of walking too); without overlap the walk times out and fails.
+    refused: set[int] = set()
+    all_refused = threading.Event()
+    real_acquire, counting_walk = manifest.OutputLock.acquire, os.walk  # os.walk: the `walks` fixture's counter
+
+    def acquire(path):
+        try:
+            return real_acquire(path)
+        except manifest.OutputLockedError:
+            refused.add(threading.get_ident())
+            if len(refused) == 7:
+                all_refused.set()
+            raise
+
+    def held_walk(top, *args, **kwargs):
+        assert all_refused.wait(60), f"only {len(refused)} of 7 tasks met the held lock"
+        return counting_walk(top, *args, **kwargs)
+
+    monkeypatch.setattr(manifest.OutputLock, "acquire", acquire)
+    monkeypatch.setattr(manifest, "POLL_S", 0.01)
+    monkeypatch.setattr(os, "walk", held_walk)
 
     def task() -> None:
         try:
@@ -75,7 +98,7 @@ def test_tasks_starting_together_publish_one_manifest(tmp_path, walks):
     for thread in threads:
         thread.join()
     assert not errors and results == [keys] * 8
-    assert len(walks) == 1  # the others waited for the manifest instead of walking too
+    assert len(walks) == 1 and len(refused) == 7  # the others waited for the manifest instead of walking too
     assert sorted(os.listdir(f"{out}.shards")) == ["collection.json"]  # no temporary file or lock left
 
 

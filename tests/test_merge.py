@@ -239,7 +239,7 @@ def test_more_shards_than_images_and_shard_names(tmp_path):
     images = tmp_path / "images"
     write_images(images, 3, size=(64, 64))
     out = tmp_path / "few.h5"
-    extract_shards(images, out, num_shards=5)  # shards 3 and 4 are empty
+    extract_shards(images, out, num_shards=5)  # one unit: shard 0 holds it, shards 1 to 4 are empty
     assert merge.merge(out).images == 3
     with pipeline.open_store(out) as store:
         assert store.keys == sorted(p.name for p in images.iterdir()) and np.isfinite(store.stage(1).data[:]).all()
@@ -258,10 +258,11 @@ def test_shards_tile_the_collection_in_whole_units(count, num_shards):
 
 
 def test_shards_cut_in_whole_units_equal_the_unsharded_run_bit_for_bit(tmp_path):
-    # 20 images, 2 shards: 16 + 4. Batches of 4 divide the shard unit of 16, so every batch of
-    # the single run lies inside one shard and the maps are bit-identical.
+    # 36 images, 2 shards: 16 + 20 (three units, the partial last one in the shard with the extra
+    # unit; cutting 32 + 4 would be unbalanced). Batches of 4 divide the shard unit of 16, so every
+    # batch of the single run lies inside one shard and the maps are bit-identical.
     images = tmp_path / "images"
-    write_images(images, 20, size=(64, 64))
+    write_images(images, 36, size=(64, 64))
     options = {**OPTIONS, "batch_size": 4}
     pipeline.extract(str(images), str(tmp_path / "single.h5"), **options)
     for index in range(2):
@@ -273,4 +274,4 @@ def test_shards_cut_in_whole_units_equal_the_unsharded_run_bit_for_bit(tmp_path)
             for name in ("data", "min", "max", "mean"):
                 np.testing.assert_array_equal(bits(getattr(sa, name)[:]), bits(getattr(sb, name)[:]), err_msg=name)
     with h5py.File(files.shards_folder(tmp_path / "out.h5") / files.shard_name(1, 2)) as f:
-        assert int(f.attrs["shard_start"]) == 16
+        assert int(f.attrs["shard_start"]) == 16 and len(f[schema.KEY]) == 20

@@ -4,7 +4,6 @@ and a missing chunk are each found and named by stage and image; bad input exits
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -483,4 +482,7 @@ def test_report_counts_and_summary_are_consistent(made):
     assert report.bytes_checked > 0 and report.seconds > 0
     text = report.summary()
     assert f"{report.chunks} chunks, {report.rows} rows" in text and f"{report.sources_checked} sources hashed" in text
-    assert json.dumps(str(report.path))
+    assert report.ok and report.problems == [] and Path(report.path) == Path(made["copied"])
+    with pipeline.open_store(made["copied"]) as store:
+        assert report.rows == int(store.ok.sum()) > 0
+    assert text.startswith(f"{report.path}: ") and text.endswith("; 0 problems")

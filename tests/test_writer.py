@@ -7,6 +7,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
+from pipeline.errors import RunFailure
 from pipeline.records import BatchResult, StageInfo
 from pipeline.storage import schema
 from pipeline.storage.writer import ShardWriter, WritePlan
@@ -73,7 +74,7 @@ def test_finalize_refuses_an_unfinished_shard(tmp_path):
             {0: np.zeros((3, 1, 1), np.float32)},
         )
     )
-    with pytest.raises(Exception, match="not done"):
+    with pytest.raises(RunFailure, match="not done"):
         writer.finalize()
     writer.close()
     assert not out.exists() and (tmp_path / "u.h5.partial").exists()

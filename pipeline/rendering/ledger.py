@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OutputExistsError, RunFailure, write_failed
+from ..errors import OutputExistsError, RunFailure, UsageError, write_failed
 from ..storage.store import Store
 
 LEDGER = ".fmpipe-ledger"
@@ -49,6 +49,8 @@ class Ledger:
     @classmethod
     def load(cls, out: Path) -> Ledger:
         ledger = cls(Path(out))
+        if ledger.out.exists() and not ledger.out.is_dir():  # bad input, not a run failure: exit 2
+            raise UsageError(f"{ledger.out} is a file; the output (--out) is a folder: give a folder or a new path.")
         try:
             raw = (ledger.out / LEDGER).read_bytes()
         except FileNotFoundError:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..decoding import DecodeError, decode_bytes, read_source
+from ..decoding import DecodeError, SourceMissing, decode_bytes, read_source
 from ..errors import InputError, OutputExistsError
 from ..records import StageInfo
 from ..rendering.ledger import Ledger, foreign_message, store_identity, write_output
@@ -256,7 +256,7 @@ class _Thumb:
                 return self._name(data.sha256), False
             pixels = decode_bytes(data.data, self._size()).pixels
         except DecodeError as err:
-            level = logging.DEBUG if "not found" in str(err) else logging.WARNING  # counted as missing anyway
+            level = logging.DEBUG if isinstance(err, SourceMissing) else logging.WARNING  # counted as missing anyway
             log.log(level, "no thumbnail for %s: %s", self.key, err)
             return None, False
         return self._save(self._name(data.sha256), pixels)

@@ -5,9 +5,11 @@ attribute strings: `store.run.input_size`, `store.run.images_root`. No torch.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..errors import InputError
 from . import schema
 
 
@@ -48,22 +50,40 @@ class RunInfo:
         return self.merged_from is not None
 
 
-def run_info(attrs: Mapping) -> RunInfo:
-    """Parse a file's root attributes (an h5py AttributeManager or a dict)."""
+def run_info(attrs: Mapping, path: object = None) -> RunInfo:
+    """Parse a file's root attributes (an h5py AttributeManager or a dict) read from `path`.
+
+    A missing attribute is None (or its default); a malformed one (a JSON attribute that is not a
+    JSON object, a count that is not an integer) is an InputError naming the attribute, never
+    read as empty.
+    """
+
+    def checked(name: str, parse):
+        value = attrs.get(name)
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except (TypeError, ValueError, IndexError) as err:
+            where = f"{path}: " if path is not None else ""
+            raise InputError(
+                f"{where}the root attribute {name!r} is malformed ({_short(value)}: {err}); the file was "
+                "damaged or edited after fmpipe wrote it: restore it from a copy or extract it again."
+            ) from None
 
     def text(name: str) -> str | None:
-        value = attrs.get(name)
-        return None if value is None else schema.text(value)
+        return checked(name, schema.text)
 
     def integer(name: str) -> int | None:
-        value = attrs.get(name)
-        return None if value is None else int(value)
+        return checked(name, _integer)
 
     def floats(name: str) -> tuple[float, ...] | None:
-        value = attrs.get(name)
-        return None if value is None else tuple(float(v) for v in value)
+        return checked(name, lambda value: tuple(float(v) for v in value))
 
-    size = attrs.get(schema.ATTR_INPUT_SIZE)
+    def mapping(name: str) -> dict:
+        return checked(name, lambda value: _json_object(schema.text(value))) or {}
+
+    size = checked(schema.ATTR_INPUT_SIZE, lambda value: (_integer(value[0]), _integer(value[1])))
     return RunInfo(
         format_version=integer(schema.ATTR_FORMAT_VERSION),
         fmpipe_version=text(schema.ATTR_FMPIPE_VERSION),
@@ -72,7 +92,7 @@ def run_info(attrs: Mapping) -> RunInfo:
         model=text(schema.ATTR_MODEL),
         weights=text(schema.ATTR_WEIGHTS),
         weights_sha256=text(schema.ATTR_WEIGHTS_SHA256),
-        input_size=None if size is None else (int(size[0]), int(size[1])),
+        input_size=size,
         mean=floats(schema.ATTR_MEAN),
         std=floats(schema.ATTR_STD),
         resize_policy=text(schema.ATTR_RESIZE_POLICY),
@@ -89,15 +109,34 @@ def run_info(attrs: Mapping) -> RunInfo:
         fingerprint=text(schema.ATTR_FINGERPRINT),
         merged_from=text(schema.ATTR_MERGED_FROM),
         merge_mode=text(schema.ATTR_MERGE_MODE),
-        config=_json(text(schema.ATTR_CONFIG)),
-        fingerprint_parts=_json(text(schema.ATTR_FINGERPRINT_JSON)),
-        timings=_json(text(schema.ATTR_TIMINGS)),
+        config=mapping(schema.ATTR_CONFIG),
+        fingerprint_parts=mapping(schema.ATTR_FINGERPRINT_JSON),
+        timings=mapping(schema.ATTR_TIMINGS),
     )
 
 
-def _json(text: str | None) -> dict:
+def _integer(value) -> int:
+    """An integer attribute (a numpy or Python int, its text, or an integral float); else a ValueError."""
     try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return operator.index(value)
+    except TypeError:
+        pass
+    if isinstance(value, str | bytes):
+        return int(value)
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError("not an integer")
+    return int(number)
+
+
+def _json_object(text: str) -> dict:
+    """A JSON object attribute; invalid JSON or another JSON value is a ValueError."""
+    value = json.loads(text)  # json.JSONDecodeError is a ValueError
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _short(value) -> str:
+    text = repr(schema.text(value) if isinstance(value, bytes) else value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

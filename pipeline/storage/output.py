@@ -61,9 +61,9 @@ def finished_run(out: Path, config: ExtractConfig, collection: sources.Collectio
         return None
     try:
         with h5py.File(out, "r", locking=False) as file:
-            run = run_info(file.attrs)
+            run = run_info(file.attrs, out)
             all_done = schema.DONE in file and bool(file[schema.DONE][:].all())
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, InputError):
         return None  # the full check explains what is wrong with it
     start, stop = sources.shard_bounds(len(collection.keys), config.shard_index, config.num_shards)
     same = (

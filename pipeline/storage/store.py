@@ -142,7 +142,7 @@ class Store:
     @property
     def run(self) -> RunInfo:
         """The run that wrote this file: model, weights, input size, storage, shards, images root."""
-        return run_info(self.file.attrs)
+        return run_info(self.file.attrs, self.path)
 
     @property
     def encoding(self) -> Encoding:

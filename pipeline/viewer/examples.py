@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..decoding import DecodeError
-from ..errors import OutputExistsError, RunFailure
+from ..errors import OutputExistsError, RunFailure, UsageError
 from ..rendering.colormaps import lut
 from ..rendering.png import encode_rgb
 from ..rendering.tiling import blend, fit_within
@@ -182,6 +182,12 @@ def _write(out: Path, png: bytes) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:  # bad input, not a run failure: exit 2
+        blocking = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), err.filename)
+        raise UsageError(f"cannot write {out}: {blocking} is a file, not a folder (--out).") from None
+    except OSError as err:
+        raise RunFailure(f"writing {out} failed: {err}. Fix the cause and rerun.") from err
+    try:
         tmp.write_bytes(png)
         os.replace(tmp, out)
     except OSError as err:
