@@ -322,11 +322,18 @@ def _child_main() -> None:
 def snapshot(path: str | os.PathLike, ignore: frozenset[str] = IGNORED_ATTRS) -> dict[str, np.ndarray]:
     """Every dataset of an fmpipe file (floats as raw bits, so NaN compares exactly) and every
     attribute but those in `ignore` (default: `created`, `timings_json`): `NAME` for a dataset,
-    `NAME@ATTR` for an attribute (`@complete` for the root's)."""
+    `NAME@ATTR` for an attribute (`@complete` for the root's). The seal (`seal/`, `seal_sha256`)
+    digests every other attribute, so ignoring one of those (`config_json` for runs written to
+    another path) ignores the seal too: what it digests is compared item by item instead."""
     arrays: dict[str, np.ndarray] = {}
+    sealed = set(ignore) <= set(IGNORED_ATTRS) | {"seal_sha256"}  # ignores only what the seal leaves out
 
     def visit(name: str, obj) -> None:
+        if not sealed and (name == "seal" or name.startswith("seal/")):
+            return
         for attr, value in obj.attrs.items():
+            if not sealed and attr == "seal_sha256":
+                continue
             if attr not in ignore:
                 arrays[f"{name}@{attr}"] = _comparable(value, obj.file)
         if isinstance(obj, h5py.Dataset):

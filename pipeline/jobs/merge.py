@@ -88,7 +88,13 @@ def merge(out: str | os.PathLike, copy: bool = False, overwrite: bool = False) -
             opened = [stack.enter_context(h5py.File(s.path, "r", locking="best-effort")) for s in found.shards]
             parts = _check_shards(found, opened, out)
             reserve_space(tmp, _merged_bytes(parts, copy), then)
-            copied = _write(tmp, parts, found, mode)
+            try:
+                copied = _write(tmp, parts, found, mode)
+            except (OSError, RuntimeError):
+                # HDF5 could not close the half-written OUT.merging, which still refers to the shards:
+                # closing them now crashed the process. Left open; the CLI exits right after the message.
+                stack.pop_all()
+                raise
         with h5py.File(tmp, "r+", locking="best-effort") as file:  # the shards are closed: no lock clash
             write_seal(file, tmp)  # with each shard's seal: a shard replaced after the merge is named
         publish(tmp, out)
