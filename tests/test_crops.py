@@ -90,6 +90,37 @@ def test_top_out_crop_draws_the_source_pixels_of_each_box(sample, tmp_path):
     assert np.abs(tile[top : top + size[1], left : left + size[0]] - expected).max() <= 1
 
 
+def test_each_box_frames_its_crop_on_a_photo_shown_in_its_own_shape(sample, tmp_path):
+    """Every image's box in `top --out --crop` lies where its crop is on the photo as drawn: the photo
+    keeps its aspect in its 224×224 cell (centred across, at the top), so a 451×300 photo's box is
+    scaled by 224/451 both ways, not squeezed into the cell's height."""
+    from pipeline.viewer.examples import GUTTER, LABEL_HEIGHT, TITLE_HEIGHT
+
+    figure = tmp_path / "crops.png"
+    result = pipeline.top(sample, stage=STAGE, channel=CHANNEL, k=5, out=str(figure), crop=True)
+    with Image.open(figure) as image:
+        canvas = np.asarray(image.convert("RGB")).astype(int)
+    cols, side = 3, 224  # ceil(sqrt(5)) columns of a square picture cell and a square crop tile
+    shapes = set()
+    for n, (item, crop) in enumerate(zip(result.items, result.crops, strict=True)):
+        x, y = (
+            GUTTER + (n % cols) * (2 * side + 2 * GUTTER),
+            TITLE_HEIGHT + (n // cols) * (side + LABEL_HEIGHT + GUTTER),
+        )
+        cell = canvas[y : y + side, x : x + side]
+        src_h, src_w = _source(item.key).shape[:2]
+        shapes.add(src_h == src_w)
+        scale = min(side / src_h, side / src_w)
+        left = (side - round(src_w * scale)) // 2
+        red = np.argwhere((cell == (255, 64, 64)).all(axis=2))
+        assert len(red), item.key
+        (ry0, rx0), (ry1, rx1) = red.min(axis=0), red.max(axis=0)
+        x0, y0, x1, y1 = crop.box
+        want = (y0 * scale, left + x0 * scale, y1 * scale - 1, left + x1 * scale - 1)
+        assert np.abs(np.array([ry0, rx0, ry1, rx1]) - want).max() <= 2, (item.key, (ry0, rx0, ry1, rx1), want)
+    assert shapes == {True, False}  # square and oblong photos both checked
+
+
 def test_crop_windows_stay_inside_the_photo_at_its_edges():
     corner = crop_at(0, 0, 0, (7, 7), 32, (224, 224), (300, 451))  # peak at map (0, 0)
     assert corner.box == (0, 0, 258, 171) and corner.centre_xy == pytest.approx((16 * 451 / 224, 16 * 300 / 224))

@@ -35,7 +35,8 @@ nav.bar input { font: inherit; width: 16em; }
 .example .cbar img.bar { width: 80px; height: 12px; display: inline; }
 .example img.map { image-rendering: pixelated; }
 .example.cropped { width: 462px; }
-.example .pair { display: flex; gap: 6px; }
+.example .pair { display: flex; gap: 6px; align-items: flex-start; }
+.example img.crop { width: 160px; height: auto; }
 .value { font-variant-numeric: tabular-nums; color: #0b57a4; }
 .tile .on { max-width: 96px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #666; }
 .cbar { display: inline-flex; align-items: center; gap: 6px; font-size: 12px; font-variant-numeric: tabular-nums;

@@ -156,9 +156,12 @@ def _picture(catalog: Catalog, config: TopConfig, row: int, size: tuple[int, int
 def _paste_crop(canvas: Image.Image, catalog: Catalog, crop: Crop, cell: tuple[int, int, int, int]) -> None:
     """The crop as a square tile right of the picture at `cell` (x, y, w, h), and its box on the picture."""
     x, y, cell_w, cell_h = cell
+    right = x + cell_w + GUTTER  # the crop tile's column
     src_h, src_w = (int(v) for v in catalog.orig_hw(crop.row))
     x0, y0, x1, y1 = crop.box
-    box = (x + x0 * cell_w / src_w, y + y0 * cell_h / src_h, x + x1 * cell_w / src_w - 1, y + y1 * cell_h / src_h - 1)
+    shown_h, shown_w = fit_within(src_h, src_w, cell_h, cell_w)  # where `_picture` put the photo in its cell
+    x, sy, sx = x + (cell_w - shown_w) // 2, shown_h / src_h, shown_w / src_w
+    box = (x + x0 * sx, y + y0 * sy, x + x1 * sx - 1, y + y1 * sy - 1)
     ImageDraw.Draw(canvas).rectangle(box, outline=CROP_INK, width=2)
     try:
         tile = Image.fromarray(crop_pixels(catalog, crop))
@@ -166,7 +169,7 @@ def _paste_crop(canvas: Image.Image, catalog: Catalog, crop: Crop, cell: tuple[i
         return  # no source: the map alone, as for the picture
     grow = cell_h / max(tile.size)  # to the tile's side, keeping the crop's aspect
     tile = tile.resize((max(1, round(tile.width * grow)), max(1, round(tile.height * grow))), Image.Resampling.BICUBIC)
-    canvas.paste(tile, (x + cell_w + GUTTER + (cell_h - tile.width) // 2, y + (cell_h - tile.height) // 2))
+    canvas.paste(tile, (right + (cell_h - tile.width) // 2, y + (cell_h - tile.height) // 2))
 
 
 def _fit(draw: ImageDraw.ImageDraw, font, text: str, width: int) -> str:
