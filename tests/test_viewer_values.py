@@ -123,7 +123,7 @@ def test_every_channel_page_pages_all_channels_each_with_its_scale(sample):
             channels = store.view(4).channels  # 320
         pages = -(-channels // 64)
         seen = []
-        for page in range(1, pages + 1):
+        for page in range(pages):  # ?page=0 is the first (the viewer's URL contract, design.md)
             text = get(viewer, f"/image/{CHELSEA}/4?page={page}")[2].decode()
             shown = [int(c) for c in re.findall(r'<figure class="cell" data-channel="(\d+)"', text)]
             seen += shown
@@ -132,7 +132,12 @@ def test_every_channel_page_pages_all_channels_each_with_its_scale(sample):
             for channel, (lo, hi, _, _) in zip(shown, per_map, strict=True):
                 assert (lo, hi) == expected_scale(sample, 4, CHELSEA, channel, "channel")
         assert seen == list(range(channels))
-        assert get(viewer, f"/image/{CHELSEA}/4?page={pages + 1}")[0] == 400
+        assert get(viewer, f"/image/{CHELSEA}/4?page={pages}")[0] == 400
+        assert get(viewer, f"/image/{CHELSEA}/4?page=-1")[0] == 400
+        links = re.findall(
+            r'href="/image/\d+/4\?page=(\d+)[^"]*"[^>]*>page', get(viewer, f"/image/{CHELSEA}/4")[2].decode()
+        )
+        assert links == ["1"]  # the first page's "page →" goes to the second, ?page=1
         text = get(viewer, f"/image/{CHELSEA}/4?normalize=stage")[2].decode()
         ((lo, hi, _, _),) = bars(text)  # one bar for the page
         assert (lo, hi) == expected_scale(sample, 4, CHELSEA, 0, "stage")
@@ -253,7 +258,7 @@ def test_browser_hover_reads_the_stored_value_on_every_kind_of_map(browser, samp
             (f"/image/{CHELSEA}/2/6", "img.map", 0, 2, CHELSEA, 6),
             (f"/image/{CHELSEA}/2/6", "img.over", 0, 2, CHELSEA, 6),
             (f"/image/{CHELSEA}/layer:{LAYER}/3", "img.map", 0, LAYER, CHELSEA, 3),
-            (f"/image/{CHELSEA}/1?page=1", "figure.cell img.map", 5, 1, CHELSEA, 5),
+            (f"/image/{CHELSEA}/1?page=0", "figure.cell img.map", 5, 1, CHELSEA, 5),
             ("/compare/3/9?rows=0,4,2", "figure.column img.map", 1, 3, 4, 9),
             ("/compare/3/9?rows=0,4,2", "figure.column img.over", 2, 3, CHELSEA, 9),
             (f"/image/{CHELSEA}", "a.tile img.map", 20, None, None, None),  # stage 1's 5th tile

@@ -140,11 +140,12 @@ def channels_page(
     paging: tuple[int, int],
     options: TileOptions,
 ) -> str:
-    """Page `paging[0]` of `paging[1]` of every channel of one image and stage, like the article's figure."""
+    """Page `paging[0]` (1-based, as shown) of `paging[1]` of every channel of one image and stage, like
+    the article's figure. Its URL counts pages from 0 (`?page=0` is the first: the viewer's URL contract)."""
     page, pages = paging
     here, style = f"/image/{info.row}/{seg(meta)}", _style(options)
-    prev = step(page > 1, here, "← page", "ArrowLeft p", page=page - 1, **style)
-    nxt = step(page < pages, here, "page →", "ArrowRight n", page=page + 1, **style)
+    prev = step(page > 1, here, "← page", "ArrowLeft p", page=page - 2, **style)
+    nxt = step(page < pages, here, "page →", "ArrowRight n", page=page, **style)
     prev_i = step(info.prev is not None, f"/image/{info.prev}/{seg(meta)}", "[ image", "[", **style)
     nxt_i = step(info.next is not None, f"/image/{info.next}/{seg(meta)}", "image ]", "]", **style)
     bar = (
@@ -177,8 +178,8 @@ def channels_page(
         f"<h1>{esc(info.key)} · {esc(meta.label)} ({esc(meta.module)}): channels {first}–{last} of {meta.channels}</h1>"
         f'<p class="meta">{meta.channels}×{meta.height}×{meta.width} (C×H×W) · stride {meta.stride} · '
         f"{link(f'/map/{seg(meta)}/{info.row}.npy', 'all values (.npy)')}</p>"
-        f"{_switches(options, here, page=page)}<p>{scale}</p>"
-        f"<p>{pager(page, pages, here, **style)}</p>"
+        f"{_switches(options, here, page=page - 1)}<p>{scale}</p>"
+        f"<p>{pager(page, pages, here, first=0, **style)}</p>"
         f'<div class="cells">{"".join(figures)}</div>{READOUT}'
     )
     return document(summary, f"{info.key} · {meta.label} · channels page {page}", bar, body)

@@ -54,9 +54,10 @@ def step(there: bool, path: str, text: str, key: str | None = None, **query: obj
     return link(path, text, key, **query) if there else off(text)
 
 
-def pager(page: int, pages: int, path: str, **query: object) -> str:
-    """Links to pages of a listing: the first, a window around `page` (1-based), the last."""
-    return pager_html(page, pages, lambda p: link(path, str(p), page=p, **query))
+def pager(page: int, pages: int, path: str, first: int = 1, **query: object) -> str:
+    """Links to pages of a listing: the first, a window around `page` (1-based, as shown), the last;
+    `first`: the URL's number of the first page (1 for the collection, 0 for an image's channels)."""
+    return pager_html(page, pages, lambda p: link(path, str(p), page=p - 1 + first, **query))
 
 
 def picture(src: str, alt: str, cls: str = "") -> str:

@@ -186,7 +186,7 @@ class App:
         meta, info = self._meta(stage), self._info(row)
         options = query.tile_options(scale=False)
         pages_count = max(1, math.ceil(meta.channels / CELLS_PER_PAGE))
-        page = query.integer("page", 1, 1, pages_count)
+        page = query.integer("page", 0, 0, pages_count - 1) + 1  # ?page=0 is the first (the URL contract)
         shown = range((page - 1) * CELLS_PER_PAGE, min(meta.channels, page * CELLS_PER_PAGE))
         cells = [figures.Cell(c, *scale_used(self.catalog, stage, row, c, options.normalize)) for c in shown]
         html = figures.channels_page(self.summary, info, meta, cells, (page, pages_count), options)
