@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from ..analysis.config import ExportConfig, ReduceConfig
-from ..config import parse_size
-from ..errors import UsageError
+from ..config import parse_pool
 from .app import app, default, map_ref
 from .look import AllowPartial, File, ImagesSpec, Layer
 
@@ -99,16 +98,9 @@ def reduce(
         dim=dim,
         out=out,
         seed=seed,
-        pool=_pool(pool),
+        pool=parse_pool(pool),
         max_memory_gb=max_memory,
         allow_partial=allow_partial,
         overwrite=overwrite,
     )
     typer.echo(summary.line())
-
-
-def _pool(text: str | None) -> tuple[int, int] | None:
-    try:
-        return parse_size(text)
-    except UsageError:
-        raise UsageError(f"--pool must be HxW or S with positive integers (e.g. 4x4), got {text!r}.") from None

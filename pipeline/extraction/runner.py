@@ -21,7 +21,6 @@ from tqdm import tqdm
 from .. import sources
 from ..config import ExtractConfig
 from ..errors import InputError, Interrupted, RunFailure, UsageError
-from ..records import StageInfo
 from ..storage import manifest
 from ..storage.encoding import pooled
 from ..storage.files import partial_path, shard_output
@@ -35,7 +34,7 @@ from .loading import Batch, iter_batches
 from .planning import plan_shard
 from .summary import ExtractSummary, bound_by, phases
 
-__all__ = ["ExtractSummary", "estimate_bytes", "extract", "pick_device"]
+__all__ = ["ExtractSummary", "extract", "pick_device"]
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +309,3 @@ def _check_writable(out: Path) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"cannot write to {folder}: permission denied. Choose another output path.")
-
-
-def estimate_bytes(stages: list[StageInfo], dtype: str) -> int:
-    """Uncompressed bytes per image of these stages' maps at the storage dtype."""
-    itemsize = np.dtype(dtype).itemsize
-    return sum(s.nbytes(itemsize) for s in stages)
