@@ -30,6 +30,25 @@ def write_images(folder: Path, count: int, size=(48, 64), seed: int = 0, prefix:
     return sorted(keys)
 
 
+def single_and_merged(root: Path, images: Path, options: dict) -> dict[str, Path]:
+    """`images` extracted into `root` as one file (`single`) and as a 2-task job array merged both
+    ways: virtually (`merged`, over its shards) and with --copy (`copied`, from a copy of the shards)."""
+    import shutil
+
+    import pipeline
+    from pipeline.jobs import merge
+    from pipeline.storage.files import shards_folder
+
+    single, merged, copied = root / "single.h5", root / "merged.h5", root / "copied.h5"
+    pipeline.extract(str(images), str(single), **options)
+    for index in range(2):
+        pipeline.extract(str(images), str(merged), shard_index=index, num_shards=2, **options)
+    shutil.copytree(shards_folder(merged), shards_folder(copied))
+    merge.merge(merged)
+    merge.merge(copied, copy=True)
+    return {"single": single, "merged": merged, "copied": copied}
+
+
 @pytest.fixture
 def image_dir(tmp_path: Path) -> Path:
     """Nine small random images: batch sizes 1 and 7 both leave a partial last batch."""

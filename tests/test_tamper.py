@@ -15,7 +15,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (zstd filter)
 import numpy as np
 import pytest
-from conftest import write_images
+from conftest import single_and_merged, write_images
 from helpers import fmpipe, run_all
 
 import pipeline
@@ -37,16 +37,7 @@ def made(tmp_path_factory) -> dict:
     images = root / "images"
     write_images(images, 31, size=(40, 48))
     (images / "img004b.png").write_bytes(b"not an image")
-    single = root / "single.h5"
-    pipeline.extract(str(images), str(single), **OPTIONS)
-    merged = root / "merged.h5"
-    for index in range(2):
-        pipeline.extract(str(images), str(merged), shard_index=index, num_shards=2, **OPTIONS)
-    copied = root / "copied.h5"
-    shutil.copytree(shards_folder(merged), shards_folder(copied))
-    merge.merge(merged)
-    merge.merge(copied, copy=True)
-    return {"root": root, "single": single, "merged": merged, "copied": copied}
+    return {"root": root, **single_and_merged(root, images, OPTIONS)}
 
 
 def private_merged(made, tmp_path: Path) -> Path:

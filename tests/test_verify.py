@@ -15,12 +15,11 @@ import hdf5plugin  # noqa: F401  (zstd filter)
 import numpy as np
 import pytest
 import torch
-from conftest import write_images
+from conftest import single_and_merged, write_images
 
 import pipeline
 from pipeline.errors import InputError, UsageError
 from pipeline.extraction.recompute import maps_mismatch
-from pipeline.jobs import merge
 from pipeline.records import BatchResult, StageInfo
 from pipeline.storage import schema
 from pipeline.storage.files import shards_folder
@@ -44,16 +43,7 @@ def made(tmp_path_factory) -> dict:
     images = root / "images"
     write_images(images, 19, size=(40, 48))
     (images / "img004b.png").write_bytes(b"not an image")  # a failure: its row is skipped, never a problem
-    single = root / "single.h5"
-    pipeline.extract(str(images), str(single), **OPTIONS)
-    merged = root / "merged.h5"
-    for index in range(2):
-        pipeline.extract(str(images), str(merged), shard_index=index, num_shards=2, **OPTIONS)
-    copied = root / "copied.h5"
-    shutil.copytree(shards_folder(merged), shards_folder(copied))
-    merge.merge(merged)
-    merge.merge(copied, copy=True)
-    return {"root": root, "images": images, "single": single, "merged": merged, "copied": copied}
+    return {"root": root, "images": images, **single_and_merged(root, images, OPTIONS)}
 
 
 @pytest.fixture
