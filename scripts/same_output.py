@@ -3,7 +3,8 @@
 NaN and -0.0 count) and every attribute, except those that name a moment (`created`, timings).
 
     python scripts/same_output.py A.h5 B.h5          # exit 0 when identical, 1 otherwise
-    python scripts/same_output.py DIR_A DIR_B        # every *.h5 below two folders, by relative path
+    python scripts/same_output.py DIR_A DIR_B        # every file below two folders, by relative path:
+                                                     # HDF5 files by content, any other byte for byte
     python scripts/same_output.py A B --ignore images_root   # outputs made from different folders
 
 Used to show that a refactoring changed no output (ARCHITECTURE.md, issue notes).
@@ -20,6 +21,9 @@ import hdf5plugin  # noqa: F401  (zstd filter)
 import numpy as np
 
 VOLATILE_ATTRS = {"created", "timings_json"}
+# Files that record a moment or a process: a job array's collection (its pid, creation time) and
+# render's ledger (each stage folder's source file identity, which includes its inode and time).
+VOLATILE_FILES = {"collection.json", ".fmpipe-ledger"}
 
 
 def contents(path: Path, ignore: set[str]) -> dict[str, object]:
@@ -79,8 +83,24 @@ def differences(a: Path, b: Path, ignore: set[str] = VOLATILE_ATTRS) -> list[str
 def pairs(a: Path, b: Path) -> list[tuple[Path, Path]]:
     if a.is_file():
         return [(a, b)]
-    names = sorted({p.relative_to(a) for p in a.rglob("*.h5")} | {p.relative_to(b) for p in b.rglob("*.h5")})
+    names = sorted({p.relative_to(a) for p in _files(a)} | {p.relative_to(b) for p in _files(b)})
     return [(a / n, b / n) for n in names]
+
+
+def _files(folder: Path) -> list[Path]:
+    """Every plain file below `folder`, but the images a reference run starts from."""
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).parts[0] != "images" and p.name not in VOLATILE_FILES
+    ]
+
+
+def file_differences(a: Path, b: Path, ignore: set[str]) -> list[str]:
+    """An HDF5 file's differences by content; any other file's, byte for byte."""
+    if a.suffix == ".h5" or h5py.is_hdf5(a):
+        return differences(a, b, ignore)
+    return [] if a.read_bytes() == b.read_bytes() else [f"bytes differ ({a.stat().st_size} vs {b.stat().st_size})"]
 
 
 def main() -> int:
@@ -96,7 +116,7 @@ def main() -> int:
             print(f"{x if not x.exists() else y}: missing")
             failed = True
             continue
-        found = differences(x, y, ignore)
+        found = file_differences(x, y, ignore)
         print(f"{x} == {y}" if not found else f"{x} != {y}:\n  " + "\n  ".join(found[:20]))
         failed |= bool(found)
     return 1 if failed else 0
