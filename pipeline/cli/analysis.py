@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ..analysis.config import ExportConfig, ReduceConfig
-from ..config import parse_pool
-from .app import app, default, map_ref
+from ..config import default, parse_pool
+from .app import app, map_ref
 from .look import AllowPartial, File, ImagesSpec, Layer
 
 Stage = Annotated[int | None, typer.Option(help="Stage (0 is the first; negative counts from the last).")]

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_MODEL, ExtractConfig, parse_layers, parse_pool, parse_size, parse_stages
+from ..config import DEFAULT_MODEL, ExtractConfig, default, parse_layers, parse_pool, parse_size, parse_stages
 from ..errors import UsageError
-from .app import app, default
+from .app import app
 
 Images = Annotated[
     str,

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from ..config import default
 from ..viewer.config import MAX_K, TopConfig, ViewConfig
-from .app import app, default, map_ref
+from .app import app, map_ref
 from .look import Cmap, File, ImagesRoot, Normalize
 
 
