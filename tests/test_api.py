@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO
 
 import pipeline
+from pipeline import errors
 from pipeline.analysis.config import ExportConfig, ReduceConfig
 from pipeline.config import ExtractConfig
 from pipeline.rendering.config import RenderConfig
@@ -242,7 +243,39 @@ def test_colorize_forwards_each_keyword(monkeypatch):
     ]
 
 
-def test_importing_pipeline_loads_no_torch():
-    code = "import sys, pipeline\nassert not [m for m in ('torch', 'xarray', 'sklearn') if m in sys.modules]\n"
+def test_every_public_name_imports_and_none_imports_torch():
+    """`from pipeline import X` works for every name in `__all__`, lazily: neither `import pipeline`
+    nor a star import loads torch, xarray or scikit-learn."""
+    code = (
+        "import sys, pipeline\n"
+        "heavy = ('torch', 'xarray', 'sklearn')\n"
+        "assert not [m for m in heavy if m in sys.modules], 'import pipeline'\n"
+        "from pipeline import *\n"
+        "assert not [m for m in heavy if m in sys.modules], 'from pipeline import *'\n"
+        "missing = [n for n in pipeline.__all__ if n not in globals()]\n"
+        "assert not missing, missing\n"
+        "assert set(pipeline.__all__) <= set(dir(pipeline)) and set(pipeline._LAZY) <= set(pipeline.__all__)\n"
+        "print('ok')\n"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0 and run.stdout == "ok\n", run.stderr
+
+
+def test_the_public_types_are_classes_of_their_name_and_every_error_is_public():
+    types_ = [name for name in pipeline.__all__ if name[0].isupper()]
+    assert {"ExtractSummary", "Store", "VerifyReport", "RenderSummary", "TopResult", "UsageError"} <= set(types_)
+    for name in types_:
+        assert isinstance(getattr(pipeline, name), type) and getattr(pipeline, name).__name__ == name
+    raised = {name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, Exception)}
+    assert raised <= set(pipeline.__all__), raised - set(pipeline.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
+        pipeline.Nothing  # noqa: B018
+
+
+@pytest.mark.parametrize("part", ["analysis", "extraction", "jobs", "rendering", "site", "viewer"])
+def test_each_part_says_it_is_internal_and_exports_nothing(part):
+    import importlib
+
+    module = importlib.import_module(f"pipeline.{part}")
+    assert module.__all__ == []
+    assert "internal" in module.__doc__ and "import" in module.__doc__ and "`pipeline`" in module.__doc__
