@@ -141,7 +141,9 @@ def extract(
     """Stream images through a model in batches and store every stage's activations."""
     import pipeline
 
-    options = dict(
+    summary = pipeline.extract(
+        images,
+        out,
         model=model,
         weights=weights,
         weights_key=weights_key,
@@ -166,7 +168,6 @@ def extract(
         amp=amp,
         null_writer=null_writer,
     )
-    summary = pipeline.extract(images, out, **options)
     typer.echo(_describe(summary, model, dtype, chosen=stages is not None or layers is not None))
 
 
