@@ -45,7 +45,7 @@ FORWARDS = {
 }
 
 
-def test_the_verbs_are_every_command():
+def test_the_verbs_are_the_commands_and_the_two_readers():
     commands = "colorize export extract gallery info layers merge open_dataset open_store reduce render stages top"
     assert [*commands.split(), "verify", "view"] == VERBS
 
@@ -56,6 +56,12 @@ def test_a_verb_takes_no_var_args_and_its_options_are_keyword_only(name):
     kinds = [p.kind for p in signature.parameters.values()]
     assert inspect.Parameter.VAR_KEYWORD not in kinds and inspect.Parameter.VAR_POSITIONAL not in kinds
     assert set(kinds) <= {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
+    positional_options = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty
+    ]
+    assert positional_options == (["model"] if name in ("stages", "layers") else []), positional_options  # the input
     for parameter in signature.parameters.values():
         assert parameter.annotation is not inspect.Parameter.empty, f"{name}({parameter.name}) has no annotation"
     assert signature.return_annotation is not inspect.Signature.empty
