@@ -91,7 +91,7 @@ def verify(
     path: str | os.PathLike,
     *,
     recompute: int = _v("recompute"),
-    images_root: str | None = _v("images_root"),
+    images_root: str | os.PathLike | None = _v("images_root"),
     seed: int = _v("seed"),
     workers: int = _v("workers"),
     model: str | None = _v("model"),
@@ -112,7 +112,7 @@ def verify(
     recompute : int
         Also run this many stored rows (picked with `seed`) through the recorded model again and
         compare their maps; 0: none.
-    images_root : str or None
+    images_root : str or os.PathLike or None
         Where the source images are now, if they moved; None: as recorded in the file.
     seed : int
         The seed that picks the rows to recompute.
