@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UsageError
 
@@ -119,6 +120,12 @@ class ExtractConfig:
             if raw.get(name) is not None:
                 raw[name] = tuple(raw[name])
         return cls(**raw)
+
+
+def default(config: type, name: str) -> Any:
+    """A config dataclass field's default: the CLI and the Python API take every default from there, never twice."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    return field.default
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:

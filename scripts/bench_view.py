@@ -13,7 +13,7 @@ Files are written by pipeline.storage.writer with synthetic smooth maps and true
 - the PVT case (--first-page): `fmpipe extract data/images` with pvt_v2_b1 at 800×1200, random init
   (the article's backbone and size; four stages up to 64×200×300), five images; the first image page's
   HTML and every picture on it are fetched from a freshly started viewer, as a browser loads it.
-The viewer runs in its own process (`pipeline.viewer.serve`, port 0), so its RSS is its own;
+The viewer runs in its own process (`pipeline.view`, port 0), so its RSS is its own;
 clients are threads of this process on keep-alive connections to 127.0.0.1. Scratch goes to
 /dev/shm unless --tmp says otherwise.
 """
@@ -128,13 +128,13 @@ def make_sources(folder: Path, keys: list[str]) -> None:
 
 
 class Server:
-    """`pipeline.viewer.serve` in a child process on a free loopback port; stopped by its PID."""
+    """`pipeline.view` in a child process on a free loopback port; stopped by its PID."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def __enter__(self) -> Server:
-        code = f"from pipeline.viewer import ViewConfig, serve; serve(ViewConfig({str(self.path)!r}, port=0))"
+        code = f"import pipeline; pipeline.view({str(self.path)!r}, port=0)"
         t0 = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO)
         for _ in range(2):

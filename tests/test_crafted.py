@@ -114,7 +114,7 @@ def serve_briefly(path: Path) -> None:
     """The viewer on `path`: its pages, a tile and a ranking, then stop."""
     import http.client
 
-    from pipeline.viewer import ViewConfig
+    from pipeline.viewer.config import ViewConfig
     from pipeline.viewer.server import Viewer
 
     viewer = Viewer(ViewConfig(str(path), port=0))

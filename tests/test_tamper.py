@@ -23,7 +23,7 @@ from pipeline.errors import InputError
 from pipeline.jobs import merge
 from pipeline.storage import schema
 from pipeline.storage.files import shards_folder
-from pipeline.viewer import ViewConfig
+from pipeline.viewer.config import ViewConfig
 from pipeline.viewer.server import Viewer
 
 OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=4, workers=0, device="cpu")

@@ -11,8 +11,8 @@ from PIL import Image
 from test_render import smooth_maps, write_store
 
 from pipeline.errors import OutputExistsError, UsageError
-from pipeline.viewer import TopConfig, top
-from pipeline.viewer.examples import CELL_SIDE, GUTTER, LABEL_HEIGHT, TITLE_HEIGHT
+from pipeline.viewer.config import TopConfig
+from pipeline.viewer.examples import CELL_SIDE, GUTTER, LABEL_HEIGHT, TITLE_HEIGHT, top
 
 KEYS = [f"photo{i}.jpg" for i in range(7)]
 

@@ -34,10 +34,11 @@ from pipeline.errors import UsageError
 from pipeline.jobs import merge
 from pipeline.rendering.run import RenderConfig, render
 from pipeline.storage.store import open_store
-from pipeline.viewer import TopConfig, ViewConfig, Viewer, top
 from pipeline.viewer import catalog as catalog_module
 from pipeline.viewer.cache import Lru
-from pipeline.viewer.config import DEFAULT_HOST
+from pipeline.viewer.config import DEFAULT_HOST, TopConfig, ViewConfig
+from pipeline.viewer.examples import top
+from pipeline.viewer.server import Viewer
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=4, workers=0, device="cpu")
@@ -364,7 +365,7 @@ def test_loopback_by_default_and_a_warning_otherwise(merged, caplog):
         assert viewer.httpd.server_address[0] == "127.0.0.1" and viewer.url.startswith("http://127.0.0.1:")
     # 192.0.2.1 (TEST-NET-1) is no address of this machine: binding fails after the warning, nothing is sent.
     with pytest.raises(UsageError, match=r"cannot listen on 192\.0\.2\.1"):
-        pipeline.viewer.serve(ViewConfig(str(merged["virtual"]), host="192.0.2.1", port=0))
+        pipeline.view(merged["virtual"], host="192.0.2.1", port=0)
     assert "anyone who can reach this address" in caplog.text
 
 
@@ -522,11 +523,11 @@ def test_lru_evicts_by_bytes_and_computes_once():
 def test_view_starts_fast_without_torch_and_stops_on_sigterm(merged):
     code = (
         "import os, sys, threading\n"
-        "from pipeline.viewer import ViewConfig, serve\n"
+        "import pipeline\n"
         "guard = threading.Timer(60, lambda: os._exit(3))  # never outlives a broken test\n"
         "guard.daemon = True\n"
         "guard.start()\n"
-        f"serve(ViewConfig({str(merged['virtual'])!r}, port=0))\n"
+        f"pipeline.view({str(merged['virtual'])!r}, port=0)\n"
         "print('torch loaded:', 'torch' in sys.modules, flush=True)\n"
     )
     t0 = time.perf_counter()

@@ -1,8 +1,7 @@
-"""Analysis: the maps leaving fmpipe for other tools, decoded through `storage`'s one reader.
-
-- config.py: `ExportConfig`, `ReduceConfig` (light, for the CLI's `--help`)
-- dataset.py: `open_dataset`, a stage or layer as a lazy xarray Dataset
-- export.py: `fmpipe export`, one .npy per image or a gzip HDF5 copy any HDF5 library reads
-- reduction.py: `fmpipe reduce`, each image's flattened maps to D numbers (sparse random projection, PCA)
-- features.py: the FEATURES.npz writer (streamed, so memory does not grow with the images) and pooling
+"""Analysis: the maps leaving fmpipe for other tools (one .npy per image, a gzip HDF5 copy), as features
+(random projection, PCA) and as a lazy xarray Dataset, all decoded through `storage`'s one reader. No
+torch. Its modules are internal and may change: import the verbs `export`, `reduce` and `open_dataset`
+from `pipeline`.
 """
+
+__all__: list[str] = []

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from ..analysis.config import ExportConfig, ReduceConfig
-from ..config import parse_pool
-from .app import app, default, map_ref
+from ..config import default, parse_pool
+from .app import app, map_ref
 from .look import AllowPartial, File, ImagesSpec, Layer
 
 Stage = Annotated[int | None, typer.Option(help="Stage (0 is the first; negative counts from the last).")]
@@ -34,7 +34,9 @@ def export(
         ExportConfig, "compression"
     ),
     allow_partial: AllowPartial = default(ExportConfig, "allow_partial"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files an earlier export wrote.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files an earlier export wrote.")] = default(
+        ExportConfig, "overwrite"
+    ),
 ) -> None:
     """Write the maps for tools without fmpipe: .npy files per image, or a gzip HDF5 copy."""
     import pipeline
@@ -85,7 +87,9 @@ def reduce(
         float | None, typer.Option(help="pca: GB it may use (default: the memory available now).")
     ] = default(ReduceConfig, "max_memory_gb"),
     allow_partial: AllowPartial = default(ReduceConfig, "allow_partial"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = default(
+        ReduceConfig, "overwrite"
+    ),
 ) -> None:
     """Reduce each image's flattened maps to D numbers (srp or pca), streaming the file in row blocks:
     memory does not grow with the number of images. Failed images are left out, and said so."""

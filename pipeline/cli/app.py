@@ -7,11 +7,10 @@ Tracebacks only with --debug. Commands import their library code lazily, so `--h
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -53,12 +52,6 @@ def _root(
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-
-
-def default(config: type, name: str) -> Any:
-    """A config dataclass field's default: the CLI takes every default from there, never twice."""
-    field = next(f for f in dataclasses.fields(config) if f.name == name)
-    return field.default
 
 
 def map_ref(stage: int | None, layer: str | None) -> int | str:

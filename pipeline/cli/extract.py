@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ..config import DEFAULT_MODEL, ExtractConfig, parse_layers, parse_pool, parse_size, parse_stages
+from ..config import DEFAULT_MODEL, ExtractConfig, default, parse_layers, parse_pool, parse_size, parse_stages
 from ..errors import UsageError
-from .app import app, default
+from .app import app
 
 Images = Annotated[
     str,
@@ -141,7 +141,9 @@ def extract(
     """Stream images through a model in batches and store every stage's activations."""
     import pipeline
 
-    options = dict(
+    summary = pipeline.extract(
+        images,
+        out,
         model=model,
         weights=weights,
         weights_key=weights_key,
@@ -166,7 +168,6 @@ def extract(
         amp=amp,
         null_writer=null_writer,
     )
-    summary = pipeline.extract(images, out, **options)
     typer.echo(_describe(summary, model, dtype, chosen=stages is not None or layers is not None))
 
 

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from ..config import default
+from ..storage.findings import VerifyConfig
 from .app import app
 
 ImagesRoot = Annotated[str | None, typer.Option(help="Where the source images are now, if they moved.")]
@@ -50,23 +52,25 @@ def verify(
     ],
     recompute: Annotated[
         int, typer.Option(help="Also run N random stored rows through the recorded model again and compare.")
-    ] = 0,
-    images_root: ImagesRoot = None,
-    seed: Annotated[int, typer.Option(help="Seed of the rows picked for --recompute.")] = 0,
-    workers: Annotated[int, typer.Option(help="Threads reading, decoding and hashing (0: one per core).")] = 0,
+    ] = default(VerifyConfig, "recompute"),
+    images_root: ImagesRoot = default(VerifyConfig, "images_root"),
+    seed: Annotated[int, typer.Option(help="Seed of the rows picked for --recompute.")] = default(VerifyConfig, "seed"),
+    workers: Annotated[int, typer.Option(help="Threads reading, decoding and hashing (0: one per core).")] = default(
+        VerifyConfig, "workers"
+    ),
     model: Annotated[
         str | None,
         typer.Option(
             help="With --recompute: the recorded model, named again by you. Needed for a package.module:factory "
             "model, whose code fmpipe never imports on a file's word alone."
         ),
-    ] = None,
+    ] = default(VerifyConfig, "model"),
     trust_model: Annotated[
         bool,
         typer.Option(
             "--trust-model", help="With --recompute: build the recorded model even if that imports code it names."
         ),
-    ] = False,
+    ] = default(VerifyConfig, "trust_model"),
 ) -> None:
     """Check a file is intact and true to its sources and model: every chunk's checksum and statistics,
     the seal written at finalise (keys, done markers, statistics, top lists, attributes, chunk layout,

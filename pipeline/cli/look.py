@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
+from ..config import default
 from ..rendering.config import RenderConfig
 from ..site.config import GalleryConfig
-from .app import app, default, map_ref
+from .app import app, map_ref
 
 File = Annotated[str, typer.Argument(help="An fmpipe HDF5 file (single, merged or copied).")]
 Stage = Annotated[int | None, typer.Option(help="Stage to draw (0 is the first; negative counts from the last).")]

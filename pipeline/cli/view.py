@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from ..config import default
 from ..viewer.config import MAX_K, TopConfig, ViewConfig
-from .app import app, default, map_ref
+from .app import app, map_ref
 from .look import Cmap, File, ImagesRoot, Normalize
 
 
@@ -46,7 +47,9 @@ def top(
     images_root: ImagesRoot = default(TopConfig, "images_root"),
     cmap: Cmap = default(TopConfig, "cmap"),
     normalize: Normalize = default(TopConfig, "normalize"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = default(
+        TopConfig, "overwrite"
+    ),
     crop: Annotated[
         bool,
         typer.Option(
@@ -54,7 +57,7 @@ def top(
             help="Also each image cut around where the channel peaks (stored argmax; a window of 4 strides), "
             "listed in the table and drawn beside each picture in --out.",
         ),
-    ] = False,
+    ] = default(TopConfig, "crop"),
 ) -> None:
     """The images that drive one channel most (dataset examples), best first; ties to the lower row."""
     import pipeline
