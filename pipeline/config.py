@@ -58,6 +58,10 @@ class ExtractConfig:
         if self.stages is not None:  # checked before any model is built
             stages = parse_stages(self.stages) if isinstance(self.stages, str) else _stage_items(self.stages)
             object.__setattr__(self, "stages", stages)
+        if isinstance(self.layers, str):  # the API's layers="avgpool, layer4": the CLI's text
+            object.__setattr__(self, "layers", parse_layers(self.layers))
+        elif self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
         if self.stages == () and not self.layers:
             raise UsageError("--stages selects no stage and no --layers are given: the file would hold no maps.")
         if self.batch_size < 1:

@@ -317,3 +317,12 @@ def test_fletcher32_equals_the_checksum_hdf5_stores(data):
         _, stored = dset.id.read_direct_chunk((0,))
     assert stored[:-4] == data
     assert struct.unpack("<I", stored[-4:])[0] == codecs.fletcher32(data)
+
+
+@FAST
+@given(names=st.lists(layer_names, min_size=1, max_size=5))
+def test_the_apis_layers_read_as_the_clis(names):
+    """`extract(layers="a, b")` names two layers, as `--layers "a, b"` does, never characters."""
+    text = ", ".join(names)
+    assert config.ExtractConfig("i", "o", layers=text).layers == config.parse_layers(text)
+    assert config.ExtractConfig("i", "o", layers=list(names)).layers == tuple(names)
