@@ -12,7 +12,8 @@ synthetic post-ReLU float16 maps shaped like efficientnet_lite0's five stages at
 - copy: `merge(OUT, copy=True)` (median of 3, fsync included): compressed chunk MB per second;
 - plain copy: `shutil.copyfile` + fsync of every shard file (median of 3): what the disk allows;
 - decode: reading every stage through h5py (what any recompressing merge would pay at least,
-  before compressing again at ~200-285 MB/s per core, notes/hdf5.md).
+  before compressing again: zstd 1 alone at 285 MB/s on one core, 157-203 MB/s end to end
+  through a writer, docs/hdf5.md).
 
 Sources are in the page cache (just written; no cache dropping on a shared machine).
 Prints a markdown table for docs/benchmarks.md and a JSON line.

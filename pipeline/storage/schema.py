@@ -109,7 +109,7 @@ UNSEALED_ATTRS = (ATTR_SEAL, ATTR_CREATED, ATTR_TIMINGS, ATTR_IMAGES_ROOT)
 # Chunking: one image and a block of k channels, about CHUNK_TARGET_BYTES.
 CHUNK_TARGET_BYTES = 512 * 1024
 
-# Files older tools can open (notes/hdf5.md: libver latest broke HDF5 1.10 readers).
+# Files older tools can open (docs/hdf5.md: libver latest broke HDF5 1.10 readers).
 LIBVER = ("earliest", "v110")
 
 
