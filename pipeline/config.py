@@ -1,4 +1,11 @@
-"""Frozen configuration of each command, option parsing helpers, and the run fingerprint."""
+"""`ExtractConfig` (frozen, validated once; the CLI and the API take extract's defaults from it), the
+`--size`, `--pool`, `--layers` and `--stages` parsers, and the one index-and-range parser of
+`--stages`, `--images` and `--channels`. No torch.
+
+The other commands' configs live in their parts (`rendering/config.py`, `site/config.py`,
+`viewer/config.py`, `analysis/config.py`, `storage/findings.py`); the run's fingerprint is
+computed in `storage/identity.py` from the parts `extraction/planning.py` collects.
+"""
 
 from __future__ import annotations
 

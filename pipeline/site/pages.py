@@ -1,6 +1,6 @@
 """The gallery's HTML: index pages and one page per image, with inline CSS and JavaScript only.
 
-Pure text building, no file access: `gallery.py` collects what the render folder holds and
+Pure text building, no file access: `build.py` collects what the render folder holds and
 writes these strings. Every key and text goes through `html.escape`, every link through
 `href` (relative, percent-encoded), and the embedded JSON cannot close its <script>.
 Pages work from file:// with no server, network, external script or font.

@@ -1,5 +1,6 @@
 """The viewer's HTML as text: the collection, an image, a channel of an image, a channel's dataset
-examples, and a stage's channels ranked. Pure text building; `server.py` gathers the data.
+examples, and a stage's channels ranked. Pure text building; `routes.py` gathers the data
+(from `catalog.py`).
 
 Every key and text goes through `esc`, every URL through `url` (percent-encoded query, then
 escaped); pages load /assets/view.css and /assets/view.js and carry no inline script. Links
