@@ -121,7 +121,12 @@ class ExtractConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ExtractConfig:
-        raw = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ExtractConfig:
+        """The configuration as a file records it (`config_json`, parsed): JSON lists back to tuples."""
+        raw = dict(raw)
         for name in ("stages", "size", "pool"):
             if raw.get(name) is not None:
                 raw[name] = tuple(raw[name])
