@@ -1,4 +1,11 @@
-"""Frozen configuration of each command, option parsing helpers, and the run fingerprint."""
+"""`ExtractConfig` (frozen, validated once; the CLI and the API take extract's defaults from it), the
+`--size`, `--pool`, `--layers` and `--stages` parsers, and the one index-and-range parser of
+`--stages`, `--images` and `--channels`. No torch.
+
+The other commands' configs live in their parts (`rendering/config.py`, `site/config.py`,
+`viewer/config.py`, `analysis/config.py`, `storage/findings.py`); the run's fingerprint is
+computed in `storage/identity.py` from the parts `extraction/planning.py` collects.
+"""
 
 from __future__ import annotations
 
@@ -119,7 +126,12 @@ class ExtractConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ExtractConfig:
-        raw = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ExtractConfig:
+        """The configuration as a file records it (`config_json`, parsed): JSON lists back to tuples."""
+        raw = dict(raw)
         for name in ("stages", "size", "pool"):
             if raw.get(name) is not None:
                 raw[name] = tuple(raw[name])

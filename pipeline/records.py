@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .groups import layer_group, stage_group
+
 
 @dataclass(frozen=True)
 class StageInfo:
@@ -36,7 +38,7 @@ class StageInfo:
     @property
     def group(self) -> str:
         """The HDF5 group of its maps: `stages/2` or `layers/layer3.1.conv2`."""
-        return f"stages/{self.index}" if self.layer is None else f"layers/{self.layer}"
+        return stage_group(self.index) if self.layer is None else layer_group(self.layer)
 
     @property
     def ref(self) -> int | str:

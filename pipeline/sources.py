@@ -45,7 +45,11 @@ def collect(images: str | os.PathLike) -> Collection:
 
 
 def keys_sha256(keys: list[str]) -> str:
-    """sha256 of the keys in row order (one a line): names the collection and its order."""
+    """sha256 of the keys in row order (one a line, UTF-8): names the collection and its order.
+
+    The one key-list hash: extract records it as the fingerprint's `keys_sha256`; merge and verify
+    hash the stored keys with it. A file name that is not UTF-8 keeps its bytes (surrogateescape);
+    for any other key the bytes are plain UTF-8's, as every fmpipe version hashed them."""
     return hashlib.sha256("\n".join(keys).encode("utf-8", "surrogateescape")).hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""fmpipe's version, from the installed package's metadata (shared by the API and the writer)."""
+"""fmpipe's version, from the installed package's metadata (the API, the CLI, and the attribute extract records)."""
 
 from __future__ import annotations
 

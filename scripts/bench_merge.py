@@ -12,7 +12,8 @@ synthetic post-ReLU float16 maps shaped like efficientnet_lite0's five stages at
 - copy: `merge(OUT, copy=True)` (median of 3, fsync included): compressed chunk MB per second;
 - plain copy: `shutil.copyfile` + fsync of every shard file (median of 3): what the disk allows;
 - decode: reading every stage through h5py (what any recompressing merge would pay at least,
-  before compressing again at ~200-285 MB/s per core, notes/hdf5.md).
+  before compressing again: zstd 1 alone at 285 MB/s on one core, 157-203 MB/s end to end
+  through a writer, docs/hdf5.md).
 
 Sources are in the page cache (just written; no cache dropping on a shared machine).
 Prints a markdown table for docs/benchmarks.md and a JSON line.
@@ -21,7 +22,6 @@ Prints a markdown table for docs/benchmarks.md and a JSON line.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -40,7 +40,8 @@ from lite0_stages import STAGES  # efficientnet_lite0 at 224x224
 
 from pipeline.jobs import merge
 from pipeline.records import BatchResult
-from pipeline.storage import files
+from pipeline.sources import keys_sha256
+from pipeline.storage import files, identity
 from pipeline.storage.writer import ShardWriter, WritePlan
 
 BATCH = 8
@@ -62,10 +63,10 @@ def write_shards(out: Path, num_shards: int, per_shard: int, seed: int = 0) -> i
     keys = [f"img{i:07d}.png" for i in range(total)]
     parts = {
         "synthetic": "bench_merge",
-        "keys_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
+        "keys_sha256": keys_sha256(keys),
         "num_keys": total,
     }
-    fingerprint = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    fingerprint = identity.fingerprint(parts)
     rng = np.random.default_rng(seed)
     pool = synthetic_maps(rng, 2 * BATCH)  # reused with shifts: same statistics, no generation cost
     for index in range(num_shards):

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis): the option parsers, shard bounds, source paths, render folders,
+"""Property-based tests (hypothesis): the option parsers, shard bounds, source paths, the key-list hash, render folders,
 the PNG encoder and Fletcher-32 hold their stated invariants for generated inputs, not only chosen ones.
 
 Examples are few and unbounded in time (`deadline=None`) so the suite stays fast on 2 loaded cores.
@@ -6,6 +6,7 @@ Examples are few and unbounded in time (`deadline=None`) so the suite stays fast
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import os
@@ -21,7 +22,7 @@ from PIL import Image
 from pipeline import config, sources
 from pipeline.errors import UsageError
 from pipeline.rendering import png, selection
-from pipeline.storage import codecs, schema
+from pipeline.storage import codecs, layout, schema
 
 # FMPIPE_HYPOTHESIS_SCALE=20 multiplies every test's examples: a deeper search than CI's (CONTRIBUTING.md).
 SCALE = max(1, int(os.environ.get("FMPIPE_HYPOTHESIS_SCALE", "1")))
@@ -234,6 +235,22 @@ def test_source_path_stays_inside_the_root(parts, absolute):
 def test_source_path_of_any_text_is_none_or_inside(key):
     path = sources.source_path("/r", key)
     assert path is None or os.path.normpath(str(path)).startswith("/r/")
+
+
+# ---- the key-list hash: the one extract records is the one merge and verify recompute -------------
+
+
+@FAST
+@given(names=st.lists(st.binary(min_size=1, max_size=12).filter(lambda b: b"\n" not in b), min_size=1, max_size=6))
+@example(names=[b"a.jpg", b"caf\xc3\xa9.png"])
+@example(names=[b"bad\xff.jpg"])
+def test_the_key_hash_extract_records_is_the_one_merge_and_verify_recompute(names):
+    keys = [os.fsdecode(name) for name in names]  # as a folder listing gives them
+    recorded = sources.keys_sha256(keys)
+    assert recorded == hashlib.sha256(b"\n".join(names)).hexdigest()  # the names' own bytes
+    read_back = [layout.to_utf8(k).encode("utf-8").decode("utf-8") for k in keys]  # stored, then read
+    if not any("\\" in k for k in read_back):  # no name was escaped: merge and verify compare
+        assert sources.keys_sha256(read_back) == recorded
 
 
 # ---- render's folder naming: safe, deterministic, collision-free ----------------------------------

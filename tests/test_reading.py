@@ -7,7 +7,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import write_images
@@ -16,7 +18,7 @@ from helpers import fmpipe
 import pipeline
 from pipeline.errors import ClosedStoreError, FmpipeError, InputError, UsageError
 from pipeline.jobs import merge
-from pipeline.storage import files
+from pipeline.storage import files, schema
 
 OPTIONS = dict(model="tiny_models:plain_net", size=(32, 32), batch_size=4, workers=0, device="cpu")
 BROKEN = "img004b.png"
@@ -146,6 +148,17 @@ def test_open_dataset_works_in_a_fresh_interpreter(outputs, name):
     run = subprocess.run([sys.executable, "-c", FRESH, str(outputs / name)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["checked", "3", "maps", "True"]
+
+
+def test_open_dataset_names_a_malformed_root_attribute(outputs, tmp_path):
+    """The file's model and dtype come from `store.run`; a damaged attribute stops the open (check_structure)."""
+    with pipeline.open_dataset(outputs / "single.h5", 0) as ds:
+        assert ds.attrs["model"] == "tiny_models:plain_net" and ds.attrs["storage_dtype"] == "float16"
+    damaged = Path(shutil.copy(outputs / "single.h5", tmp_path / "damaged.h5"))
+    with h5py.File(damaged, "r+") as file:
+        file.attrs[schema.ATTR_CONFIG] = "{not json"
+    with pytest.raises(InputError, match="the root attribute 'config_json' is malformed"):
+        pipeline.open_dataset(damaged, 0)
 
 
 @pytest.mark.slow

@@ -461,6 +461,20 @@ def test_recompute_refuses_missing_or_other_weights(made, tmp_path):
     assert pipeline.verify(out).ok  # without --recompute the weights are not needed
 
 
+@pytest.mark.parametrize(
+    "name, value, says",
+    [
+        (schema.ATTR_INPUT_SIZE, "x", "the root attribute 'input_size' is malformed"),
+        (schema.ATTR_CONFIG, "[1]", "the root attribute 'config_json' is malformed"),
+    ],
+)
+def test_recompute_names_a_malformed_root_attribute_before_building_the_model(single, name, value, says):
+    with h5py.File(single, "r+") as file:
+        file.attrs[name] = value
+    with pytest.raises(InputError, match=says):
+        pipeline.verify(single, recompute=1)
+
+
 def test_verify_without_recompute_does_not_import_torch(made):
     code = f"import sys, pipeline; pipeline.verify({str(made['single'])!r}); print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -123,7 +123,7 @@ def test_every_channel_page_pages_all_channels_each_with_its_scale(sample):
             channels = store.view(4).channels  # 320
         pages = -(-channels // 64)
         seen = []
-        for page in range(pages):  # ?page=0 is the first (the viewer's URL contract, design.md)
+        for page in range(pages):  # ?page=0 is the first (the viewer's URL contract, README "View and top")
             text = get(viewer, f"/image/{CHELSEA}/4?page={page}")[2].decode()
             shown = [int(c) for c in re.findall(r'<figure class="cell" data-channel="(\d+)"', text)]
             seen += shown

@@ -68,12 +68,13 @@ def _dataset(store: Store, view: StageView) -> xr.Dataset:
         schema.DIM_Y: np.arange(height),
         schema.DIM_X: np.arange(width),
     }
+    run = store.run
     attrs = {
         "stage": view.index if view.layer is None else view.layer,
         "module": view.module,
         "stride": view.stride,
-        "model": str(store.file.attrs.get(schema.ATTR_MODEL, "")),
-        "storage_dtype": str(store.file.attrs.get(schema.ATTR_DTYPE, "")),
+        "model": run.model or "",
+        "storage_dtype": run.dtype or "",
         "source": str(store.path),
     }
     return xr.Dataset(variables, coords=coords, attrs=attrs)

@@ -23,6 +23,7 @@ from ..sources import source_path
 from ..storage import schema
 from ..storage.encoding import Encoding, decode_maps, encoding_of, pooled
 from ..storage.findings import Problem, VerifyConfig, VerifyReport
+from ..storage.metadata import RunInfo, run_info
 from ..storage.verify import files_to_verify, open_fmpipe
 from ..storage.virtual import check_virtual_sources
 from . import models, taps
@@ -64,12 +65,13 @@ def prepare(config: VerifyConfig) -> Recomputer:
     """
     path = files_to_verify(Path(config.path))[0]
     with open_fmpipe(path) as file:
-        attrs = dict(file.attrs)
+        run = run_info(file.attrs, path)
+        stored_as = encoding_of(file.attrs)
         shapes = {int(i): g[schema.DATA].shape[1:] for i, g in file[schema.STAGES].items()}
         layer_shapes = (
             {n: g[schema.DATA].shape[1:] for n, g in file[schema.LAYERS].items()} if schema.LAYERS in file else {}
         )
-    recorded = _recorded_config(attrs, path)
+    recorded = _recorded_config(run, path)
     check_buildable(recorded.model, config, path)
     if recorded.weights and not Path(recorded.weights).is_file():
         raise InputError(
@@ -88,11 +90,12 @@ def prepare(config: VerifyConfig) -> Recomputer:
         weights_key=recorded.weights_key,
         weights_prefix=recorded.weights_prefix,
     )
-    _check_model(model, attrs, path)
-    size_hw = tuple(int(v) for v in attrs[schema.ATTR_INPUT_SIZE])
+    _check_model(model, run, path)
+    size_hw = run.input_size
+    if size_hw is None:
+        raise InputError(f"{path} records no input size ({schema.ATTR_INPUT_SIZE}); --recompute cannot rerun it.")
     model.module.to(device)
     tap, probed = taps.build(model, size_hw, sorted(shapes), device, recorded.layers or ())
-    stored_as = encoding_of(attrs)
     rebuilt = {s.index: pooled(s, stored_as.pool).shape for s in probed}
     rebuilt |= {s.layer: pooled(s, stored_as.pool).shape for s in tap.infos}
     for ref, shape in (shapes | layer_shapes).items():
@@ -108,10 +111,12 @@ def prepare(config: VerifyConfig) -> Recomputer:
     return Recomputer(model, forward, size_hw, refs, recorded.batch_size, (rel, frac))
 
 
-def _recorded_config(attrs: dict, path: Path) -> ExtractConfig:
+def _recorded_config(run: RunInfo, path: Path) -> ExtractConfig:
+    if not run.config:
+        raise InputError(f"{path} records no extract configuration ({schema.ATTR_CONFIG}); --recompute needs it.")
     try:
-        config = ExtractConfig.from_json(schema.text(attrs[schema.ATTR_CONFIG]))
-    except (KeyError, TypeError, ValueError, AttributeError, FmpipeError) as err:
+        config = ExtractConfig.from_dict(run.config)
+    except (TypeError, ValueError, AttributeError, FmpipeError) as err:
         raise InputError(f"{path} has no usable extract configuration ({schema.ATTR_CONFIG}: {err}).") from None
     if not isinstance(config.model, str) or not config.model:
         raise InputError(f"{path} records no model name in {schema.ATTR_CONFIG}; --recompute cannot rebuild it.")
@@ -149,18 +154,18 @@ def check_buildable(name: str, config: VerifyConfig, path: Path) -> None:
             raise InputError(f"{path} records the model {name!r}, which is not in timm's registry; refusing it.")
 
 
-def _check_model(model: models.ResolvedModel, attrs: dict, path: Path) -> None:
-    recorded = attrs.get(schema.ATTR_WEIGHTS_SHA256)
+def _check_model(model: models.ResolvedModel, run: RunInfo, path: Path) -> None:
+    recorded = run.weights_sha256
     if recorded is not None and model.weights_sha256 != recorded:
         raise InputError(
             f"the weights loaded now (state-dict sha256 {model.weights_sha256[:12]}…) are not the ones {path} "
             f"was extracted with ({str(recorded)[:12]}…); restore those weights to --recompute."
         )
-    if recorded is None and model.weights_id != attrs.get(schema.ATTR_WEIGHTS):  # format v1
-        raise InputError(f"the weights now ({model.weights_id}) are not {path}'s ({attrs.get(schema.ATTR_WEIGHTS)}).")
-    for name, now in ((schema.ATTR_MEAN, model.mean), (schema.ATTR_STD, model.std)):
-        if not np.allclose(np.asarray(attrs.get(name, now), dtype=np.float64), now, rtol=0, atol=1e-9):
-            raise InputError(f"{path} was normalised with {name} {list(attrs[name])}; the model now uses {list(now)}.")
+    if recorded is None and model.weights_id != run.weights:  # format v1
+        raise InputError(f"the weights now ({model.weights_id}) are not {path}'s ({run.weights}).")
+    for name, now, then in ((schema.ATTR_MEAN, model.mean, run.mean), (schema.ATTR_STD, model.std, run.std)):
+        if then is not None and not np.allclose(np.asarray(then, dtype=np.float64), now, rtol=0, atol=1e-9):
+            raise InputError(f"{path} was normalised with {name} {list(then)}; the model now uses {list(now)}.")
 
 
 def recompute(rc: Recomputer, config: VerifyConfig, report: VerifyReport) -> None:
@@ -216,7 +221,7 @@ def _recompute_file(rc: Recomputer, path: Path, rows: np.ndarray, images_root: s
         except InputError:
             found.skipped = len(rows)  # reported by the integrity checks; reading would give NaN fill
             return found
-        root = images_root or str(file.attrs.get(schema.ATTR_IMAGES_ROOT, ""))
+        root = images_root or run_info(file.attrs, path).images_root or ""
         keys = [schema.text(file[schema.KEY][row]) for row in rows.tolist()]
         usable = [i for i, key in enumerate(keys) if root and source_path(root, key) is not None]
         digests = file[schema.SOURCE_SHA256][rows.tolist()] if schema.SOURCE_SHA256 in file else None  # rows ascend

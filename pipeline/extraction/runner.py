@@ -9,18 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .. import sources
 from ..config import ExtractConfig
 from ..errors import InputError, Interrupted, RunFailure, UsageError
+from ..progress import Bar, Progress
 from ..storage import manifest
 from ..storage.encoding import pooled
 from ..storage.files import partial_path, shard_output
@@ -30,7 +29,7 @@ from . import models, taps
 from .compute import Forward, Staged, check_values
 from .device import device_note, pick_device, trim_heap
 from .interrupts import StopSignals, batches_until_stopped
-from .loading import Batch, iter_batches
+from .loading import iter_batches
 from .planning import plan_shard
 from .summary import ExtractSummary, bound_by, phases
 
@@ -38,7 +37,6 @@ __all__ = ["ExtractSummary", "extract", "pick_device"]
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY_S = 30.0
 TRIM_EVERY = 16  # batches between trim_heap() calls
 LOOP_TIMINGS = ("decode_wait_s", "compute_s", "host_copy_s", "write_wait_s")
 
@@ -72,9 +70,7 @@ class Tally:
     redone: int = 0
     stored: int = 0
     failed: int = 0
-    seen: int = 0  # images through the model (progress lines)
     batches: int = 0
-    last_log_s: float = 0.0
     timings: dict = field(default_factory=lambda: dict.fromkeys(LOOP_TIMINGS, 0.0))
     nan_stages: list[int] = field(default_factory=list)
 
@@ -228,7 +224,7 @@ def _run_batches(run: Run, writer: Writer, pending: np.ndarray, tally: Tally, st
     launched, so on CUDA the device→host copy overlaps the next forward pass."""
     config, timings = run.config, tally.timings
     forward = Forward(run.tap, run.model, run.device, run.plan.encoding, config.amp)
-    bar = _progress(tally.done_before, len(run.keys))
+    progress = _progress(tally.done_before, len(run.keys))
     batches = iter_batches(
         run.root,
         run.keys,
@@ -249,15 +245,15 @@ def _run_batches(run: Run, writer: Writer, pending: np.ndarray, tally: Tally, st
         if staged is not None:
             _submit(run, staged, writer, tally)
         staged = ahead
-        _report(bar, batch, tally, len(run.keys))
+        tally.batches += 1
+        progress.update(len(batch.rows))
         if tally.batches % TRIM_EVERY == 0:
             trim_heap()
         t0 = time.perf_counter()
     if staged is not None:
         _submit(run, staged, writer, tally)
     writer.drain()
-    if bar is not None:
-        bar.close()
+    progress.close()
 
 
 def _submit(run: Run, staged: Staged, writer: Writer, tally: Tally) -> None:
@@ -282,23 +278,17 @@ def _submit(run: Run, staged: Staged, writer: Writer, tally: Tally) -> None:
         log.warning("skipped %s: %s", run.keys[row], reason)
 
 
-def _report(bar, batch: Batch, tally: Tally, total: int) -> None:
-    """Progress: a tqdm bar on a terminal, else a log line every LOG_EVERY_S seconds."""
-    tally.batches += 1
-    tally.seen += len(batch.rows)
-    if bar is not None:
-        bar.update(len(batch.rows))
-        return
-    now = time.perf_counter()
-    if now - tally.last_log_s > LOG_EVERY_S:
-        tally.last_log_s = now
-        log.info("%d of %d images", tally.done_before + tally.seen, total)
-
-
-def _progress(done_before: int, total: int):
-    if not sys.stderr.isatty():
-        return None
-    return tqdm(total=total, initial=done_before, unit="img", dynamic_ncols=True, desc="extract", smoothing=0.1)
+def _progress(done_before: int, total: int) -> Progress:
+    """Images through the model: a bar on a terminal, else a line at the first batch and then
+    every LOG_EVERY_S seconds."""
+    return Progress(
+        total,
+        Bar("extract", "img", smoothing=0.1),
+        lambda done: f"{done} of {total} images",
+        log,
+        initial=done_before,
+        first_line_at_once=True,
+    )
 
 
 def _check_writable(out: Path) -> None:

@@ -10,7 +10,6 @@ single-file schema: `open_store` and `fmpipe info` treat it like an unsharded fi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError, write_failed
+from ..sources import keys_sha256
 from ..storage import schema
 from ..storage.dims import attach_dimensions
 from ..storage.files import merged_path, publish, reserve_space, shards_folder
@@ -257,12 +257,11 @@ def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
     if count != total:
         raise InputError(f"the shards of {out} hold {count} images, their collection {total}; re-extract them.")
     keys = [k.decode("utf-8") for p in parts for k in p.keys]
-    digest = hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
     expected = run_info(ref.attrs).fingerprint_parts.get("keys_sha256")
     # Undecodable file names are stored escaped ("\\x.."), so their hash cannot match: then at least
     # no key may repeat (an image list keeps its own order, so sorted keys cannot be asked for).
     if expected and not any("\\" in k for k in keys):
-        if digest != expected:
+        if keys_sha256(keys) != expected:
             raise InputError(f"the shards' keys of {out} are not the collection they were extracted from; re-extract.")
     elif len(set(keys)) != len(keys):
         raise InputError(f"the shards of {out} overlap (an image is in two shards); re-extract them.")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -23,9 +22,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import IncompleteFileError, InputError, OutputExistsError
+from ..progress import Bar, Progress
 from ..storage.store import Store, open_store
 from .config import RenderConfig, default_out_dir
 from .ledger import Ledger, foreign_message, store_identity
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RenderConfig", "RenderSummary", "colorize", "default_out_dir", "render"]
 
-LOG_EVERY_S = 30.0
 IN_FLIGHT_PER_WORKER = 2  # queued tasks per worker: keeps workers busy, memory flat
 
 
@@ -92,7 +90,7 @@ def render(config: RenderConfig) -> RenderSummary:
         summary = RenderSummary(
             job.out_stage.parent, job.stage, workers=workers, source=store.path, folder=job.out_stage.name
         )
-        progress = _Progress(len(rows), job.pngs_per_image)
+        progress = _progress(len(rows), job.pngs_per_image, summary)
         # A file being written is painted in a worker process even for one worker: a reopen after a
         # stale read must not share this process's open file (HDF5 shares one per process).
         run = _run_inline if workers == 1 and store.complete else _run_pool
@@ -104,7 +102,7 @@ def render(config: RenderConfig) -> RenderSummary:
             if result.error:
                 summary.failed.append((result.key, result.error))
                 log.warning("skipped %s: %s", result.key, result.error)
-            progress.update(summary)
+            progress.update(job.pngs_per_image)
         progress.close()
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -270,25 +268,11 @@ def _paint_in_worker(task: ImageTask) -> ImageResult:
     return _painter.paint(task)
 
 
-class _Progress:
-    """A tqdm bar in PNGs on a terminal; a log line every LOG_EVERY_S seconds otherwise."""
-
-    def __init__(self, images: int, per_image: int):
-        self.images, self.per_image = images, per_image
-        self.bar = None
-        if sys.stderr.isatty():
-            self.bar = tqdm(total=images * per_image, unit="png", dynamic_ncols=True, desc="render", smoothing=0.1)
-        self.last_log = time.perf_counter()
-
-    def update(self, summary: RenderSummary) -> None:
-        if self.bar is not None:
-            self.bar.update(self.per_image)
-            return
-        now = time.perf_counter()
-        if now - self.last_log > LOG_EVERY_S:
-            self.last_log = now
-            log.info("%d of %d images, %d PNGs", summary.images, self.images, summary.pngs)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _progress(images: int, per_image: int, summary: RenderSummary) -> Progress:
+    """A bar in PNGs on a terminal; a line of images and PNGs written every LOG_EVERY_S seconds otherwise."""
+    return Progress(
+        images * per_image,
+        Bar("render", "png", smoothing=0.1),
+        lambda _: f"{summary.images} of {images} images, {summary.pngs} PNGs",
+        log,
+    )

@@ -1,6 +1,6 @@
 """The gallery's HTML: index pages and one page per image, with inline CSS and JavaScript only.
 
-Pure text building, no file access: `gallery.py` collects what the render folder holds and
+Pure text building, no file access: `build.py` collects what the render folder holds and
 writes these strings. Every key and text goes through `html.escape`, every link through
 `href` (relative, percent-encoded), and the embedded JSON cannot close its <script>.
 Pages work from file:// with no server, network, external script or font.
@@ -61,13 +61,22 @@ def embed_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
-def document(title: str, body: str, script: str) -> str:
-    """A whole page: inline CSS, the image-state helpers, `body`, then `script`."""
+def shell(title: str, generator: str, head: str, body: str) -> str:
+    """The HTML every fmpipe page is made of, the gallery's and the viewer's: doctype, UTF-8, the
+    generator, a phone-sized viewport and the escaped `title`; `head` (after the title) and `body`
+    go in as they are."""
     return (
         "<!doctype html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GENERATOR}">'
+        f'<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{esc(generator)}">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(title)}</title>'
-        f"<style>{CSS}</style><script>{HEAD_JS}</script></head>\n<body>{body}\n<script>{script}</script></body></html>\n"
+        f"{head}</head>\n<body>{body}</body></html>\n"
+    )
+
+
+def document(title: str, body: str, script: str) -> str:
+    """A gallery page: inline CSS, the image-state helpers, `body`, then `script`."""
+    return shell(
+        title, GENERATOR, f"<style>{CSS}</style><script>{HEAD_JS}</script>", f"{body}\n<script>{script}</script>"
     )
 
 

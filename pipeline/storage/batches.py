@@ -139,7 +139,7 @@ class BatchWriter:
 
 
 def _padded(block: np.ndarray, k: int) -> np.ndarray:
-    """Edge chunks must be padded to the full chunk shape (notes/hdf5.md)."""
+    """Edge chunks must be padded to the full chunk shape (docs/hdf5.md)."""
     if block.shape[0] == k:
         return np.ascontiguousarray(block)
     out = np.zeros((k, *block.shape[1:]), dtype=block.dtype)

@@ -250,7 +250,7 @@ def _zstd(raw: bytes, nbytes: int, checksum_required: bool) -> bytes:
     if frame.content_size != nbytes:  # also guards memory: a damaged header may claim any size
         raise ChunkError(f"declares {frame.content_size} bytes, expected {nbytes}")
     decompressor = getattr(_local, "zstd", None)
-    if decompressor is None:  # one per thread, like the compressors (notes/hdf5.md)
+    if decompressor is None:  # one per thread, like the compressors (docs/hdf5.md)
         decompressor = _local.zstd = zstandard.ZstdDecompressor()
     try:
         return decompressor.decompress(raw)

@@ -71,7 +71,7 @@ _local = threading.local()
 
 
 def _zstd_compressor() -> zstandard.ZstdCompressor:
-    # A compressor shared between threads crashed the process (notes/hdf5.md).
+    # A compressor shared between threads crashed the process (docs/hdf5.md).
     comp = getattr(_local, "zstd", None)
     if comp is None:
         params = zstandard.ZstdCompressionParameters.from_level(

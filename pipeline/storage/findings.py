@@ -5,17 +5,16 @@ with its counts and summary line, and the progress display. No torch.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import progress
 from ..errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
 
 MAX_PROBLEMS_KEPT = 1000  # more are counted, not kept
-LOG_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -101,25 +100,14 @@ class VerifyReport:
         )
 
 
-class Progress:
-    """A tqdm bar on a terminal, else a log line every LOG_EVERY_S seconds."""
+class Progress(progress.Progress):
+    """verify's progress over one pass (a stage's bytes, the sources' files): a bar that goes
+    when done, or "WHAT: N % checked" (`pipeline.progress` draws and logs it)."""
 
     def __init__(self, what: str, total: int, unit: str = "B"):
-        self.what, self.total, self.done, self.last = what, total, 0, time.perf_counter()
-        self.bar = None
-        if sys.stderr.isatty() and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit=unit, unit_scale=True, desc=what, dynamic_ncols=True, leave=False)
-
-    def update(self, amount: int) -> None:
-        self.done += amount
-        if self.bar is not None:
-            self.bar.update(amount)
-        elif time.perf_counter() - self.last > LOG_EVERY_S:
-            self.last = time.perf_counter()
-            log.info("%s: %.0f %% checked", self.what, 100 * self.done / max(1, self.total))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        super().__init__(
+            total,
+            progress.Bar(what, unit, unit_scale=True, leave=False),
+            lambda done: f"{what}: {100 * done / max(1, total):.0f} % checked",
+            log,
+        )

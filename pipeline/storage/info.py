@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .encoding import encoding_of, pooled_shape
+from .encoding import pooled_shape
 from .store import Store
 
 MB = 1e6
@@ -21,7 +21,7 @@ def describe_store(store: Store, failures_shown: int = 10) -> str:
         f"{store.path}: fmpipe format v{run.format_version}, {state}",
         f"  model      {run.model}  (weights: {run.weights}; state dict sha256 {(run.weights_sha256 or '?')[:16]}…)",
         f"  input      {_hw(run.input_size)}, {run.resize_policy}, mean {_floats(run.mean)}, std {_floats(run.std)}",
-        f"  storage    {encoding_of(store.file.attrs).describe()}, {run.compression}{checksum}",
+        f"  storage    {store.encoding.describe()}, {run.compression}{checksum}",
         f"  images     {n - len(failures)} stored, {len(failures)} failed, {n} in all",
         _bytes_line(store, done),
     ]

@@ -1,7 +1,9 @@
 """What a shard file holds and how it is laid out: the write plan, the datasets created for it,
 the failures table, and the checks that decide whether an existing output can be resumed.
 
-Only the writer calls this module (only the writer creates output files).
+Only storage's writing side (`writer`, `output`, `rowstate`, `batches`) changes files through it
+(only the writer creates output files); extract's `--dry-run` reads `planned_bytes`, which
+creates nothing.
 """
 
 from __future__ import annotations

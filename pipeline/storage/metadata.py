@@ -1,5 +1,20 @@
-"""A typed view of a file's run metadata (its root attributes), so readers never index raw
-attribute strings: `store.run.input_size`, `store.run.images_root`. No torch.
+"""The one reader of what a file's root attributes mean: `RunInfo` (`store.run`), a typed view of
+the run that wrote the file. A malformed attribute (bad JSON, a count that is not an integer) is
+an InputError naming it, never read as empty. No torch.
+
+What that promises, exactly:
+- Code that reads a root attribute for its meaning reads it through `run_info`, or through
+  `encoding.encoding_of` for the storage choice (dtype, keep_bits, shuffle, pool), which sits
+  beside `Encoding.attrs`, the code that writes it. `Store`, verify and merge open a file
+  through `structure.check_structure`, which parses them all here first: a damaged attribute
+  stops the open, whichever one a reader wants.
+- Not reads in this sense: writing attributes (the writer's job: `extraction/planning.py` builds
+  them, `storage/layout.py`, `seal.py`, `toplists.py` and `jobs/merge.py` write them); taking
+  them as bytes without reading a meaning (the seal hashes every attribute, `export` copies them).
+- Not root attributes: a stage's or layer's group attributes (index, module, shape) and a top
+  list's (k, rows) are read by the modules that own those groups, by schema names.
+- Not yet true in storage/store.py, verify.py, layout.py, writer.py, jobs/merge.py and
+  jobs/shards.py, which still read some root attributes raw (issue 20, another change).
 """
 
 from __future__ import annotations
@@ -41,6 +56,7 @@ class RunInfo:
     fingerprint: str | None
     merged_from: str | None  # merged files: the shards folder, relative to the file
     merge_mode: str | None  # merged files: "virtual" or "copy"
+    seal_sha256: str | None  # the seal's one digest (None: never sealed, e.g. a partial file)
     config: dict = field(default_factory=dict)  # the extract configuration (JSON)
     fingerprint_parts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -109,6 +125,7 @@ def run_info(attrs: Mapping, path: object = None) -> RunInfo:
         fingerprint=text(schema.ATTR_FINGERPRINT),
         merged_from=text(schema.ATTR_MERGED_FROM),
         merge_mode=text(schema.ATTR_MERGE_MODE),
+        seal_sha256=text(schema.ATTR_SEAL),
         config=mapping(schema.ATTR_CONFIG),
         fingerprint_parts=mapping(schema.ATTR_FINGERPRINT_JSON),
         timings=mapping(schema.ATTR_TIMINGS),

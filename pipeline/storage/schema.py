@@ -1,11 +1,16 @@
 """The one place that names the HDF5 file's groups, datasets and attributes (schema v2).
 
-`docs/format.md` documents every name defined here.
+`docs/format.md` documents every name defined here. The paths of the stage and layer groups
+come from `pipeline/groups.py` (shared, so that `records` names them alike) and are re-exported.
 """
 
 from __future__ import annotations
 
 import math
+
+# The group paths of stages and layers are named below storage, where records.StageInfo.group
+# uses them too; re-exported here.
+from ..groups import LAYERS, STAGES, group_label, group_of, layer_group, stage_group  # noqa: F401
 
 FORMAT = "fmpipe"
 FORMAT_VERSION = 2
@@ -23,8 +28,7 @@ FAILURES = "failures"
 FAILURE_INDEX = "failures/index"  # (F,) int64 row in images/key
 FAILURE_KEY = "failures/key"  # (F,) utf-8 str
 FAILURE_REASON = "failures/reason"  # (F,) utf-8 str
-STAGES = "stages"
-LAYERS = "layers"  # layers/<name>: a module's output picked by name (--layers), stored like a stage
+# stages/<i> and layers/<name>: their paths are named in pipeline/groups.py (records needs them too).
 
 # Root attributes.
 ATTR_FORMAT = "format"
@@ -105,34 +109,13 @@ UNSEALED_ATTRS = (ATTR_SEAL, ATTR_CREATED, ATTR_TIMINGS, ATTR_IMAGES_ROOT)
 # Chunking: one image and a block of k channels, about CHUNK_TARGET_BYTES.
 CHUNK_TARGET_BYTES = 512 * 1024
 
-# Files older tools can open (notes/hdf5.md: libver latest broke HDF5 1.10 readers).
+# Files older tools can open (docs/hdf5.md: libver latest broke HDF5 1.10 readers).
 LIBVER = ("earliest", "v110")
 
 
 def text(value: bytes | str) -> str:
     """A string as stored (h5py gives utf-8 bytes for keys, reasons and attributes) as str."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def stage_group(index: int) -> str:
-    """Group path of stage `index` (0-based, in the model's own order)."""
-    return f"{STAGES}/{index}"
-
-
-def layer_group(name: str) -> str:
-    """Group path of the layer stored under `name` (as given to --layers: `layer1.0.relu:2`)."""
-    return f"{LAYERS}/{name}"
-
-
-def group_of(ref: int | str) -> str:
-    """The group of a stage (an index) or a layer (a name)."""
-    return stage_group(int(ref)) if not isinstance(ref, str) else layer_group(ref)
-
-
-def group_label(path: str) -> int | str:
-    """`stages/2` → 2 (a stage index); `layers/NAME` → "layer NAME" (for messages)."""
-    kind, _, name = path.partition("/")
-    return int(name) if kind == STAGES else f"layer {name}"
 
 
 def map_groups(file) -> list[str]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import schema
 from .chunks import C0, MASK, OFFSET, ROW, SIZE, SOURCE, ChunkIndex, RawFiles, index_chunks
+from .metadata import run_info
 
 BLOCK_BYTES = 16 * 1024 * 1024  # a dataset is hashed in row blocks of about this size
 STRING_BLOCK_ROWS = 65536
@@ -129,7 +130,8 @@ def shard_items(file: h5py.File, path: Path) -> dict[str, str]:
     for source in virtual_source_names(file):
         try:
             with h5py.File(base / source, "r", locking="best-effort") as shard:
-                items[f"{schema.SHARD_ITEM}{source}"] = schema.text(shard.attrs.get(schema.ATTR_SEAL, ""))
+                seal = run_info(shard.attrs, base / source).seal_sha256
+            items[f"{schema.SHARD_ITEM}{source}"] = seal or ""
         except OSError:
             items[f"{schema.SHARD_ITEM}{source}"] = "unreadable"
     return items

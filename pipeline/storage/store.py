@@ -33,7 +33,7 @@ from .metadata import RunInfo, run_info
 from .structure import check_structure
 from .virtual import check_virtual_sources
 
-# One row of chunks of a large stage fits (notes/hdf5.md: a chunk larger than the cache
+# One row of chunks of a large stage fits (docs/hdf5.md: a chunk larger than the cache
 # is decoded again on every partial read).
 CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 # What a pass that reads every chunk once (export, reduce) needs: a full cache only keeps chunks

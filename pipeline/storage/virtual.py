@@ -15,6 +15,7 @@ import h5py
 
 from ..errors import InputError
 from . import schema
+from .metadata import run_info
 from .seal import recorded_seal, virtual_source_names
 from .structure import check_structure
 
@@ -34,7 +35,7 @@ def check_virtual_sources(path: Path, file: h5py.File) -> list[str]:
     names = virtual_source_names(file)
     # Lexical, not resolved: OUT.shards may be a symlink to scratch space; ".." may not escape.
     base = Path(os.path.abspath(path)).parent
-    fingerprint = file.attrs.get(schema.ATTR_FINGERPRINT)
+    fingerprint = run_info(file.attrs, path).fingerprint
     sealed = recorded_seal(file) or {}
     for source in names:
         seal = sealed.get(f"{schema.SHARD_ITEM}{source}")
@@ -43,7 +44,7 @@ def check_virtual_sources(path: Path, file: h5py.File) -> list[str]:
     return names
 
 
-def _check_source(path: Path, base: Path, source: str, fingerprint, seal: str | None) -> None:
+def _check_source(path: Path, base: Path, source: str, fingerprint: str | None, seal: str | None) -> None:
     target = Path(os.path.normpath(base / source))
     if os.path.isabs(source) or base not in target.parents:
         raise InputError(f"{path}: virtual source {source!r} points outside {base}; refusing to read it.")
@@ -53,9 +54,8 @@ def _check_source(path: Path, base: Path, source: str, fingerprint, seal: str | 
     try:
         with h5py.File(target, "r", locking="best-effort") as shard:
             check_structure(target, shard)  # no links, no external storage, shapes that fit the file
-            same = shard.attrs.get(schema.ATTR_FINGERPRINT) == fingerprint
-            complete = bool(shard.attrs.get(schema.ATTR_COMPLETE))
-            now = schema.text(shard.attrs.get(schema.ATTR_SEAL, ""))
+            run = run_info(shard.attrs, target)
+            same, complete, now = run.fingerprint == fingerprint, run.complete, run.seal_sha256 or ""
     except OSError as err:
         raise InputError(f"{path}: its shard {source!r} cannot be read ({err}). {hint}") from None
     if not same:

@@ -1,5 +1,6 @@
 """The viewer's HTML as text: the collection, an image, a channel of an image, a channel's dataset
-examples, and a stage's channels ranked. Pure text building; `server.py` gathers the data.
+examples, and a stage's channels ranked. Pure text building; `routes.py` gathers the data
+(from `catalog.py`).
 
 Every key and text goes through `esc`, every URL through `url` (percent-encoded query, then
 escaped); pages load /assets/view.css and /assets/view.js and carry no inline script. Links
@@ -15,7 +16,7 @@ from urllib.parse import quote, urlencode
 
 from ..records import StageInfo
 from ..rendering.tiling import TILE_MIN_SIDE, auto_scale
-from ..site.pages import esc, pager_html, placeholder
+from ..site.pages import esc, pager_html, placeholder, shell
 from .config import BYS
 from .crops import Crop
 from .examples import TopItem
@@ -110,19 +111,19 @@ class Summary:
 
 
 def document(summary: Summary, title: str, bar: str, body: str) -> str:
+    """A viewer page: the shared shell with the viewer's stylesheet, its bar, a partial file's banner,
+    `body`, and its one script."""
     banner = ""
     if summary.partial:
         banner = (
             f'<p class="banner">partial file: {summary.stored} of {summary.rows} images have maps so far '
             "(the extraction is unfinished; restart the viewer to see more).</p>"
         )
-    return (
-        "<!doctype html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GENERATOR}">'
-        f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(title)}</title>'
-        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/assets/view.css"></head>\n'
-        f'<body><nav class="bar">{bar}</nav><main>{banner}{body}</main>'
-        '<script src="/assets/view.js"></script></body></html>\n'
+    return shell(
+        title,
+        GENERATOR,
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/assets/view.css">',
+        f'<nav class="bar">{bar}</nav><main>{banner}{body}</main><script src="/assets/view.js"></script>',
     )
 
 
