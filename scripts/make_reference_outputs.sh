@@ -21,12 +21,14 @@ for i in range(37):
     Image.fromarray(rng.integers(0, 256, (40 + i, 56, 3), dtype=np.uint8)).save(folder / f"im{i:03d}{suffix}")
 (folder / "broken.jpg").write_bytes(b"not an image")
 PY
-python -m pipeline -q extract "$repo/data/images" quickstart.h5 --overwrite
+# the sample photos copied in, so the recorded images path is the same from any checkout
+rm -rf sample && cp -r "$repo/data/images" sample
+python -m pipeline -q extract sample quickstart.h5 --overwrite
 for choice in "uint8 --dtype uint8" "keepbits --keep-bits 7" "pooled --pool 7x7 --dtype uint8"; do
     set -- $choice
     name=$1
     shift
-    python -m pipeline -q extract "$repo/data/images" "$name.h5" --overwrite "$@"
+    python -m pipeline -q extract sample "$name.h5" --overwrite "$@"
 done
 python -m pipeline -q render quickstart.h5 --stage 2 --top-k 4 --html --out rendered
 python -m pipeline -q render uint8.h5 --stage 1 --layout both --top-k 3 --out rendered-uint8

@@ -88,11 +88,11 @@ def pairs(a: Path, b: Path) -> list[tuple[Path, Path]]:
 
 
 def _files(folder: Path) -> list[Path]:
-    """Every plain file below `folder`, but the images a reference run starts from."""
+    """Every plain file below `folder`, but the images a reference run starts from (images/, sample/)."""
     return [
         p
         for p in folder.rglob("*")
-        if p.is_file() and p.relative_to(folder).parts[0] != "images" and p.name not in VOLATILE_FILES
+        if p.is_file() and p.relative_to(folder).parts[0] not in ("images", "sample") and p.name not in VOLATILE_FILES
     ]
 
 
