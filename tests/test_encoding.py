@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import zstandard
 from helpers import fmpipe
 from PIL import Image
 
@@ -20,7 +21,7 @@ import pipeline
 from pipeline.config import ExtractConfig
 from pipeline.errors import FingerprintMismatch, InputError, UsageError
 from pipeline.extraction.compute import encode, quantize, round_mantissa
-from pipeline.storage import files, schema
+from pipeline.storage import chunks, codecs, files, schema
 from pipeline.storage.encoding import Encoding, decode_maps, encoding_of, shuffle_bytes, unshuffle_bytes
 
 CPU = {"device": "cpu", "workers": 0}
@@ -277,6 +278,30 @@ def test_pool_stores_the_adaptive_average_of_the_float32_maps(made):
         assert report.ok and report.recomputed == 1, [str(p) for p in report.problems]
     text = pipeline.info(made["pool1"])
     assert "pooled to at most 1x1" in text and "(320, 1, 1)" in text
+
+
+@pytest.mark.slow
+def test_uint8_chunks_are_the_declared_zstd_frames_that_plain_h5py_and_verify_read_alike(made):
+    """What the file declares (filter 32015 at fmpipe's level, no shuffle, XXH64) is what each chunk
+    is: a zstd frame with its content size and checksum, which plain h5py + hdf5plugin and verify's
+    own decoder (storage/chunks.py) read as the same bytes."""
+    with h5py.File(made["uint8"]) as file:
+        assert schema.text(file.attrs[schema.ATTR_CHUNK_CHECKSUM]) == "zstd-xxh64"
+        assert not file.attrs[schema.ATTR_SHUFFLE]
+        for group in schema.map_groups(file):
+            data = file[f"{group}/{schema.DATA}"]
+            dcpl = data.id.get_create_plist()
+            assert [dcpl.get_filter(i)[:3:2] for i in range(dcpl.get_nfilters())] == [(32015, (codecs.ZSTD_LEVEL,))]
+            n, c, h, w = data.shape
+            k = data.chunks[1]
+            for row in range(n):
+                for c0 in range(0, c, k):
+                    mask, raw = data.id.read_direct_chunk((row, c0, 0, 0))
+                    frame = zstandard.get_frame_parameters(raw)
+                    assert mask == 0 and frame.has_checksum and frame.content_size == k * h * w
+                    ours = np.frombuffer(chunks.decode(raw, "zstd", mask, k * h * w, True), np.uint8)
+                    plain = data[row, c0 : c0 + k]
+                    np.testing.assert_array_equal(ours.reshape(k, h, w)[: len(plain)], plain)
 
 
 @pytest.mark.slow
