@@ -4,7 +4,7 @@
     python scripts/bench_storage.py                          # the table: three cases below, CPU
     python scripts/bench_storage.py --cases lite0 --images 16 --repeats 3 --markdown out.md
     python scripts/bench_storage.py --mode codec --repeats 15       # the chunk codec alone
-    python scripts/bench_storage.py --mode extract --rounds 5       # extract images/s, interleaved
+    python scripts/bench_storage.py --mode extract                  # extract images/s, interleaved
 
 Cases: the default model (efficientnet_lite0, its weights) at 224; tv:resnet50 all stages at 224 and
 timm's pvt_v2_b1 at 800x1200, both with random weights (seeded: no download). Images: the sample
@@ -51,17 +51,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-# images: the table's and codec's images; extract_images: --mode extract's (model-bound on a CPU).
+# images: the table's and codec's images; extract: --mode extract's (images, rounds), meant to take a
+# few minutes a case on 2 quiet cores.
 CASES = {
-    "lite0": {"model": "efficientnet_lite0", "size": (224, 224), "images": 5, "extract_images": 240},
-    "resnet50": {"model": "tv:resnet50", "size": (224, 224), "images": 5, "random_init": True, "extract_images": 64},
+    "lite0": {"model": "efficientnet_lite0", "size": (224, 224), "images": 5, "extract": (200, 5)},
+    "resnet50": {"model": "tv:resnet50", "size": (224, 224), "images": 5, "random_init": True, "extract": (96, 5)},
     "pvt": {
         "model": "pvt_v2_b1",
         "size": (800, 1200),
         "images": 2,
         "random_init": True,
         "batch_size": 2,
-        "extract_images": 4,
+        "extract": (4, 3),
     },
 }
 VARIANTS = {
@@ -75,7 +76,7 @@ VARIANTS = {
 
 def extract_options(spec: dict) -> dict:
     """`pipeline.extract` keywords of a case, on the CPU with one decode worker."""
-    options = {k: v for k, v in spec.items() if k not in ("images", "extract_images")}
+    options = {k: v for k, v in spec.items() if k not in ("images", "extract")}
     options.setdefault("batch_size", 8)
     return {**options, "device": "cpu", "workers": 1}
 
@@ -241,8 +242,8 @@ def codec_candidates():
     from pipeline.storage.codecs import ZSTD_PARAMS, Codec
 
     def zstd(level: int, **params):
-        options = {**ZSTD_PARAMS, **params}
-        p = zstandard.ZstdCompressionParameters.from_level(level, write_content_size=True, write_checksum=True, **options)
+        options = {**ZSTD_PARAMS, **params, "write_content_size": True, "write_checksum": True}
+        p = zstandard.ZstdCompressionParameters.from_level(level, **options)
         return zstandard.ZstdCompressor(compression_params=p).compress
 
     return [
@@ -282,7 +283,8 @@ def run_codec(name: str, spec: dict, images: Path, scratch: Path, rounds: int) -
     chunks, count = {}, 0
     for dtype in ("float16", "uint8"):
         out = scratch / f"{name}-codec-{dtype}.h5"
-        summary = pipeline.extract(str(images), str(out), dtype=dtype, shuffle="off", overwrite=True, **extract_options(spec))
+        options = {**extract_options(spec), "dtype": dtype, "shuffle": "off", "overwrite": True}
+        summary = pipeline.extract(str(images), str(out), **options)
         chunks[dtype], count = stored_chunks(out), summary.images
         out.unlink()
     candidates = codec_candidates()
@@ -294,8 +296,9 @@ def run_codec(name: str, spec: dict, images: Path, scratch: Path, rounds: int) -
             sizes[label] = sum(len(compress(c)) for c in chunks[dtype])
             seconds[label].append(time.thread_time() - t0)
     before, default = candidates[0][0], candidates[1][0]
+    before_ms = statistics.median(1e3 * s / count for s in seconds[before])
     rows = []
-    for label, dtype, _ in candidates:
+    for label, *_ in candidates:
         ms = [1e3 * s / count for s in seconds[label]]
         rows.append(
             {
@@ -305,7 +308,7 @@ def run_codec(name: str, spec: dict, images: Path, scratch: Path, rounds: int) -
                 "x_bytes_default": sizes[label] / sizes[default],
                 "cpu_ms_per_image": statistics.median(ms),
                 "cpu_ms_range": (min(ms), max(ms)),
-                "x_cpu_before": statistics.median(ms) / statistics.median(1e3 * s / count for s in seconds[before]),
+                "x_cpu_before": statistics.median(ms) / before_ms,
             }
         )
         print(json.dumps({"case": name, **rows[-1]}), flush=True)
@@ -318,7 +321,8 @@ def codec_markdown(results: dict[str, list[dict]], rounds: int) -> str:
         lines += [
             heading(case),
             "",
-            f"| codec | MB/image | ×before bytes | ×default bytes | CPU ms/image (median of {rounds}) | range | ×before CPU |",
+            f"| codec | MB/image | ×before bytes | ×default bytes | CPU ms/image (median of {rounds}) | range "
+            "| ×before CPU |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
@@ -431,7 +435,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=0, help="images per case (default: each case's own)")
     parser.add_argument("--variants", default="", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=1, help="table: runs of each variant (best kept); codec: rounds")
-    parser.add_argument("--rounds", type=int, default=5, help="extract: interleaved rounds of every variant")
+    parser.add_argument("--rounds", type=int, default=0, help="extract: rounds of every variant (default: each case's)")
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args()
     default_variants = "before,default,uint8" if args.mode == "extract" else ",".join(VARIANTS)
@@ -441,7 +445,7 @@ def main() -> None:
         scratch = Path(tmp)
         for case in args.cases.split(","):
             spec = CASES[case]
-            count = args.images or spec["extract_images" if args.mode == "extract" else "images"]
+            count = args.images or (spec["extract"][0] if args.mode == "extract" else spec["images"])
             counts[case] = count
             if args.mode != "extract":
                 spec["images"] = count
@@ -451,7 +455,7 @@ def main() -> None:
             elif args.mode == "codec":
                 results[case] = run_codec(case, spec, images, scratch, max(args.repeats, 3))
             else:
-                results[case] = run_extract(case, spec, images, scratch, variants, args.rounds)
+                results[case] = run_extract(case, spec, images, scratch, variants, args.rounds or spec["extract"][1])
     if args.mode == "table":
         text = markdown(results)
     elif args.mode == "codec":
