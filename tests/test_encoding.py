@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import zstandard
 from helpers import fmpipe
 from PIL import Image
 
 import pipeline
 from pipeline.config import ExtractConfig
 from pipeline.errors import FingerprintMismatch, InputError, UsageError
-from pipeline.extraction.compute import quantize, round_mantissa
-from pipeline.storage import files, schema
+from pipeline.extraction.compute import encode, quantize, round_mantissa
+from pipeline.storage import chunks, codecs, files, schema
 from pipeline.storage.encoding import Encoding, decode_maps, encoding_of, shuffle_bytes, unshuffle_bytes
 
 CPU = {"device": "cpu", "workers": 0}
@@ -79,6 +80,29 @@ def test_quantize_and_decode_within_half_a_step_and_constant_maps_do_not_divide_
     nan[0, 0, 3] = np.nan
     q = quantize(nan, nan.amin(2), nan.amax(2)).numpy()
     assert np.isnan(decode_maps(q[..., None], nan.amin(2).numpy(), nan.amax(2).numpy(), "uint8")[0, 0]).all()
+
+
+def test_encode_gives_each_maps_min_max_mean_first_maximum_and_the_fused_quantisation():
+    """Ties, NaN and inf maps, channels-last activations (the default model's): the statistics are
+    amin, amax and mean, the peak is the first maximum (argmax), and uint8 q is round(v * s - lo * s)
+    computed as one multiply-add, NaN maps giving 0, in the activations' own layout."""
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn((3, 6, 5, 7), generator=gen) * 4
+    t[0, 0] = 2.5  # constant: every position is the maximum
+    t[0, 1] = t[0, 1].round()
+    t[0, 1, 4, 6] = t[0, 1, 2, 3] = t[0, 1].max() + 1  # a tie: the first in y * W + x order counts
+    t[1, 2, 3, 3], t[2, 3, 0, 1], t[2, 4, 1, 1] = np.nan, np.inf, -np.inf
+    for x in (t, t.contiguous(memory_format=torch.channels_last)):
+        flat = x.flatten(2)
+        lo, hi = flat.amin(2), flat.amax(2)
+        for encoding in (Encoding("float16"), Encoding("uint8")):
+            data, stats, peaks = encode(x, encoding)
+            torch.testing.assert_close(stats, torch.stack([lo, hi, flat.mean(2)]), rtol=0, atol=0, equal_nan=True)
+            assert torch.equal(peaks, flat.argmax(2).to(torch.int32)) and peaks[0, 1] == 2 * 7 + 3
+        scale = torch.where(hi > lo, 255 / (hi - lo), torch.zeros_like(lo))[..., None]
+        want = torch.addcmul(-lo[..., None] * scale, flat, scale).round().nan_to_num(0.0, 255.0, 0.0).to(torch.uint8)
+        assert torch.equal(data, want.view(x.shape)) and data.stride() == x.stride()
+        assert (data[0, 0] == 0).all() and (data[1, 2] == 0).all() and (data[2, 3:5] == 0).all()
 
 
 def test_shuffle_is_hdf5s_shuffle_filter(tmp_path):
@@ -254,6 +278,30 @@ def test_pool_stores_the_adaptive_average_of_the_float32_maps(made):
         assert report.ok and report.recomputed == 1, [str(p) for p in report.problems]
     text = pipeline.info(made["pool1"])
     assert "pooled to at most 1x1" in text and "(320, 1, 1)" in text
+
+
+@pytest.mark.slow
+def test_uint8_chunks_are_the_declared_zstd_frames_that_plain_h5py_and_verify_read_alike(made):
+    """What the file declares (filter 32015 at fmpipe's level, no shuffle, XXH64) is what each chunk
+    is: a zstd frame with its content size and checksum, which plain h5py + hdf5plugin and verify's
+    own decoder (storage/chunks.py) read as the same bytes."""
+    with h5py.File(made["uint8"]) as file:
+        assert schema.text(file.attrs[schema.ATTR_CHUNK_CHECKSUM]) == "zstd-xxh64"
+        assert not file.attrs[schema.ATTR_SHUFFLE]
+        for group in schema.map_groups(file):
+            data = file[f"{group}/{schema.DATA}"]
+            dcpl = data.id.get_create_plist()
+            assert [dcpl.get_filter(i)[:3:2] for i in range(dcpl.get_nfilters())] == [(32015, (codecs.ZSTD_LEVEL,))]
+            n, c, h, w = data.shape
+            k = data.chunks[1]
+            for row in range(n):
+                for c0 in range(0, c, k):
+                    mask, raw = data.id.read_direct_chunk((row, c0, 0, 0))
+                    frame = zstandard.get_frame_parameters(raw)
+                    assert mask == 0 and frame.has_checksum and frame.content_size == k * h * w
+                    ours = np.frombuffer(chunks.decode(raw, "zstd", mask, k * h * w, True), np.uint8)
+                    plain = data[row, c0 : c0 + k]
+                    np.testing.assert_array_equal(ours.reshape(k, h, w)[: len(plain)], plain)
 
 
 @pytest.mark.slow

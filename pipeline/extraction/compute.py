@@ -105,10 +105,12 @@ def encode(t: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Ten
     if encoding.pool is not None and (t.shape[2] > encoding.pool[0] or t.shape[3] > encoding.pool[1]):
         t = F.adaptive_avg_pool2d(t.float(), (min(t.shape[2], encoding.pool[0]), min(t.shape[3], encoding.pool[1])))
     flat = t.float().flatten(2)  # (B, C, H*W)
-    # amin and amax, not aminmax: on the CPU the fused op measured 9x slower than both.
-    lo, hi = flat.amin(dim=2), flat.amax(dim=2)
+    # amin, and max with its indices in one pass (argmax is max's second value, the first maximum):
+    # on the CPU the fused aminmax measured 9x slower, and amax + argmax 1.3-6x slower than max.
+    lo = flat.amin(dim=2)
+    hi, peaks = flat.max(dim=2)
     stats = torch.stack([lo, hi, flat.mean(dim=2)])
-    peaks = flat.argmax(dim=2).to(torch.int32)
+    peaks = peaks.to(torch.int32)
     if encoding.quantized:
         return quantize(flat, lo, hi).view(t.shape), stats, peaks
     dtype = getattr(torch, encoding.dtype)
@@ -119,13 +121,17 @@ def encode(t: torch.Tensor, encoding: Encoding) -> tuple[torch.Tensor, torch.Ten
 
 def quantize(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """(B, C, L) float32 → uint8 q = round((v - lo) / (hi - lo) * 255) per (image, channel), as
-    v * s - lo * s in one fused pass (1.5x faster on a CPU than subtracting first).
+    v * s - lo * s in one multiply-add pass (1.5x faster on a CPU than subtracting first).
 
     A constant map (hi == lo) gives q = 0; a map with NaN or inf gives 0 too (its bounds are not
     finite, so it reads back as NaN). v lies in [lo, hi], so q needs no clamp beyond rounding."""
     span = hi - lo
     scale = torch.where(span > 0, LEVELS / span, torch.zeros_like(span))
-    q = torch.addcmul((-lo * scale)[..., None], flat, scale[..., None])
+    # The offsets are laid out first so that only the scale is broadcast: the multiply-add then
+    # runs vectorised on a CPU (with both broadcast it ran element by element, 1.4-2x slower on
+    # large maps), with the same single rounding and the layout of `flat`.
+    q = torch.empty_like(flat).copy_((-lo * scale)[..., None].expand_as(flat))
+    q.addcmul_(flat, scale[..., None])
     return q.round_().nan_to_num_(nan=0.0, posinf=float(LEVELS), neginf=0.0).to(torch.uint8)
 
 

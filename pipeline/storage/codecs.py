@@ -28,7 +28,11 @@ from .encoding import shuffle_bytes
 
 ZSTD_LEVEL = 1
 # Level 1 with a 4 KiB-entry hash table and 128 KiB window: +30 % speed on float16 maps at
-# the same ratio (scripts/bench_extract.py); any zstd decoder reads it.
+# the same ratio (scripts/bench_extract.py); any zstd decoder reads it. uint8 maps get the same
+# settings: the Huffman coding of literals is most of their cost and all of zstd's gain on dense
+# maps (7-10 %); without it (zstd turns it off for a fast level with target_length >= 1 or a negative
+# level) their CPU falls 1.4-4.7x but they grow past 0.55x of float16's bytes (docs/benchmarks.md,
+# "Storage choices"; scripts/bench_storage.py --mode codec).
 ZSTD_PARAMS = {"window_log": 17, "hash_log": 12}
 GZIP_LEVEL = 1
 
