@@ -25,7 +25,7 @@ import numpy as np
 import zstandard
 
 from ..errors import InputError
-from .codecs import fletcher32
+from .codecs import CHECKSUMS, fletcher32
 from .encoding import unshuffle_bytes
 
 # HDF5 filter ids of the pipelines fmpipe writes: zstd (hdf5plugin), deflate, Fletcher-32, each
@@ -33,7 +33,6 @@ from .encoding import unshuffle_bytes
 SHUFFLE = "shuffle+"
 _PLAIN = {(): "none", (32015,): "zstd", (1,): "gzip", (3,): "fletcher32"}
 KINDS = _PLAIN | {(2, *ids): SHUFFLE + kind for ids, kind in _PLAIN.items() if ids}
-CHECKSUMS = {"zstd": "zstd checksum", "gzip": "zlib Adler-32 checksum", "fletcher32": "Fletcher-32 checksum"}
 
 
 class ChunkError(Exception):
@@ -255,8 +254,8 @@ def _zstd(raw: bytes, nbytes: int, checksum_required: bool) -> bytes:
     try:
         return decompressor.decompress(raw)
     except zstandard.ZstdError as err:
-        reason = "fails its zstd checksum" if "checksum" in str(err).lower() else f"does not decode ({err})"
-        raise ChunkError(reason) from None
+        failed = "checksum" in str(err).lower()
+        raise ChunkError(f"fails its {CHECKSUMS['zstd'].label}" if failed else f"does not decode ({err})") from None
 
 
 def _zlib(raw: bytes, nbytes: int) -> bytes:
@@ -266,7 +265,7 @@ def _zlib(raw: bytes, nbytes: int) -> bytes:
         if not stream.eof:  # the Adler-32 trailer may still be unread; more data would be an error
             data += stream.decompress(stream.unconsumed_tail, 1)
     except zlib.error as err:
-        reason = "fails its zlib Adler-32 checksum" if "check" in str(err) else f"does not decode ({err})"
+        reason = f"fails its {CHECKSUMS['gzip'].label}" if "check" in str(err) else f"does not decode ({err})"
         raise ChunkError(reason) from None
     if not stream.eof or stream.unused_data:
         raise ChunkError("is a truncated or overlong zlib stream")
@@ -281,5 +280,5 @@ def _fletcher32_checked(raw: bytes) -> bytes:
     # HDF5 1.6 wrote the checksum's bytes swapped in pairs; HDF5 still accepts both forms.
     swapped = ((value & 0x00FF00FF) << 8) | ((value >> 8) & 0x00FF00FF)
     if stored not in (value, swapped):
-        raise ChunkError("fails its Fletcher-32 checksum")
+        raise ChunkError(f"fails its {CHECKSUMS['none'].label}")
     return data
