@@ -30,7 +30,7 @@ from ..storage.identity import describe_difference
 from ..storage.metadata import run_info
 from ..storage.seal import changed_since_sealed, copied_by_merge, write_seal
 from ..storage.store import open_store
-from ..storage.structure import check_structure
+from ..storage.structure import check_structure, open_fmpipe
 from ..storage.toplists import merge_top_lists, top_lists_bytes
 from . import shards
 from .chunkcopy import copy_chunks, copy_rows
@@ -137,11 +137,14 @@ def _resolve_out(out: Path) -> Path:
         if merged is None:
             raise InputError(f"{out} is a folder; give the merged file OUT (its shards are in OUT.shards/).")
         return merged
-    if out.is_file() and not shards_folder(out).exists() and not _is_fmpipe(out):
-        raise InputError(
-            f"{out} is not an fmpipe file and there is no {out}.shards/ to merge. Give the OUT that "
-            "the job array's `fmpipe extract IMAGES OUT --num-shards N` used."
-        )
+    if out.is_file() and not shards_folder(out).exists():
+        try:
+            open_fmpipe(out, structure=False).close()
+        except InputError as err:
+            raise InputError(
+                f"{err} There is no {out}.shards/ to merge either: give the OUT that the job array's "
+                "`fmpipe extract IMAGES OUT --num-shards N` used."
+            ) from None
     return out
 
 
@@ -156,8 +159,8 @@ def _check_scan(found: shards.ShardScan, out: Path) -> None:
         )
     unreadable = found.with_state("unreadable")
     if unreadable:
-        listed = "; ".join(f"{s.label} {s.reason}" for s in unreadable)
-        raise InputError(f"cannot merge {out}: {listed}. Remove or re-extract those shards (--overwrite).")
+        listed = " ".join(s.reason for s in unreadable)  # each names its file
+        raise InputError(f"cannot merge {out}: {listed} Remove or re-extract those shards (--overwrite).")
     missing, partial = found.with_state("missing", "starting"), found.with_state("partial")
     if not missing and not partial:
         return
@@ -266,14 +269,6 @@ def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
             raise InputError(f"the shards' keys of {out} are not the collection they were extracted from; re-extract.")
     elif len(set(keys)) != len(keys):
         raise InputError(f"the shards of {out} overlap (an image is in two shards); re-extract them.")
-
-
-def _is_fmpipe(path: Path) -> bool:
-    try:
-        with h5py.File(path, "r", locking="best-effort") as file:
-            return file.attrs.get(schema.ATTR_FORMAT) == schema.FORMAT
-    except OSError:
-        return False
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -13,15 +13,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-
 from ..errors import InputError
 from ..storage import schema
 from ..storage.files import PARTIAL_SUFFIX, SHARD_RE, merged_path, shard_name
 from ..storage.lockholders import describe, parse, process_state
 from ..storage.manifest import MANIFEST_NAME
 from ..storage.manifest import read as read_manifest
-from ..storage.structure import check_structure
+from ..storage.metadata import run_info
+from ..storage.structure import open_fmpipe
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class ShardState:
     images: int = 0  # rows of this shard (0 when unknown)
     done: int = 0  # rows marked done
     total_images: int | None = None  # images of the whole collection, from the shard's attrs
-    reason: str = ""  # why a shard is unreadable
+    reason: str = ""  # why a shard is unreadable (a sentence naming its file) or starting
 
     @property
     def label(self) -> str:
@@ -118,24 +117,18 @@ def read_state(path: Path, index: int) -> ShardState:
     """State of one shard file (a partial one may be being written by a running task)."""
     # A running task holds the write lock on its partial file; reading attributes and done
     # markers without a lock is safe for the writer and only ever shows flushed progress.
-    locking = False if path.name.endswith(PARTIAL_SUFFIX) else "best-effort"
+    partial = path.name.endswith(PARTIAL_SUFFIX)
     try:
-        with h5py.File(path, "r", locking=locking) as file:
-            attrs = file.attrs
-            if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT or schema.DONE not in file:
-                return ShardState(index, path, "unreadable", reason="not an fmpipe file")
-            if not path.name.endswith(PARTIAL_SUFFIX):  # a running task may be flushing a partial one
-                check_structure(path, file)
+        with open_fmpipe(path, structure=not partial) as file:  # a running task may be flushing a partial one
+            run = run_info(file.attrs, path)
             done = int(file[schema.DONE][:].sum())
             images = int(file[schema.DONE].shape[0])
-            total = attrs.get(schema.ATTR_TOTAL_IMAGES)
-            complete = bool(attrs.get(schema.ATTR_COMPLETE)) and not path.name.endswith(PARTIAL_SUFFIX)
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        return ShardState(index, path, "unreadable", reason=f"cannot be read ({err})")
     except InputError as err:
-        return ShardState(index, path, "unreadable", reason=f"is damaged ({err})")
-    state = "complete" if complete and done == images else "partial"
-    return ShardState(index, path, state, images, done, None if total is None else int(total))
+        return ShardState(index, path, "unreadable", reason=str(err))
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        return ShardState(index, path, "unreadable", reason=f"{path} cannot be read ({err}).")
+    state = "complete" if run.complete and not partial and done == images else "partial"
+    return ShardState(index, path, state, images, done, run.total_images)
 
 
 def describe_folder(folder: str | os.PathLike) -> str:

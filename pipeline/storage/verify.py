@@ -31,7 +31,7 @@ from .identity import fingerprint
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
 from .metadata import run_info
 from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
-from .structure import check_structure, top_rows_problem
+from .structure import open_fmpipe, top_rows_problem
 from .virtual import check_virtual_sources
 
 log = logging.getLogger(__name__)
@@ -98,30 +98,6 @@ def files_to_verify(path: Path, report: VerifyReport | None = None) -> list[Path
     if report is not None and missing:
         report.warn(f"{len(missing)} shards are not in {path}/ yet (first: shard {missing[0]}); they were not checked")
     return [found[key] for key in sorted(found)]
-
-
-def open_fmpipe(path: Path) -> h5py.File:
-    """Open an fmpipe file of a readable version for reading; InputError for anything else."""
-    # A running task holds HDF5's lock on its partial shard; reading done rows is still safe.
-    locking = False if path.name.endswith(".partial") else "best-effort"
-    try:
-        file = h5py.File(path, "r", locking=locking)
-    except OSError as err:
-        raise InputError(f"{path} is not a readable HDF5 file ({err}).") from None
-    attrs = file.attrs
-    problem = None
-    if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
-        problem = "is an HDF5 file but not an fmpipe file (no format='fmpipe')"
-    elif attrs.get(schema.ATTR_FORMAT_VERSION) not in schema.READABLE_VERSIONS:
-        problem = f"has fmpipe format version {attrs.get(schema.ATTR_FORMAT_VERSION)}, which this fmpipe cannot read"
-    try:
-        if problem:
-            raise InputError(f"{path} {problem}.")
-        check_structure(path, file)
-    except InputError:
-        file.close()
-        raise
-    return file
 
 
 @dataclass
