@@ -149,14 +149,11 @@ def _resolve_out(out: Path) -> Path:
 
 
 def _check_scan(found: shards.ShardScan, out: Path) -> None:
-    """Every shard 0..N-1 present, readable and complete; one --num-shards only."""
+    """Every shard 0..N-1 present, readable and complete; no stray shard of another --num-shards."""
     n = found.num_shards
-    if found.stray_counts:
-        stale = ", ".join(f"{c:05d}" for c in found.stray_counts)
-        raise InputError(
-            f"{found.folder}/ holds shards of different --num-shards ({n} and {stale}); delete the "
-            f"stale ones (rm {found.folder}/shard-*-of-{stale.split(',')[0]}.h5*), then merge again."
-        )
+    strays = found.names.strays_problem()
+    if strays:
+        raise InputError(f"cannot merge {out}: {strays}")
     unreadable = found.with_state("unreadable")
     if unreadable:
         listed = " ".join(s.reason for s in unreadable)  # each names its file

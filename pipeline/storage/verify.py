@@ -31,6 +31,7 @@ from .identity import fingerprint
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
 from .metadata import run_info
 from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
+from .shardfolder import scan_folder
 from .structure import open_fmpipe, top_rows_problem
 from .virtual import check_virtual_sources
 
@@ -77,27 +78,27 @@ def _check_shard_name(file: h5py.File, path: Path, report: VerifyReport) -> None
 
 
 def files_to_verify(path: Path, report: VerifyReport | None = None) -> list[Path]:
-    """[path] for a file; a shards folder's shard files (complete ones before partial ones).
-    Shards not there (yet) are noted in `report`."""
+    """[path] for a file; for a shards folder its job array's shard files, each the complete file
+    (else the partial one), by index (`storage.shardfolder`). Into `report`: the shards not there
+    (yet), a warning; shards of another --num-shards, a problem naming them (none is checked)."""
     if not path.exists():
         raise InputError(f"{path} does not exist.")
     if not path.is_dir():
         return [path]
-    found: dict[tuple[int, int], Path] = {}
-    for entry in sorted(path.iterdir()):
-        match = SHARD_RE.match(entry.name)
-        shard = (int(match.group(1)), int(match.group(2))) if match else None
-        if shard is not None and (shard not in found or found[shard].name.endswith(".partial")):
-            found[shard] = entry
-    if not found:
-        raise InputError(f"{path}/ holds no shard files (shard-0000I-of-0000N.h5); give an fmpipe file or OUT.shards/.")
-    counts = sorted({n for _, n in found})
-    missing = [i for n in counts for i in range(n) if (i, n) not in found]
-    if report is not None and len(counts) > 1:
-        report.warn(f"{path}/ holds shards of several --num-shards ({', '.join(map(str, counts))}); all were checked")
+    found = scan_folder(path)
+    files = [s.file for s in found.shards if s.file is not None]
+    if not files:
+        strays = found.strays_problem()
+        raise InputError(
+            f"{path}/ holds no shard file of its job array of {found.num_shards} shards yet (its tasks are "
+            f"starting: `fmpipe info {path}`); verify it once they wrote their files.{f' {strays}' if strays else ''}"
+        )
+    missing = found.missing
+    if report is not None and found.strays:
+        report.add(Problem(found.strays_problem()))
     if report is not None and missing:
         report.warn(f"{len(missing)} shards are not in {path}/ yet (first: shard {missing[0]}); they were not checked")
-    return [found[key] for key in sorted(found)]
+    return files
 
 
 @dataclass
