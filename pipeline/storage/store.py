@@ -137,7 +137,7 @@ class Store:
 
     @property
     def complete(self) -> bool:
-        return bool(self.file.attrs.get(schema.ATTR_COMPLETE, False))
+        return self.run.complete
 
     @property
     def config(self) -> dict:
@@ -321,7 +321,8 @@ class Store:
             failed = self.file[schema.FAILURE_INDEX].shape[0]
             state = "complete" if self.complete else f"partial, {self.done_count} done"
             maps = f"stages {self.stage_indices}" + (f", layers {self.layer_names}" if self.layer_names else "")
-            run = f"{self.file.attrs.get(schema.ATTR_MODEL, '?')}, {self.file.attrs.get(schema.ATTR_DTYPE, '?')}"
+            recorded = self.run
+            run = f"{_or_unknown(recorded.model)}, {_or_unknown(recorded.dtype)}"
             return f"<fmpipe Store {str(self.path)!r}: {len(self)} images ({state}, {failed} failed), {maps}; {run}>"
         except Exception:  # a repr never raises, even on a damaged file
             return f"<fmpipe Store {str(self.path)!r}>"
@@ -331,6 +332,10 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _or_unknown(value: str | None) -> str:
+    return "?" if value is None else value
 
 
 def _same_shape(group: h5py.Group, name: str, like: str) -> bool:
