@@ -14,12 +14,12 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..storage import schema
-from ..storage.files import PARTIAL_SUFFIX, SHARD_RE, merged_path, shard_name
+from ..storage.files import PARTIAL_SUFFIX, merged_path, shard_name
 from ..storage.lockholders import describe, parse, process_state
 from ..storage.manifest import MANIFEST_NAME
 from ..storage.manifest import read as read_manifest
 from ..storage.metadata import run_info
-from ..storage.shardfolder import LOCK_SUFFIX, ShardFolder, scan_folder
+from ..storage.shardfolder import LOCK_SUFFIX, ShardFolder, holds_shards, scan_folder
 from ..storage.structure import open_fmpipe
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def describe_folder(folder: str | os.PathLike) -> str:
 def _starting(folder: Path) -> str | None:
     """What `info` says about a shards folder whose tasks have not written a shard file or taken
     a shard's lock yet: the first task discovering the collection, or the collection found."""
-    if not folder.is_dir() or any(SHARD_RE.match(e.name.removesuffix(LOCK_SUFFIX)) for e in folder.iterdir()):
+    if not folder.is_dir() or holds_shards(folder):
         return None
     listed = folder / MANIFEST_NAME
     if listed.is_file():

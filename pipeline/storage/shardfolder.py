@@ -79,13 +79,7 @@ def scan_folder(folder: str | os.PathLike) -> ShardFolder:
             f"no shards folder {folder}/. Run the job array first (fmpipe extract IMAGES OUT "
             "--shard-index I --num-shards N writes OUT.shards/)."
         )
-    found: dict[tuple[int, int], dict[str, Path]] = {}
-    for entry in folder.iterdir():
-        lock = entry.name.endswith(LOCK_SUFFIX)
-        match = SHARD_RE.match(entry.name.removesuffix(LOCK_SUFFIX) if lock else entry.name)
-        if match and not (lock and match.group(3)):
-            kind = "lock" if lock else "partial" if match.group(3) else "complete"
-            found.setdefault((int(match.group(1)), int(match.group(2))), {})[kind] = entry
+    found = _names(folder)
     if not found:
         raise InputError(
             f"{folder}/ holds no shard files (shard-0000I-of-0000N.h5): run the job array first, "
@@ -96,6 +90,23 @@ def scan_folder(folder: str | os.PathLike) -> ShardFolder:
     strays = sorted(path for (_, n), names in found.items() if n != num_shards for path in names.values())
     strays += sorted(path for (i, n), names in found.items() if n == num_shards and i >= n for path in names.values())
     return ShardFolder(folder, num_shards, shards, strays)
+
+
+def holds_shards(folder: Path) -> bool:
+    """Whether `folder` is a folder holding any shard name (a file, partial file or task lock)."""
+    return folder.is_dir() and bool(_names(folder))
+
+
+def _names(folder: Path) -> dict[tuple[int, int], dict[str, Path]]:
+    """(index, count) → {"complete" | "partial" | "lock": path} of every shard name in `folder`."""
+    found: dict[tuple[int, int], dict[str, Path]] = {}
+    for entry in folder.iterdir():
+        lock = entry.name.endswith(LOCK_SUFFIX)
+        match = SHARD_RE.match(entry.name.removesuffix(LOCK_SUFFIX) if lock else entry.name)
+        if match and not (lock and match.group(3)):
+            kind = "lock" if lock else "partial" if match.group(3) else "complete"
+            found.setdefault((int(match.group(1)), int(match.group(2))), {})[kind] = entry
+    return found
 
 
 def _array_count(found: dict[tuple[int, int], dict[str, Path]]) -> int:
