@@ -74,10 +74,12 @@ CASES = [
     ("gallery {d}/missing.h5", 2, "does not exist"),
     ("verify {d}/text.h5", 2, "not a readable HDF5 file"),
     ("top {d}/text.h5 --stage 0 --channel 0", 2, "not a readable HDF5 file"),
-    ("merge {d}/text.h5", 2, "not an fmpipe file"),
+    ("merge {d}/text.h5", 2, "text.h5 is not a readable HDF5 file"),  # one message for one problem (was another)
     ("extract {d}/nowhere {d}/new.h5", 2, "does not exist"),
     ("info {d}/json.h5", 2, "root attribute 'config_json' is malformed"),  # was read silently as {}
     ("gallery {d}/json.h5 --out {d}/g", 2, "root attribute 'config_json' is malformed"),
+    ("verify {d}/json.h5", 2, "json.h5: the root attribute 'config_json' is malformed"),  # names the file too
+    ("merge {d}/json.h5", 2, "json.h5: the root attribute 'config_json' is malformed"),
     ("info {d}/count.h5", 2, "root attribute 'shard_start' is malformed"),  # was a ValueError traceback
     ("render {d}/out.h5 --stage 0 --out {d}/a-file", 2, "is a file; the output (--out) is a folder"),  # was 1
     ("gallery {d}/out.h5 --out {d}/a-file", 2, "is a file; the output (--out) is a folder"),  # was 1

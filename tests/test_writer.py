@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 from pipeline.errors import RunFailure
 from pipeline.records import BatchResult, StageInfo
 from pipeline.storage import schema
+from pipeline.storage import writer as writer_module
 from pipeline.storage.writer import ShardWriter, WritePlan
 
 
@@ -80,6 +84,51 @@ def test_finalize_refuses_an_unfinished_shard(tmp_path):
     assert not out.exists() and (tmp_path / "u.h5.partial").exists()
     with h5py.File(tmp_path / "u.h5.partial") as f:
         assert not bool(f.attrs["complete"]) and f["images/done"][:].tolist() == [True, False]
+
+
+def _one_row_writer(out) -> ShardWriter:
+    stage = StageInfo(0, "synthetic", 1, 1, 2, 2, "forward_hook")
+    writer = ShardWriter.open(out, _plan(["a"], [stage]))
+    maps, stats = np.zeros((1, 1, 2, 2), np.float16), np.zeros((3, 1, 1), np.float32)
+    writer.submit(BatchResult(np.array([0]), np.array([0]), np.array([[2, 2]], np.int32), [], {0: maps}, {0: stats}))
+    return writer
+
+
+# h5py's text for a write HDF5 could not make: deciding on it would call each of these a full disk.
+HDF5_TEXT = "Can't decrement id ref count (unable to extend file properly, errno = 28, error message = 'No space')"
+
+
+@pytest.mark.parametrize(
+    ("raised", "disk_full", "says"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), False, "writing .* failed: No space left on device"),
+        (OSError(errno.EIO, "Input/output error"), False, "writing .* failed: Input/output error"),
+        (RuntimeError(HDF5_TEXT), True, "writing .* failed: No space left on device. About 1.0 MB more"),
+        (RuntimeError(HDF5_TEXT), False, "finishing .* failed: .* left it damaged"),
+        (KeyError("top"), False, "finishing .* failed: .* left it damaged"),
+    ],
+    ids=["ENOSPC", "EIO", "hdf5-disk-full", "hdf5-damage", "key"],
+)
+def test_a_failed_finalize_is_told_by_type_and_errno(tmp_path, monkeypatch, raised, disk_full, says):
+    """An OSError's errno says a write failed; any other error is a full disk only when the disk now
+    refuses room (ENOSPC from posix_fallocate), whatever its text says."""
+    writer = _one_row_writer(tmp_path / "f.h5")
+
+    def fail(file):
+        if disk_full:
+            monkeypatch.setattr(os, "posix_fallocate", _no_space)
+        raise raised
+
+    monkeypatch.setattr(writer_module, "write_top_lists", fail)
+    with pytest.raises(RunFailure, match=says) as found:
+        writer.finalize()
+    assert found.value.exit_now and writer.abandoned
+    writer.file.close()
+    writer.close()
+
+
+def _no_space(fd, offset, length):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def test_uncompressed_chunks_carry_hdf5s_own_fletcher32(tmp_path):

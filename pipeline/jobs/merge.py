@@ -27,10 +27,10 @@ from ..storage import schema
 from ..storage.dims import attach_dimensions
 from ..storage.files import merged_path, publish, reserve_space, shards_folder
 from ..storage.identity import describe_difference
-from ..storage.metadata import run_info
+from ..storage.metadata import RunInfo, run_info
 from ..storage.seal import changed_since_sealed, copied_by_merge, write_seal
 from ..storage.store import open_store
-from ..storage.structure import check_structure
+from ..storage.structure import check_structure, open_fmpipe, open_hdf5
 from ..storage.toplists import merge_top_lists, top_lists_bytes
 from . import shards
 from .chunkcopy import copy_chunks, copy_rows
@@ -137,27 +137,27 @@ def _resolve_out(out: Path) -> Path:
         if merged is None:
             raise InputError(f"{out} is a folder; give the merged file OUT (its shards are in OUT.shards/).")
         return merged
-    if out.is_file() and not shards_folder(out).exists() and not _is_fmpipe(out):
-        raise InputError(
-            f"{out} is not an fmpipe file and there is no {out}.shards/ to merge. Give the OUT that "
-            "the job array's `fmpipe extract IMAGES OUT --num-shards N` used."
-        )
+    if out.is_file() and not shards_folder(out).exists():
+        try:
+            open_fmpipe(out, structure=False).close()
+        except InputError as err:
+            raise InputError(
+                f"{err} There is no {out}.shards/ to merge either: give the OUT that the job array's "
+                "`fmpipe extract IMAGES OUT --num-shards N` used."
+            ) from None
     return out
 
 
 def _check_scan(found: shards.ShardScan, out: Path) -> None:
-    """Every shard 0..N-1 present, readable and complete; one --num-shards only."""
+    """Every shard 0..N-1 present, readable and complete; no stray shard of another --num-shards."""
     n = found.num_shards
-    if found.stray_counts:
-        stale = ", ".join(f"{c:05d}" for c in found.stray_counts)
-        raise InputError(
-            f"{found.folder}/ holds shards of different --num-shards ({n} and {stale}); delete the "
-            f"stale ones (rm {found.folder}/shard-*-of-{stale.split(',')[0]}.h5*), then merge again."
-        )
+    strays = found.names.strays_problem()
+    if strays:
+        raise InputError(f"cannot merge {out}: {strays}")
     unreadable = found.with_state("unreadable")
     if unreadable:
-        listed = "; ".join(f"{s.label} {s.reason}" for s in unreadable)
-        raise InputError(f"cannot merge {out}: {listed}. Remove or re-extract those shards (--overwrite).")
+        listed = " ".join(s.reason for s in unreadable)  # each names its file
+        raise InputError(f"cannot merge {out}: {listed} Remove or re-extract those shards (--overwrite).")
     missing, partial = found.with_state("missing", "starting"), found.with_state("partial")
     if not missing and not partial:
         return
@@ -176,9 +176,9 @@ def _check_output(out: Path, overwrite: bool) -> None:
     if not out.exists() or overwrite:
         return
     try:
-        with h5py.File(out, "r", locking="best-effort") as file:
-            merged_from = file.attrs.get(schema.ATTR_MERGED_FROM)
-    except OSError:
+        with open_hdf5(out, locking="best-effort") as file:
+            merged_from = run_info(file.attrs, out).merged_from
+    except InputError:  # not HDF5, or malformed: not an earlier merge
         merged_from = None
     if merged_from == shards_folder(out).name:
         log.info("replacing the earlier merge %s", out)
@@ -198,40 +198,40 @@ def _check_shards(found: shards.ShardScan, opened: list[h5py.File], out: Path) -
                 f"{state.label}: {changed[0]} ({len(changed)} items changed since it was finalised). Restore "
                 "it, or re-extract it (--overwrite), then merge again; `fmpipe verify` on the shards folder says more."
             )
-    _check_fingerprints(found, opened)
+    runs = [run_info(file.attrs, state.path) for state, file in zip(found.shards, opened, strict=True)]
+    _check_fingerprints(found, runs)
     layout = _stage_layout(opened[0])
     parts, start = [], 0
-    for state, file in zip(found.shards, opened, strict=True):
-        attrs = file.attrs
-        if (attrs.get(schema.ATTR_SHARD_INDEX), attrs.get(schema.ATTR_NUM_SHARDS)) != (state.index, found.num_shards):
+    for state, file, run in zip(found.shards, opened, runs, strict=True):
+        if (run.shard_index, run.num_shards) != (state.index, found.num_shards):
             raise InputError(
-                f"{state.label} says it is shard {attrs.get(schema.ATTR_SHARD_INDEX)} of "
-                f"{attrs.get(schema.ATTR_NUM_SHARDS)}: was it renamed? Re-extract it (--overwrite)."
+                f"{state.label} says it is shard {run.shard_index} of {run.num_shards}: was it renamed? "
+                "Re-extract it (--overwrite)."
             )
         if _stage_layout(file) != layout:
             raise InputError(f"{state.label} stores other stages or chunking than shard 0; re-extract it.")
         count = int(file[schema.KEY].shape[0])
-        if int(attrs.get(schema.ATTR_SHARD_START, -1)) != start:
+        if run.shard_start != start:
             raise InputError(
-                f"{state.label} starts at image {attrs.get(schema.ATTR_SHARD_START)}, expected {start}: "
+                f"{state.label} starts at image {run.shard_start}, expected {start}: "
                 "the shards do not tile the collection. Re-extract it (--overwrite)."
             )
         keys = file[schema.KEY][:]
         source = f"{found.folder.name}/{state.path.name}"
         parts.append(_Shard(state, file, start, count, source, keys))
         start += count
-    _check_keys(parts, opened[0], out)
+    _check_keys(parts, runs[0], out)
     return parts
 
 
-def _check_fingerprints(found: shards.ShardScan, opened: list[h5py.File]) -> None:
-    prints = [f.attrs.get(schema.ATTR_FINGERPRINT) for f in opened]
+def _check_fingerprints(found: shards.ShardScan, runs: list[RunInfo]) -> None:
+    prints = [run.fingerprint for run in runs]
     common = Counter(prints).most_common(1)[0][0]
     if all(p == common for p in prints):
         return
-    ref = opened[prints.index(common)]
-    odd = [(s, f) for s, f, p in zip(found.shards, opened, prints, strict=True) if p != common]
-    theirs, mine = (run_info(f.attrs).fingerprint_parts for f in (ref, odd[0][1]))
+    ref = runs[prints.index(common)]
+    odd = [(s, r) for s, r, p in zip(found.shards, runs, prints, strict=True) if p != common]
+    theirs, mine = (run.fingerprint_parts for run in (ref, odd[0][1]))
     first = describe_difference(theirs, mine, now_label="this shard")
     raise FingerprintMismatch(
         f"shards {', '.join(str(s.index) for s, _ in odd)} of {found.num_shards} were made with a different "
@@ -251,13 +251,13 @@ def _stage_layout(file: h5py.File) -> dict:
     return layout
 
 
-def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
-    total = int(ref.attrs.get(schema.ATTR_TOTAL_IMAGES, -1))
+def _check_keys(parts: list[_Shard], ref: RunInfo, out: Path) -> None:
+    total = -1 if ref.total_images is None else ref.total_images
     count = sum(p.count for p in parts)
     if count != total:
         raise InputError(f"the shards of {out} hold {count} images, their collection {total}; re-extract them.")
     keys = [k.decode("utf-8") for p in parts for k in p.keys]
-    expected = run_info(ref.attrs).fingerprint_parts.get("keys_sha256")
+    expected = ref.fingerprint_parts.get("keys_sha256")
     # Undecodable file names are stored escaped ("\\x.."), so their hash cannot match: then at least
     # no key may repeat (an image list keeps its own order, so sorted keys cannot be asked for).
     if expected and not any("\\" in k for k in keys):
@@ -265,14 +265,6 @@ def _check_keys(parts: list[_Shard], ref: h5py.File, out: Path) -> None:
             raise InputError(f"the shards' keys of {out} are not the collection they were extracted from; re-extract.")
     elif len(set(keys)) != len(keys):
         raise InputError(f"the shards of {out} overlap (an image is in two shards); re-extract them.")
-
-
-def _is_fmpipe(path: Path) -> bool:
-    try:
-        with h5py.File(path, "r", locking="best-effort") as file:
-            return file.attrs.get(schema.ATTR_FORMAT) == schema.FORMAT
-    except OSError:
-        return False
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -9,23 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-
 from ..errors import InputError
 from ..storage import schema
-from ..storage.files import PARTIAL_SUFFIX, SHARD_RE, merged_path, shard_name
+from ..storage.files import PARTIAL_SUFFIX, merged_path, shard_name
 from ..storage.lockholders import describe, parse, process_state
 from ..storage.manifest import MANIFEST_NAME
 from ..storage.manifest import read as read_manifest
-from ..storage.structure import check_structure
+from ..storage.metadata import run_info
+from ..storage.shardfolder import LOCK_SUFFIX, ShardFolder, holds_shards, scan_folder
+from ..storage.structure import open_fmpipe
 
 log = logging.getLogger(__name__)
-
-LOCK_SUFFIX = ".lock"  # storage.lockfile's OUT.lock
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,7 @@ class ShardState:
     images: int = 0  # rows of this shard (0 when unknown)
     done: int = 0  # rows marked done
     total_images: int | None = None  # images of the whole collection, from the shard's attrs
-    reason: str = ""  # why a shard is unreadable
+    reason: str = ""  # why a shard is unreadable (a sentence naming its file) or starting
 
     @property
     def label(self) -> str:
@@ -48,12 +45,18 @@ class ShardState:
 
 @dataclass(frozen=True)
 class ShardScan:
-    """The shards of one job array in a folder, indexed 0..num_shards-1."""
+    """The shards of one job array in a folder, indexed 0..num_shards-1, with their state."""
 
-    folder: Path
-    num_shards: int
+    names: ShardFolder  # the folder's shard names (storage.shardfolder: which count is the array's, the strays)
     shards: list[ShardState]
-    stray_counts: list[int]  # other --num-shards values seen in file names (stale shards)
+
+    @property
+    def folder(self) -> Path:
+        return self.names.folder
+
+    @property
+    def num_shards(self) -> int:
+        return self.names.num_shards
 
     def with_state(self, *states: str) -> list[ShardState]:
         return [s for s in self.shards if s.state in states]
@@ -69,37 +72,16 @@ class ShardScan:
 
 def scan(folder: str | os.PathLike) -> ShardScan:
     """Find the shards in `folder` and read each one's state (cheap: attributes and done markers)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(
-            f"no shards folder {folder}/. Run the job array first (fmpipe extract IMAGES OUT "
-            "--shard-index I --num-shards N writes OUT.shards/)."
-        )
-    found: dict[tuple[int, int], dict[bool, Path]] = {}
-    locks: dict[tuple[int, int], Path] = {}  # a task's OUT.lock: taken before its model is even loaded
-    for entry in folder.iterdir():
-        match = SHARD_RE.match(entry.name.removesuffix(LOCK_SUFFIX))
-        if match and entry.name.endswith(LOCK_SUFFIX):
-            locks[(int(match.group(1)), int(match.group(2)))] = entry
-        elif match:
-            key = (int(match.group(1)), int(match.group(2)))
-            found.setdefault(key, {})[bool(match.group(3))] = entry
-    if not found and not locks:
-        raise InputError(f"{folder}/ holds no shard files (shard-0000I-of-0000N.h5); run the job array first.")
-    counts = Counter(n for _, n in [*found, *locks])
-    num_shards = counts.most_common(1)[0][0]
+    names = scan_folder(folder)
     shards = []
-    for index in range(num_shards):
-        paths = found.get((index, num_shards), {})
-        if False in paths:
-            shards.append(read_state(paths[False], index))
-        elif True in paths:
-            shards.append(read_state(paths[True], index))
-        elif (index, num_shards) in locks:
-            shards.append(_locked(folder / shard_name(index, num_shards), locks[(index, num_shards)], index))
+    for shard in names.shards:
+        if shard.file is not None:
+            shards.append(read_state(shard.file, shard.index))
+        elif shard.lock is not None:
+            shards.append(_locked(names.folder / shard_name(shard.index, names.num_shards), shard.lock, shard.index))
         else:
-            shards.append(ShardState(index, folder / shard_name(index, num_shards), "missing"))
-    return ShardScan(folder, num_shards, shards, sorted(n for n in counts if n != num_shards))
+            shards.append(ShardState(shard.index, names.folder / shard_name(shard.index, names.num_shards), "missing"))
+    return ShardScan(names, shards)
 
 
 def _locked(path: Path, lock: Path, index: int) -> ShardState:
@@ -118,24 +100,18 @@ def read_state(path: Path, index: int) -> ShardState:
     """State of one shard file (a partial one may be being written by a running task)."""
     # A running task holds the write lock on its partial file; reading attributes and done
     # markers without a lock is safe for the writer and only ever shows flushed progress.
-    locking = False if path.name.endswith(PARTIAL_SUFFIX) else "best-effort"
+    partial = path.name.endswith(PARTIAL_SUFFIX)
     try:
-        with h5py.File(path, "r", locking=locking) as file:
-            attrs = file.attrs
-            if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT or schema.DONE not in file:
-                return ShardState(index, path, "unreadable", reason="not an fmpipe file")
-            if not path.name.endswith(PARTIAL_SUFFIX):  # a running task may be flushing a partial one
-                check_structure(path, file)
+        with open_fmpipe(path, structure=not partial) as file:  # a running task may be flushing a partial one
+            run = run_info(file.attrs, path)
             done = int(file[schema.DONE][:].sum())
             images = int(file[schema.DONE].shape[0])
-            total = attrs.get(schema.ATTR_TOTAL_IMAGES)
-            complete = bool(attrs.get(schema.ATTR_COMPLETE)) and not path.name.endswith(PARTIAL_SUFFIX)
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        return ShardState(index, path, "unreadable", reason=f"cannot be read ({err})")
     except InputError as err:
-        return ShardState(index, path, "unreadable", reason=f"is damaged ({err})")
-    state = "complete" if complete and done == images else "partial"
-    return ShardState(index, path, state, images, done, None if total is None else int(total))
+        return ShardState(index, path, "unreadable", reason=str(err))
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        return ShardState(index, path, "unreadable", reason=f"{path} cannot be read ({err}).")
+    state = "complete" if run.complete and not partial and done == images else "partial"
+    return ShardState(index, path, state, images, done, run.total_images)
 
 
 def describe_folder(folder: str | os.PathLike) -> str:
@@ -158,10 +134,11 @@ def describe_folder(folder: str | os.PathLike) -> str:
             lines.append(f"  shard {shard.index:>5}  starting     {shard.reason}")
         elif shard.state != "complete":
             lines.append(f"  shard {shard.index:>5}  {shard.state:<11}  {shard.reason or shard.path.name}")
-    if found.stray_counts:
-        lines.append(f"  stray shards of --num-shards {', '.join(map(str, found.stray_counts))} (ignored)")
+    strays = found.names.strays_problem()
+    if strays:
+        lines.append(f"  {strays}")
     out = merged_path(found.folder)
-    if len(complete) == found.num_shards and out is not None:
+    if len(complete) == found.num_shards and out is not None and not strays:
         lines.append(f"  all shards complete: run `fmpipe merge {out}`")
     return "\n".join(lines)
 
@@ -169,7 +146,7 @@ def describe_folder(folder: str | os.PathLike) -> str:
 def _starting(folder: Path) -> str | None:
     """What `info` says about a shards folder whose tasks have not written a shard file or taken
     a shard's lock yet: the first task discovering the collection, or the collection found."""
-    if not folder.is_dir() or any(SHARD_RE.match(e.name.removesuffix(LOCK_SUFFIX)) for e in folder.iterdir()):
+    if not folder.is_dir() or holds_shards(folder):
         return None
     listed = folder / MANIFEST_NAME
     if listed.is_file():

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import h5py
@@ -25,7 +26,7 @@ import numpy as np
 import zstandard
 
 from ..errors import InputError
-from .codecs import fletcher32
+from .codecs import CHECKSUMS, fletcher32
 from .encoding import unshuffle_bytes
 
 # HDF5 filter ids of the pipelines fmpipe writes: zstd (hdf5plugin), deflate, Fletcher-32, each
@@ -33,7 +34,6 @@ from .encoding import unshuffle_bytes
 SHUFFLE = "shuffle+"
 _PLAIN = {(): "none", (32015,): "zstd", (1,): "gzip", (3,): "fletcher32"}
 KINDS = _PLAIN | {(2, *ids): SHUFFLE + kind for ids, kind in _PLAIN.items() if ids}
-CHECKSUMS = {"zstd": "zstd checksum", "gzip": "zlib Adler-32 checksum", "fletcher32": "Fletcher-32 checksum"}
 
 
 class ChunkError(Exception):
@@ -125,26 +125,17 @@ def filter_kind(dset: h5py.Dataset) -> str:
 def index_chunks(dset: h5py.Dataset, path: Path, files: RawFiles) -> ChunkIndex:
     """The stored chunks of stage data `dset` of the file at `path` (physical or virtual).
 
-    A virtual dataset's rows are mapped to its sources' chunks (files beside `path`, already
-    checked by `virtual.check_virtual_sources`); rows no source maps have no chunks.
+    A virtual dataset's rows are mapped to its sources' chunks (`row_blocks`: files beside `path`,
+    already checked by `virtual.check_virtual_sources`); rows no source maps have no chunks.
     """
-    if not dset.is_virtual:
-        parts = [_physical(dset, path, files, (0, 0, dset.shape[0]))]
-    else:
-        parts = []
-        base = Path(os.path.abspath(path)).parent
-        for vmap in dset.virtual_sources():
-            rows = _block(dset, vmap)
-            source = base / vmap.file_name
-            with h5py.File(source, "r", locking=False) as file:
-                if (
-                    file[vmap.dset_name].shape[1:] != dset.shape[1:]
-                    or file[vmap.dset_name].shape[0] < rows[1] + rows[2]
-                ):
-                    raise InputError(
-                        f"{source.name}: {vmap.dset_name} is not the shape its merged file maps; re-merge."
-                    )
-                parts.append(_physical(file[vmap.dset_name], source, files, rows))
+    parts = []
+    for block in row_blocks(dset, path):
+        if not dset.is_virtual:
+            parts.append(_physical(dset, path, files, block))
+            continue
+        with h5py.File(block.file, "r", locking=False) as file:
+            source = check_source(block, file, dset)
+            parts.append(_physical(source, block.file, files, block))
     ks = {k for _, _, k in parts}
     if len(ks) > 1:
         raise InputError(f"the shards of {dset.name} are chunked differently ({sorted(ks)} channels); re-merge.")
@@ -154,30 +145,80 @@ def index_chunks(dset: h5py.Dataset, path: Path, files: RawFiles) -> ChunkIndex:
     return ChunkIndex(table, [source for _, source, _ in parts], ks.pop() if ks else dset.shape[1])
 
 
-def _block(dset: h5py.Dataset, vmap) -> tuple[int, int, int]:
+# -- the virtual-row mapping -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """Rows [first, stop) of a stage's data, stored in dataset `name` of `file` from row `source_row` on."""
+
+    first: int
+    stop: int
+    source_row: int
+    file: Path  # absolute (lexical) path of the file holding them: the file itself, or a shard beside it
+    name: str  # the dataset's path in that file
+
+
+def row_blocks(dset: h5py.Dataset, path: Path) -> list[RowBlock]:
+    """Where each row of stage data `dset` (of the file at `path`) is stored, in row order: the file
+    itself, or, below a merged file's virtual dataset, its shards' datasets. The one reading of a
+    virtual dataset's mapping (verify's chunks, the viewer's blocks): a mapping `fmpipe merge` never
+    writes (not whole rows, not one block, rows mapped twice) is an InputError, never read as
+    another shard's rows. Rows no source maps are in no block (they read as fill values)."""
+    own = Path(os.path.abspath(path))
+    if not dset.is_virtual:
+        return [RowBlock(0, dset.shape[0], 0, own, dset.name)]
+    blocks = []
+    for vmap in dset.virtual_sources():
+        first, source_row, rows = _block(dset, vmap, path)
+        source = own if vmap.file_name == "." else Path(os.path.normpath(own.parent / vmap.file_name))
+        blocks.append(RowBlock(first, first + rows, source_row, source, vmap.dset_name))
+    blocks.sort(key=lambda b: b.first)
+    for before, after in pairwise(blocks):
+        if after.first < before.stop:
+            raise InputError(f"{path}: {dset.name} maps row {after.first} from two sources; {_REMERGE}")
+    return blocks
+
+
+def check_source(block: RowBlock, file: h5py.File, dset: h5py.Dataset) -> h5py.Dataset:
+    """The source dataset of `block` in its open `file`; InputError unless it holds the rows the
+    virtual dataset `dset` maps from it, with the same (C, H, W)."""
+    source = file.get(block.name)
+    rows = block.source_row + block.stop - block.first
+    if not isinstance(source, h5py.Dataset) or source.shape[1:] != dset.shape[1:] or source.shape[0] < rows:
+        raise InputError(f"{block.file.name}: {block.name} is not the shape its merged file maps; {_REMERGE}")
+    return source
+
+
+_REMERGE = "fmpipe merge never writes that: merge the shards again (fmpipe merge OUT)."
+
+
+def _block(dset: h5py.Dataset, vmap, path: Path) -> tuple[int, int, int]:
     """(first virtual row, first source row, rows) of a mapping of whole rows, as `fmpipe merge` writes."""
-    v_lo, v_hi = _bounds(vmap.vspace)
+    v_lo, v_hi = _bounds(dset, vmap.vspace, path)
     rows = v_hi[0] - v_lo[0] + 1
     whole = all(lo == 0 and hi == n - 1 for lo, hi, n in zip(v_lo[1:], v_hi[1:], dset.shape[1:], strict=True))
     if vmap.src_space.get_select_type() == h5py.h5s.SEL_ALL:  # the whole source (merge's own mappings)
-        s_lo, s_hi = (0,) * len(v_lo), tuple(np.subtract(v_hi, v_lo))
+        s_lo, s_hi = (0,) * len(v_lo), tuple(np.subtract(v_hi, v_lo))  # its extent is not stored: the block's
     else:
-        s_lo, s_hi = _bounds(vmap.src_space)
-    if not whole or s_hi[0] - s_lo[0] + 1 != rows or tuple(s_lo[1:]) != tuple(v_lo[1:]):
-        raise InputError(f"{dset.name} maps its sources in a way `fmpipe merge` never writes; cannot verify it.")
+        s_lo, s_hi = _bounds(dset, vmap.src_space, path)
+    if not whole or len(s_lo) != len(v_lo) or s_hi[0] - s_lo[0] + 1 != rows or tuple(s_lo[1:]) != v_lo[1:]:
+        raise InputError(f"{path}: {dset.name} maps its sources other than by whole rows; {_REMERGE}")
+    if tuple(s_hi[1:]) != v_hi[1:]:
+        raise InputError(f"{path}: {dset.name} maps sources of another shape; {_REMERGE}")
     return v_lo[0], s_lo[0], rows
 
 
-def _bounds(space) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _bounds(dset: h5py.Dataset, space, path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
     lo, hi = space.get_select_bounds()
     if space.get_select_npoints() != int(np.prod(np.subtract(hi, lo) + 1)):
-        raise InputError("a virtual dataset maps a selection that is not one block; cannot verify it.")
+        raise InputError(f"{path}: {dset.name} maps a selection that is not one block; {_REMERGE}")
     return tuple(lo), tuple(hi)
 
 
-def _physical(dset: h5py.Dataset, path: Path, files: RawFiles, rows: tuple[int, int, int]):
-    """(M, 5) int64 [row, c0, offset, size, mask] of `dset`'s chunks in the source rows
-    [start, start + count) of `rows` = (first target row, start, count), rows moved to the target."""
+def _physical(dset: h5py.Dataset, path: Path, files: RawFiles, block: RowBlock):
+    """(M, 5) int64 [row, c0, offset, size, mask] of `dset`'s chunks in the source rows of `block`,
+    rows moved to the rows it maps them to."""
     chunks = dset.chunks
     if chunks is None or chunks[0] != 1 or chunks[2:] != dset.shape[2:]:
         raise InputError(f"{path}: {dset.name} is not chunked as (1, k, H, W); fmpipe never writes that.")
@@ -192,9 +233,9 @@ def _physical(dset: h5py.Dataset, path: Path, files: RawFiles, rows: tuple[int, 
         for i in range(dset.id.get_num_chunks()):
             visit(dset.id.get_chunk_info(i))
     table = np.frombuffer(flat, dtype=np.int64).reshape(-1, 5).copy()
-    target, start, count = rows
+    start, count = block.source_row, block.stop - block.first
     table = table[(table[:, ROW] >= start) & (table[:, ROW] < start + count)]
-    table[:, ROW] += target - start
+    table[:, ROW] += block.first - start
     return table, RawSource(files.fd(path), filter_kind(dset), path.name), chunks[1]
 
 
@@ -255,22 +296,57 @@ def _zstd(raw: bytes, nbytes: int, checksum_required: bool) -> bytes:
     try:
         return decompressor.decompress(raw)
     except zstandard.ZstdError as err:
-        reason = "fails its zstd checksum" if "checksum" in str(err).lower() else f"does not decode ({err})"
-        raise ChunkError(reason) from None
+        # zstd's one error type does not say which check failed: a frame whose blocks decode once
+        # its checksum is taken away failed that checksum (the bytes decoded to other numbers).
+        if frame.has_checksum and _decodes(decompressor, _without_checksum(raw)):
+            raise ChunkError(f"fails its {CHECKSUMS['zstd'].label}") from None
+        raise ChunkError(f"does not decode ({err})") from None
+
+
+def _without_checksum(raw: bytes) -> bytes:
+    """The same zstd frame without its content checksum: the frame header descriptor's (the byte
+    after the 4-byte magic number) Content_Checksum_flag (bit 2) cleared, the 4 trailing bytes dropped."""
+    frame = bytearray(raw[:-4])
+    frame[4] &= 0xFF ^ 0x04
+    return bytes(frame)
+
+
+def _decodes(decompressor: zstandard.ZstdDecompressor, frame: bytes) -> bool:
+    try:
+        decompressor.decompress(frame)
+    except zstandard.ZstdError:
+        return False
+    return True
+
+
+# A zlib stream (RFC 1950): a 2-byte header, raw deflate data, then the Adler-32 of the data, big-endian.
+_ZLIB_HEADER, _ADLER_BYTES = 2, 4
 
 
 def _zlib(raw: bytes, nbytes: int) -> bytes:
-    stream = zlib.decompressobj()
+    """A zlib stream's data, its Adler-32 compared here (as Fletcher-32 is): whether a chunk fails
+    its checksum or does not decode is told by the stream's structure, never by zlib's message."""
+    if len(raw) < _ZLIB_HEADER + _ADLER_BYTES or not _zlib_header(raw[0], raw[1]):
+        raise ChunkError("is not a zlib stream (its 2-byte header is not deflate's)")
+    stream = zlib.decompressobj(-15)  # the raw deflate data after the header
     try:
-        data = stream.decompress(raw, nbytes)  # bounded: a damaged stream cannot inflate without limit
-        if not stream.eof:  # the Adler-32 trailer may still be unread; more data would be an error
+        data = stream.decompress(
+            memoryview(raw)[_ZLIB_HEADER:], nbytes
+        )  # bounded: a damaged stream cannot inflate without limit
+        if not stream.eof:  # the end of the deflate data may still be unread; more data would be an error
             data += stream.decompress(stream.unconsumed_tail, 1)
     except zlib.error as err:
-        reason = "fails its zlib Adler-32 checksum" if "check" in str(err) else f"does not decode ({err})"
-        raise ChunkError(reason) from None
-    if not stream.eof or stream.unused_data:
+        raise ChunkError(f"does not decode ({err})") from None
+    if not stream.eof or len(stream.unused_data) != _ADLER_BYTES:
         raise ChunkError("is a truncated or overlong zlib stream")
+    if zlib.adler32(data) != int.from_bytes(stream.unused_data, "big"):
+        raise ChunkError(f"fails its {CHECKSUMS['gzip'].label}")
     return data
+
+
+def _zlib_header(cmf: int, flg: int) -> bool:
+    """Deflate (method 8, window up to 32 KiB), no preset dictionary, header check bits right."""
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and not flg & 0x20 and (cmf * 256 + flg) % 31 == 0
 
 
 def _fletcher32_checked(raw: bytes) -> bytes:
@@ -281,5 +357,5 @@ def _fletcher32_checked(raw: bytes) -> bytes:
     # HDF5 1.6 wrote the checksum's bytes swapped in pairs; HDF5 still accepts both forms.
     swapped = ((value & 0x00FF00FF) << 8) | ((value >> 8) & 0x00FF00FF)
     if stored not in (value, swapped):
-        raise ChunkError("fails its Fletcher-32 checksum")
+        raise ChunkError(f"fails its {CHECKSUMS['none'].label}")
     return data

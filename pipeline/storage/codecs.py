@@ -37,7 +37,20 @@ ZSTD_PARAMS = {"window_log": 17, "hash_log": 12}
 GZIP_LEVEL = 1
 
 
-CHECKSUMS = {"zstd": "zstd-xxh64", "gzip": "zlib-adler32", "none": "fletcher32"}
+@dataclass(frozen=True)
+class Checksum:
+    """What protects each chunk a codec writes."""
+
+    name: str  # as the file's `chunk_checksum` attribute records it
+    label: str  # as messages name it: a chunk "fails its {label}"
+
+
+# The one table of chunk checksums, by codec (`chunks.py` names a failed one by its label).
+CHECKSUMS = {
+    "zstd": Checksum("zstd-xxh64", "zstd checksum"),
+    "gzip": Checksum("zlib-adler32", "zlib Adler-32 checksum"),
+    "none": Checksum("fletcher32", "Fletcher-32 checksum"),
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class Codec:
     @property
     def checksum(self) -> str:
         """What protects each chunk (recorded as the file's `chunk_checksum` attribute)."""
-        return CHECKSUMS[self.name]
+        return CHECKSUMS[self.name].name
 
     def dataset_options(self) -> dict:
         """Keyword arguments for h5py `create_dataset` that declare this codec's filters (h5py puts

@@ -22,7 +22,8 @@ from . import identity, schema
 from .codecs import Codec
 from .dims import attach_dimensions
 from .encoding import Encoding
-from .metadata import run_info
+from .metadata import RunInfo
+from .structure import check_fmpipe, open_hdf5
 from .toplists import TOP_K
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,14 @@ def check_resumable(file: h5py.File, path: Path, plan: WritePlan) -> None:
     """Raise before anything is written unless `file` holds exactly this plan's rows: same
     fingerprint (model, weights, stages, size, ...), same keys in the same rows, same range of
     the collection. Every row resumed then provably belongs to its key."""
-    if file.attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
-        raise InputError(f"{path} exists but is not an fmpipe file; move it away or pass --overwrite.")
-    done = int(np.count_nonzero(file[schema.DONE][:])) if schema.DONE in file else 0
-    if file.attrs.get(schema.ATTR_FINGERPRINT) != plan.fingerprint:
-        raise FingerprintMismatch(_mismatch(path, run_info(file.attrs).fingerprint_parts, plan, done))
-    problem = _rows_problem(file, plan)
+    try:
+        run = check_fmpipe(path, file)
+    except InputError as err:
+        raise InputError(f"{err} Move it away, or pass --overwrite to start this output over.") from None
+    done = int(np.count_nonzero(file[schema.DONE][:]))
+    if run.fingerprint != plan.fingerprint:
+        raise FingerprintMismatch(_mismatch(path, run.fingerprint_parts, plan, done))
+    problem = _rows_problem(file, run, plan)
     if problem:
         raise FingerprintMismatch(
             f"{path} cannot be resumed by this run: {problem}. Rerun the command that started it, "
@@ -188,18 +191,22 @@ def check_resumable(file: h5py.File, path: Path, plan: WritePlan) -> None:
 def check_finished(out: Path, plan: WritePlan) -> None:
     """Return when `out` is complete and holds exactly this plan's rows; raise otherwise."""
     try:
-        with h5py.File(out, "r", locking=False) as file:
-            parts = run_info(file.attrs).fingerprint_parts
-            same = file.attrs.get(schema.ATTR_FINGERPRINT) == plan.fingerprint
-            problem = _rows_problem(file, plan) if same else None
-            complete = bool(file.attrs.get(schema.ATTR_COMPLETE)) and bool(file[schema.DONE][:].all())
+        with open_hdf5(out, locking=False) as file:
+            run = check_fmpipe(out, file)
+            same = run.fingerprint == plan.fingerprint
+            problem = _rows_problem(file, run, plan) if same else None
+            complete = run.complete and bool(file[schema.DONE][:].all())
+    except InputError as err:
+        raise OutputExistsError(
+            f"{err} It already exists: pass --overwrite to replace it, or choose another output path."
+        ) from None
     except (OSError, KeyError) as err:
         raise OutputExistsError(
             f"{out} already exists but is not a readable fmpipe file ({err}); pass --overwrite to replace it, "
             "or choose another output path."
         ) from None
     if not same:
-        found = identity.differences(parts, plan.fingerprint_parts)
+        found = identity.differences(run.fingerprint_parts, plan.fingerprint_parts)
         raise OutputExistsError(
             f"{out} already exists, made with {'; '.join(map(str, found)) or 'another configuration'}; pass "
             "--overwrite to replace it, or choose another output path."
@@ -222,11 +229,10 @@ def _mismatch(path: Path, stored: dict, plan: WritePlan, done: int) -> str:
     )
 
 
-def _rows_problem(file: h5py.File, plan: WritePlan) -> str | None:
+def _rows_problem(file: h5py.File, run: RunInfo, plan: WritePlan) -> str | None:
     """Why the stored rows are not this plan's rows (None when they are)."""
-    start = file.attrs.get(schema.ATTR_SHARD_START)
-    if start is not None and int(start) != plan.start:
-        return f"it holds images {int(start)}.. of the collection, this shard starts at image {plan.start}"
+    if run.shard_start != plan.start:
+        return f"it holds images {run.shard_start}.. of the collection, this shard starts at image {plan.start}"
     stored = file[schema.KEY]
     if stored.shape != (len(plan.keys),):
         return f"it holds {stored.shape[0]} images, this shard has {len(plan.keys)}"

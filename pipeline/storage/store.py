@@ -30,7 +30,7 @@ from ..records import StageInfo
 from . import schema
 from .encoding import DecodedMaps, Encoding, encoding_of, maps_reader
 from .metadata import RunInfo, run_info
-from .structure import check_structure
+from .structure import check_fmpipe, open_hdf5
 from .virtual import check_virtual_sources
 
 # One row of chunks of a large stage fits (docs/hdf5.md: a chunk larger than the cache
@@ -79,12 +79,7 @@ class Store:
         tries = PARTIAL_OPEN_TRIES if self.path.name.endswith(".partial") else 1
         for attempt in range(tries):
             self._keys, self._rows = None, None  # nothing cached from an outgrown view
-            try:
-                self._file = h5py.File(
-                    self.path, "r", locking="best-effort", rdcc_nbytes=chunk_cache_bytes, rdcc_nslots=10007
-                )
-            except OSError as err:
-                raise InputError(f"{self.path} is not a readable HDF5 file ({err}).") from None
+            self._file = open_hdf5(self.path, locking="best-effort", rdcc_nbytes=chunk_cache_bytes, rdcc_nslots=10007)
             try:
                 self._validate(require_complete)
                 return
@@ -110,18 +105,9 @@ class Store:
         )
 
     def _validate(self, require_complete: bool) -> None:
-        attrs = self.file.attrs
-        if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
-            raise InputError(f"{self.path} is an HDF5 file but not an fmpipe file (no format='fmpipe').")
-        version = attrs.get(schema.ATTR_FORMAT_VERSION)
-        if version not in schema.READABLE_VERSIONS:
-            raise InputError(
-                f"{self.path} has fmpipe format version {version}; this fmpipe reads version "
-                f"{schema.FORMAT_VERSION}. Upgrade fmpipe (python -m pip install -U fmpipe)."
-            )
-        check_structure(self.path, self.file)
+        run = check_fmpipe(self.path, self.file)
         self.check_sources()
-        if require_complete and not self.complete:
+        if require_complete and not run.complete:
             raise IncompleteFileError(
                 f"{self.path} is not complete ({self.done_count} of {len(self)} images done). "
                 "Finish it by rerunning the same extract command, or pass --allow-partial."
@@ -151,7 +137,7 @@ class Store:
 
     @property
     def complete(self) -> bool:
-        return bool(self.file.attrs.get(schema.ATTR_COMPLETE, False))
+        return self.run.complete
 
     @property
     def config(self) -> dict:
@@ -335,7 +321,8 @@ class Store:
             failed = self.file[schema.FAILURE_INDEX].shape[0]
             state = "complete" if self.complete else f"partial, {self.done_count} done"
             maps = f"stages {self.stage_indices}" + (f", layers {self.layer_names}" if self.layer_names else "")
-            run = f"{self.file.attrs.get(schema.ATTR_MODEL, '?')}, {self.file.attrs.get(schema.ATTR_DTYPE, '?')}"
+            recorded = self.run
+            run = f"{_or_unknown(recorded.model)}, {_or_unknown(recorded.dtype)}"
             return f"<fmpipe Store {str(self.path)!r}: {len(self)} images ({state}, {failed} failed), {maps}; {run}>"
         except Exception:  # a repr never raises, even on a damaged file
             return f"<fmpipe Store {str(self.path)!r}>"
@@ -345,6 +332,10 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _or_unknown(value: str | None) -> str:
+    return "?" if value is None else value
 
 
 def _same_shape(group: h5py.Group, name: str, like: str) -> bool:

@@ -1,5 +1,10 @@
-"""The shape every reader relies on, checked before anything is read: a crafted or damaged file is
-refused with an `InputError` (exit 2), never a traceback, a hang or a huge allocation. No torch.
+"""Whether a file is an fmpipe file this fmpipe reads, and the shape every reader relies on, checked
+before anything is read: a crafted or damaged file is refused with an `InputError` (exit 2), never a
+traceback, a hang or a huge allocation. No torch.
+
+`check_fmpipe` is the one check (store, verify, info, merge and resume all make it, with one message
+per problem): the format, root attributes that parse (`metadata.RunInfo`), a readable version, then
+the shape (`check_structure`).
 
 Checked on the file's metadata only (plus the failures' row numbers): every link is a hard link
 (soft and external links refused, so no loop and no other file); no dataset keeps its bytes in
@@ -21,7 +26,8 @@ import numpy as np
 
 from ..errors import InputError
 from . import schema
-from .metadata import run_info
+from .files import PARTIAL_SUFFIX
+from .metadata import RunInfo, run_info
 
 STAGE_NAME = re.compile(r"(0|[1-9][0-9]{0,8})")  # ASCII only: "٣".isdigit() is True
 MIN_ROW_BYTES = 16  # each key's variable-length reference in images/key takes 16 bytes of the file
@@ -39,6 +45,46 @@ FAILURE_COLUMNS = (schema.FAILURE_INDEX, schema.FAILURE_KEY, schema.FAILURE_REAS
 TOP_SHAPES = {"rows": 2, "values": 2, "response": 1, "counts": 1}
 
 
+def open_hdf5(path: Path, **options) -> h5py.File:
+    """`path` opened read-only by h5py (`options`: locking, chunk cache); InputError when it is not
+    a readable HDF5 file."""
+    try:
+        return h5py.File(path, "r", **options)
+    except OSError as err:
+        raise InputError(f"{path} is not a readable HDF5 file ({err}).") from None
+
+
+def open_fmpipe(path: Path, structure: bool = True) -> h5py.File:
+    """An fmpipe file opened for reading and checked (`check_fmpipe`); InputError for anything else.
+    A running task holds HDF5's lock on its partial shard: that one is opened without the lock."""
+    file = open_hdf5(path, locking=False if path.name.endswith(PARTIAL_SUFFIX) else "best-effort")
+    try:
+        check_fmpipe(path, file, structure)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def check_fmpipe(path: Path, file: h5py.File, structure: bool = True) -> RunInfo:
+    """Raise InputError unless `file` (at `path`) is an fmpipe file this fmpipe reads: `format` is
+    'fmpipe', every root attribute parses (a malformed one is named), its format version is readable
+    and, with `structure`, it is shaped as fmpipe writes it (off for a shard a running task may be
+    flushing). Returns its run metadata."""
+    if file.attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:  # the one root attribute RunInfo does not type
+        raise InputError(f"{path} is an HDF5 file but not an fmpipe file (no format='fmpipe').")
+    run = run_info(file.attrs, path)
+    if run.format_version not in schema.READABLE_VERSIONS:
+        readable = " and ".join(map(str, schema.READABLE_VERSIONS))
+        raise InputError(
+            f"{path} has fmpipe format version {run.format_version}; this fmpipe reads versions {readable}. "
+            "Upgrade fmpipe (python -m pip install -U fmpipe)."
+        )
+    if structure:
+        check_structure(path, file)
+    return run
+
+
 def check_structure(path: Path, file: h5py.File, top_rows: bool = False) -> None:
     """Raise InputError unless `file` (at `path`) is shaped as fmpipe writes it (see the module).
     `top_rows`: also read every top list and check its rows are this file's (merge shifts them)."""
@@ -48,7 +94,7 @@ def check_structure(path: Path, file: h5py.File, top_rows: bool = False) -> None
         _check_failures(path, file, n)
         groups = _check_maps(path, file, n)
         _check_storage(path, file, groups)
-        size = run_info(file.attrs).input_size
+        size = run_info(file.attrs, path).input_size
         for group in groups if top_rows else ():
             _check_top_rows(path, file[group], n)
     except InputError:

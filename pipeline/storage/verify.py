@@ -29,9 +29,10 @@ from .files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
 from .identity import fingerprint
 from .mapstats import ChunkRef, ChunkSpec, check_chunks
-from .metadata import run_info
+from .metadata import RunInfo, run_info
 from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
-from .structure import check_structure, top_rows_problem
+from .shardfolder import scan_folder
+from .structure import open_fmpipe, top_rows_problem
 from .virtual import check_virtual_sources
 
 log = logging.getLogger(__name__)
@@ -56,72 +57,49 @@ def check_integrity(config: VerifyConfig, report: VerifyReport) -> None:
                     raise  # the one file asked for is not an fmpipe file: bad input (exit 2)
                 report.add(Problem(str(err), file=label))  # a damaged shard among others
                 continue
-            runs.setdefault(str(file.attrs.get(schema.ATTR_FINGERPRINT)), []).append(path.name)
+            recorded = run_info(file.attrs, path)  # parsed once open_fmpipe checked it
+            runs.setdefault(str(recorded.fingerprint), []).append(path.name)
             if label is not None:
-                _check_shard_name(file, path, report)
+                _check_shard_name(recorded, path, report)
             with file, RawFiles() as files:
                 window = Window(pool, workers * IN_FLIGHT_PER_WORKER)
-                _FileCheck(file, path, label, config, report, window, files).run()
+                _FileCheck(file, path, label, recorded, config, report, window, files).run()
                 report.files += 1
     if len(runs) > 1:
         odd = sorted(runs.values(), key=len)[0]
         report.add(Problem(f"{', '.join(odd)} belong to another run than the other shards (fingerprint differs)"))
 
 
-def _check_shard_name(file: h5py.File, path: Path, report: VerifyReport) -> None:
+def _check_shard_name(recorded: RunInfo, path: Path, report: VerifyReport) -> None:
     """A shard file holds the shard its name says (not another one copied over it)."""
     match = SHARD_RE.match(path.name)
-    said = (file.attrs.get(schema.ATTR_SHARD_INDEX), file.attrs.get(schema.ATTR_NUM_SHARDS))
+    said = (recorded.shard_index, recorded.num_shards)
     if match and tuple(int(g) for g in match.groups()[:2]) != said:
         report.add(Problem(f"it holds shard {said[0]} of {said[1]}, not the shard its name says", file=path.name))
 
 
 def files_to_verify(path: Path, report: VerifyReport | None = None) -> list[Path]:
-    """[path] for a file; a shards folder's shard files (complete ones before partial ones).
-    Shards not there (yet) are noted in `report`."""
+    """[path] for a file; for a shards folder its job array's shard files, each the complete file
+    (else the partial one), by index (`storage.shardfolder`). Into `report`: the shards not there
+    (yet), a warning; shards of another --num-shards, a problem naming them (none is checked)."""
     if not path.exists():
         raise InputError(f"{path} does not exist.")
     if not path.is_dir():
         return [path]
-    found: dict[tuple[int, int], Path] = {}
-    for entry in sorted(path.iterdir()):
-        match = SHARD_RE.match(entry.name)
-        shard = (int(match.group(1)), int(match.group(2))) if match else None
-        if shard is not None and (shard not in found or found[shard].name.endswith(".partial")):
-            found[shard] = entry
-    if not found:
-        raise InputError(f"{path}/ holds no shard files (shard-0000I-of-0000N.h5); give an fmpipe file or OUT.shards/.")
-    counts = sorted({n for _, n in found})
-    missing = [i for n in counts for i in range(n) if (i, n) not in found]
-    if report is not None and len(counts) > 1:
-        report.warn(f"{path}/ holds shards of several --num-shards ({', '.join(map(str, counts))}); all were checked")
+    found = scan_folder(path)
+    files = [s.file for s in found.shards if s.file is not None]
+    if not files:
+        strays = found.strays_problem()
+        raise InputError(
+            f"{path}/ holds no shard file of its job array of {found.num_shards} shards yet (its tasks are "
+            f"starting: `fmpipe info {path}`); verify it once they wrote their files.{f' {strays}' if strays else ''}"
+        )
+    missing = found.missing
+    if report is not None and found.strays:
+        report.add(Problem(found.strays_problem()))
     if report is not None and missing:
         report.warn(f"{len(missing)} shards are not in {path}/ yet (first: shard {missing[0]}); they were not checked")
-    return [found[key] for key in sorted(found)]
-
-
-def open_fmpipe(path: Path) -> h5py.File:
-    """Open an fmpipe file of a readable version for reading; InputError for anything else."""
-    # A running task holds HDF5's lock on its partial shard; reading done rows is still safe.
-    locking = False if path.name.endswith(".partial") else "best-effort"
-    try:
-        file = h5py.File(path, "r", locking=locking)
-    except OSError as err:
-        raise InputError(f"{path} is not a readable HDF5 file ({err}).") from None
-    attrs = file.attrs
-    problem = None
-    if attrs.get(schema.ATTR_FORMAT) != schema.FORMAT:
-        problem = "is an HDF5 file but not an fmpipe file (no format='fmpipe')"
-    elif attrs.get(schema.ATTR_FORMAT_VERSION) not in schema.READABLE_VERSIONS:
-        problem = f"has fmpipe format version {attrs.get(schema.ATTR_FORMAT_VERSION)}, which this fmpipe cannot read"
-    try:
-        if problem:
-            raise InputError(f"{path} {problem}.")
-        check_structure(path, file)
-    except InputError:
-        file.close()
-        raise
-    return file
+    return files
 
 
 @dataclass
@@ -129,6 +107,7 @@ class _FileCheck:
     file: h5py.File
     path: Path
     label: str | None  # the file's name when several are checked (a shards folder)
+    recorded: RunInfo  # its root attributes
     config: VerifyConfig
     report: VerifyReport
     window: Window
@@ -139,8 +118,7 @@ class _FileCheck:
     chunk_digests: dict = field(init=False, default_factory=dict)  # map data path → its chunk table's sha256
 
     def run(self) -> None:
-        attrs = self.file.attrs
-        self.version = int(attrs[schema.ATTR_FORMAT_VERSION])
+        self.version = self.recorded.format_version
         if self.version < 2:
             self.report.warn(
                 f"{self.path.name} is format v1: no chunk checksums and no source digests; "
@@ -172,7 +150,7 @@ class _FileCheck:
         """The run attributes against `fingerprint_json`, the parts the fingerprint hashes (files
         without a seal too): the fingerprint, the model, the weights' digest and, for a file of the
         whole collection, the keys."""
-        run = run_info(self.file.attrs)
+        run = self.recorded
         parts = run.fingerprint_parts
         if not parts:
             return
@@ -190,7 +168,7 @@ class _FileCheck:
 
     def _check_seal(self, done: np.ndarray) -> None:
         """Everything a reader relies on against the seal written at finalise (or merge)."""
-        complete = bool(self.file.attrs.get(schema.ATTR_COMPLETE, False))
+        complete = self.recorded.complete
         if complete and not done.all():
             self.problem(f"the file is marked complete but {int((~done).sum())} rows are not marked done")
         if self.seal is None:
@@ -223,7 +201,7 @@ class _FileCheck:
         found = index_chunks(data, self.path, self.files)
         if self.seal is not None:
             self.chunk_digests[f"{path}/{schema.DATA}"] = chunk_table_sha256(found)
-        checksums = self.version >= 2 and self.file.attrs.get(schema.ATTR_CHUNK_CHECKSUM) is not None
+        checksums = self.version >= 2 and self.recorded.chunk_checksum is not None
         keep_bits = encoding_of(self.file.attrs).keep_bits
         spec = ChunkSpec(np.dtype(data.dtype), found.k, channels, height * width, checksums, keep_bits)
         self._report_missing(index, found.table, spec)
@@ -284,7 +262,7 @@ class _FileCheck:
             if self.version >= 2:
                 self.report.warn(f"{self.path.name} records no source digests; its sources were not checked")
             return
-        root = self.config.images_root or self.file.attrs.get(schema.ATTR_IMAGES_ROOT)
+        root = self.config.images_root or self.recorded.images_root
         progress = Progress(f"{self.label or self.path.name} sources", len(rows), unit="file")
         found = check_sources(self.file, rows, root, self.window, progress.update)
         progress.close()

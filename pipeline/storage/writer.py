@@ -132,12 +132,7 @@ class ShardWriter:
             # HDF5 cannot close a file whose flush failed (it raises again, and h5py may crash at
             # exit): the handle is abandoned, and the CLI ends the process once it has said why.
             self.abandoned = True
-            failure = write_failed(partial, err, then)
-            if "errno" not in str(err) and not getattr(err, "errno", None):  # not a failed write: damage
-                failure = RunFailure(
-                    f"finishing {partial} failed: {err}. An earlier write to it failed (a full disk?) and left it "
-                    "damaged; rerun the same command with --overwrite to start it over."
-                )
+            failure = _finalize_failure(partial, err, then)
             failure.exit_now = True
             raise failure from err
         output_lock, self.output_lock = self.output_lock, None  # held until OUT has its final name
@@ -159,6 +154,22 @@ class ShardWriter:
             if self.output_lock is not None:
                 self.output_lock.release()
                 self.output_lock = None
+
+
+def _finalize_failure(partial: Path, err: Exception, then: str) -> RunFailure:
+    """Why finalising `partial` failed, told by type and errno, never by HDF5's text: an OSError
+    with an errno is a failed write; h5py's RuntimeError or KeyError (HDF5 refusing to go on after
+    a failed write of its own) is a full disk when the disk now refuses room for it, else damage."""
+    if isinstance(err, OSError) and err.errno:
+        return write_failed(partial, err, then)
+    try:
+        reserve_space(partial, 0, then)  # the disk-full failure, by ENOSPC or EDQUOT
+    except RunFailure as full:
+        return full
+    return RunFailure(
+        f"finishing {partial} failed: {err}. An earlier write to it failed (a full disk?) and left it "
+        "damaged; rerun the same command with --overwrite to start it over."
+    )
 
 
 class NullWriter:

@@ -3,9 +3,10 @@
 A chunk is read raw (`read_direct_chunk`: one short call under h5py's global lock) and
 decompressed here, outside that lock, so threads decode in parallel; the zstd frame's
 checksum is verified on the way (`storage.chunks.decode`). A merged file's rows are mapped
-to its shards' datasets (`virtual_sources()`, whole rows as `fmpipe merge` writes them).
-Anything else (a filter fmpipe never writes, another mapping, a chunk not stored) falls back
-to a plain h5py read of the same block. No torch.
+to its shards' datasets by storage's one reading of the mapping (`storage.chunks.row_blocks`):
+a mapping `fmpipe merge` never writes, or a shard not of the shape mapped, is an InputError.
+A filter or chunking fmpipe never writes, or a chunk not stored, falls back to a plain h5py
+read of the same block. No torch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -23,24 +23,13 @@ import numpy as np
 
 from ..errors import InputError
 from ..storage import schema
-from ..storage.chunks import ChunkError, decode, filter_kind
+from ..storage.chunks import ChunkError, RowBlock, check_source, decode, filter_kind, row_blocks
 from ..storage.encoding import decode_maps
 
 log = logging.getLogger(__name__)
 
 MAX_OPEN_SHARDS = 32  # shard files of a merged file kept open for raw reads
 FALLBACK_CACHE_BYTES = 4 << 20  # HDF5's own chunk cache of the stage, used only by h5py reads
-
-
-@dataclass(frozen=True)
-class _Part:
-    """Rows [first, stop) of the stage, stored in `name` of `file` from row `source_row` on."""
-
-    first: int
-    stop: int
-    source_row: int
-    file: str  # absolute path of the file holding them
-    name: str  # dataset path in that file
 
 
 class StageBlocks:
@@ -52,10 +41,11 @@ class StageBlocks:
         self.path, self.stage, self.checksum_required = path, stage, checksum_required
         _, self.channels, self.height, self.width = self.dset.shape
         self.dtype = self.dset.dtype
-        self._open: OrderedDict[str, tuple[h5py.File | None, h5py.Dataset, str | None]] = OrderedDict()
+        # (file, dataset) → (file opened here or None, dataset, filter kind or None), least recently used first
+        self._open: OrderedDict[tuple[Path, str], tuple[h5py.File | None, h5py.Dataset, str | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._own = file
-        self.parts = _parts(self.dset, path)
+        self.parts = row_blocks(self.dset, path)
         self._starts = [p.first for p in self.parts]
         chunks = self._stored_chunks()
         whole_rows = chunks is not None and chunks[0] == 1 and tuple(chunks[2:]) == (self.height, self.width)
@@ -71,7 +61,7 @@ class StageBlocks:
         if not self.dset.is_virtual or not self.parts:
             return self.dset.chunks
         first = self.parts[0]
-        if first.file == os.path.abspath(self.path):
+        if first.file == Path(os.path.abspath(self.path)):
             return self._own[first.name].chunks
         with h5py.File(first.file, "r", locking="best-effort") as file:
             return file[first.name].chunks
@@ -103,13 +93,13 @@ class StageBlocks:
         data.setflags(write=False)
         return data
 
-    def _part(self, row: int) -> _Part | None:
+    def _part(self, row: int) -> RowBlock | None:
         i = bisect.bisect_right(self._starts, row) - 1
         if i >= 0 and self.parts[i].first <= row < self.parts[i].stop:
             return self.parts[i]
         return None
 
-    def _read_raw(self, part: _Part, row: int, c0: int) -> tuple[str, int, bytes] | None:
+    def _read_raw(self, part: RowBlock, row: int, c0: int) -> tuple[str, int, bytes] | None:
         """(filter kind, filter mask, stored bytes) of one chunk; None when it must be read through h5py."""
         offset = (row - part.first + part.source_row, c0, 0, 0)
         with self._lock:  # an evicted shard file is closed under this lock, never mid-read
@@ -123,24 +113,30 @@ class StageBlocks:
                 return None
         return kind, mask, stored
 
-    def _dataset(self, part: _Part) -> tuple[h5py.File | None, h5py.Dataset, str | None]:
+    def _dataset(self, part: RowBlock) -> tuple[h5py.File | None, h5py.Dataset, str | None]:
         """(file opened here or None, dataset, filter kind or None) of a part; an LRU of open shard files."""
-        if part.file in self._open:
-            self._open.move_to_end(part.file)
-            return self._open[part.file]
-        own = os.path.abspath(self.path) == part.file
+        key = (part.file, part.name)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        own = Path(os.path.abspath(self.path)) == part.file
         file = None if own else h5py.File(part.file, "r", locking="best-effort")
-        dset = (self._own if own else file)[part.name]
+        try:
+            dset = check_source(part, self._own if own else file, self.dset)
+        except InputError:
+            if file is not None:
+                file.close()
+            raise
         try:  # raw reads only for the chunking and filters fmpipe writes
             kind = filter_kind(dset) if dset.chunks == (1, self.k, self.height, self.width) else None
         except InputError:
             kind = None
-        self._open[part.file] = (file, dset, kind)
+        self._open[key] = (file, dset, kind)
         while len(self._open) > MAX_OPEN_SHARDS:
             old, _, _ = self._open.popitem(last=False)[1]
             if old is not None:
                 old.close()
-        return self._open[part.file]
+        return self._open[key]
 
     def close(self) -> None:
         """Close the shard files opened here and drop the stage's handle (see `Catalog.close`)."""
@@ -150,31 +146,6 @@ class StageBlocks:
                     file.close()
             self._open.clear()
             self.dset = None
-
-
-def _parts(dset: h5py.Dataset, path: Path) -> list[_Part]:
-    """Where each row of the stage is stored: this file, or (merged) its shards' datasets."""
-    own = os.path.abspath(path)
-    if not dset.is_virtual:
-        return [_Part(0, dset.shape[0], 0, own, dset.name)]
-    base = Path(own).parent
-    parts = []
-    for vmap in dset.virtual_sources():
-        v_lo, v_hi = vmap.vspace.get_select_bounds()
-        rows = v_hi[0] - v_lo[0] + 1
-        whole = all(lo == 0 and hi == n - 1 for lo, hi, n in zip(v_lo[1:], v_hi[1:], dset.shape[1:], strict=True))
-        if vmap.src_space.get_select_type() == h5py.h5s.SEL_ALL:
-            s_lo = 0
-        else:
-            s_bounds = vmap.src_space.get_select_bounds()
-            s_lo = s_bounds[0][0]
-            whole = whole and s_bounds[1][0] - s_lo + 1 == rows and tuple(s_bounds[0][1:]) == (0, 0, 0)
-        if not whole:
-            log.info("%s maps its sources in a way fmpipe merge never writes; reading it through h5py", dset.name)
-            return []
-        source = own if vmap.file_name == "." else os.path.abspath(base / vmap.file_name)
-        parts.append(_Part(int(v_lo[0]), int(v_hi[0]) + 1, int(s_lo), source, vmap.dset_name))
-    return sorted(parts, key=lambda p: p.first)
 
 
 def _small_cache_dataset(file: h5py.File, name: str) -> h5py.Dataset:
