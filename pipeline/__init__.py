@@ -49,9 +49,9 @@ from .errors import (
     UnknownKeyError,
     UsageError,
 )
+from .jobs.findings import VerifyConfig
 from .rendering.config import RenderConfig
 from .site.config import GalleryConfig
-from .storage.findings import VerifyConfig
 from .version import __version__
 from .viewer.config import TopConfig, ViewConfig
 
@@ -62,15 +62,15 @@ _LAZY = {
     "ExtractSummary": "extraction.summary",
     "GallerySummary": "site.build",
     "MergeSummary": "jobs.merge",
-    "Problem": "storage.findings",
+    "Problem": "jobs.findings",
     "ReduceSummary": "analysis.reduction",
     "RenderSummary": "rendering.run",
     "StageInfo": "records",
-    "StageView": "storage.store",
-    "Store": "storage.store",
+    "StageView": "storage.reading.store",
+    "Store": "storage.reading.store",
     "TopItem": "viewer.examples",
     "TopResult": "viewer.examples",
-    "VerifyReport": "storage.findings",
+    "VerifyReport": "jobs.findings",
 }
 
 __all__ = [  # noqa: RUF022  (grouped by what users meet: verbs, configs, results, errors)

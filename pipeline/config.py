@@ -3,8 +3,8 @@
 `--stages`, `--images` and `--channels`. No torch.
 
 The other commands' configs live in their parts (`rendering/config.py`, `site/config.py`,
-`viewer/config.py`, `analysis/config.py`, `storage/findings.py`); the run's fingerprint is
-computed in `storage/identity.py` from the parts `extraction/planning.py` collects.
+`viewer/config.py`, `analysis/config.py`, `jobs/findings.py`); the run's fingerprint is
+computed in `storage/format/identity.py` from the parts `extraction/planning.py` collects.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Where a stored stage or layer lives in the HDF5 file: its group's path. No torch.
 
 Shared below `storage` because `records.StageInfo.group` needs the same paths that
-`storage/schema.py` names, and a shared module may not import storage. `schema` re-exports
+`storage/format/schema.py` names, and a shared module may not import storage. `schema` re-exports
 every name here, so storage code and `docs/format.md` keep one place to look.
 """
 

@@ -167,7 +167,7 @@ def writer_alone(stage_shapes, n: int, folder: Path, batch: int) -> dict:
     import hdf5plugin
 
     from pipeline.records import BatchResult, StageInfo
-    from pipeline.storage.writer import ShardWriter, WritePlan
+    from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
     maps = synthetic_maps(stage_shapes, n)
     total_mb = sum(m.nbytes for m in maps) / 1e6
@@ -189,7 +189,7 @@ def writer_alone(stage_shapes, n: int, folder: Path, batch: int) -> dict:
     out = folder / "h5py-zstd.h5"
     t0 = time.perf_counter()
     with h5py.File(out, "w") as f:
-        from pipeline.storage.schema import chunk_channels
+        from pipeline.storage.format.schema import chunk_channels
 
         dsets = [
             f.create_dataset(

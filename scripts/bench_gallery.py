@@ -3,7 +3,7 @@
     python scripts/bench_gallery.py                 # 1,000 images, 100 per index page
     python scripts/bench_gallery.py --images 200    # quicker
 
-The file is written by pipeline.storage.writer: five stages with efficientnet_lite0's channel counts
+The file is written by pipeline.storage.writing.writer: five stages with efficientnet_lite0's channel counts
 (16, 24, 40, 112, 320) and strides, synthetic maps. The gallery never reads a map, only keys,
 (N, C) statistics, folder listings and PNG headers, so the maps are small (--map-side) to keep
 the rendering short; the channel counts set the size of every page's statistics. Sources are
@@ -84,7 +84,7 @@ def make_sources(folder: Path, count: int, width: int, height: int) -> list[str]
 def make_file(path: Path, keys: list[str], side: int, photos: Path) -> Path:
     """A complete fmpipe file: five stages, smooth non-negative float16 maps, true statistics."""
     from pipeline.records import BatchResult, StageInfo
-    from pipeline.storage.writer import ShardWriter, WritePlan
+    from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
     stages = [
         StageInfo(i, f"blocks.{i}", c, s, side, side, "forward_hook")

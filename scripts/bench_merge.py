@@ -41,8 +41,9 @@ from lite0_stages import STAGES  # efficientnet_lite0 at 224x224
 from pipeline.jobs import merge
 from pipeline.records import BatchResult
 from pipeline.sources import keys_sha256
-from pipeline.storage import files, identity
-from pipeline.storage.writer import ShardWriter, WritePlan
+from pipeline.storage.format import identity
+from pipeline.storage.writing import files
+from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
 BATCH = 8
 

@@ -80,7 +80,7 @@ def main() -> int:
 def make_file(path: Path, images: int, channels: int, height: int, width: int) -> Path:
     """An fmpipe file with one stage of smooth post-ReLU float16 maps, written by the real writer."""
     from pipeline.records import BatchResult, StageInfo
-    from pipeline.storage.writer import ShardWriter, WritePlan
+    from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
     rng = np.random.default_rng(0)
     stage = StageInfo(0, "synthetic", channels, 4, height, width, "forward_hook")

@@ -4,7 +4,7 @@ every key once in random order, against the linear scan `row()` used to be (`key
     python scripts/bench_row.py                   # 100,000 keys
     python scripts/bench_row.py --images 20000
 
-The file is written by pipeline.storage.writer with keys like `folder042/img0012345.jpg` and one
+The file is written by pipeline.storage.writing.writer with keys like `folder042/img0012345.jpg` and one
 tiny stage (1 channel, 1×1), so writing it takes seconds; the key dataset is what row() reads.
 Scratch goes to /dev/shm unless --tmp says otherwise.
 """
@@ -42,7 +42,7 @@ def main() -> int:
 
 def make_file(path: Path, keys: list[str]) -> Path:
     from pipeline.records import BatchResult, StageInfo
-    from pipeline.storage.writer import ShardWriter, WritePlan
+    from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
     stage = StageInfo(0, "stem", 1, 1, 1, 1, "forward_hook")
     plan = WritePlan(keys, [stage], "float16", "zstd", "bench-row", {}, {"model": "synthetic"})

@@ -22,7 +22,7 @@ variant), and the largest error of any decoded value relative to its (image, cha
 (max - min of the float32 run).
 
 --mode codec: every chunk of a float16 and a uint8 extraction, cut as the writer cuts them, compressed
-by fmpipe's codec (`storage/codecs.py`) and by reference settings, in interleaved rounds: bytes
+by fmpipe's codec (`storage/format/codecs.py`) and by reference settings, in interleaved rounds: bytes
 and thread CPU time per image (median and range over the rounds). Nothing else runs in that
 thread, so the CPU time holds on a loaded machine where wall time does not.
 
@@ -123,7 +123,7 @@ def encode_cpu_ms(spec: dict, images: Path, variants: list[str], repeats: int = 
     from pipeline.extraction import models, taps
     from pipeline.extraction.compute import encode
     from pipeline.extraction.loading import normalize
-    from pipeline.storage.encoding import Encoding
+    from pipeline.storage.format.encoding import Encoding
 
     model = models.resolve(spec["model"], random_init=spec.get("random_init", False))
     tap, _ = taps.build(model, spec["size"], None, torch.device("cpu"))
@@ -156,7 +156,7 @@ def measure(label: str, out: Path, reference: Path, summary, wall_s: float) -> d
     import h5py
 
     import pipeline
-    from pipeline.storage import schema
+    from pipeline.storage.format import schema
 
     with h5py.File(out) as file:
         maps = sum(file[f"{g}/{schema.DATA}"].id.get_storage_size() for g in schema.map_groups(file))
@@ -239,7 +239,7 @@ def codec_candidates():
     not fmpipe's (standard zstd frames all, with the checksum fmpipe writes)."""
     import zstandard
 
-    from pipeline.storage.codecs import ZSTD_PARAMS, Codec
+    from pipeline.storage.format.codecs import ZSTD_PARAMS, Codec
 
     def zstd(level: int, **params):
         options = {**ZSTD_PARAMS, **params, "write_content_size": True, "write_checksum": True}
@@ -261,7 +261,7 @@ def stored_chunks(path: Path) -> list[bytes]:
     padded with zeros), in the stored dtype."""
     import h5py
 
-    from pipeline.storage import schema
+    from pipeline.storage.format import schema
 
     chunks = []
     with h5py.File(path) as file:

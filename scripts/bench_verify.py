@@ -36,7 +36,7 @@ from lite0_stages import STAGES  # efficientnet_lite0 at 224x224
 
 import pipeline
 from pipeline.records import BatchResult
-from pipeline.storage.writer import ShardWriter, WritePlan
+from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
 BATCH = 16
 READ_ROWS = 32

@@ -5,7 +5,7 @@
     python scripts/bench_view.py --images 200 --ranking-images 20000 --browse 200   # quicker
     python scripts/bench_view.py --first-page-only     # only the first image page on the PVT case (below)
 
-Files are written by pipeline.storage.writer with synthetic smooth maps and true statistics:
+Files are written by pipeline.storage.writing.writer with synthetic smooth maps and true statistics:
 - the browsing file: --images images, three stages shaped like efficientnet_lite0's stages 1-3
   at 224×224 (24×56×56, 40×28×28, 112×14×14), float16, zstd, with 320×240 JPEG sources;
 - the ranking file: --ranking-images images, stages of 112 and 320 channels with tiny maps
@@ -82,7 +82,7 @@ def main() -> int:
 def make_file(path: Path, count: int, shapes, photos: Path | None) -> Path:
     """A complete fmpipe file of `count` images with smooth non-negative float16 maps."""
     from pipeline.records import BatchResult, StageInfo
-    from pipeline.storage.writer import ShardWriter, WritePlan
+    from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
     keys = [f"class{i % 10}/img{i:06d}.jpg" for i in range(count)]
     keys.sort()
@@ -293,8 +293,8 @@ def first_page(path: Path) -> None:
 
 def ranking(tmp: Path, count: int) -> None:
     """Write the ranking file (top lists at finalise), then time top_images and /api/top."""
-    from pipeline.storage.store import open_store
-    from pipeline.storage.toplists import channel_ranking, top_images
+    from pipeline.storage.reading.store import open_store
+    from pipeline.storage.reading.toplists import channel_ranking, top_images
 
     t0 = time.perf_counter()
     path = make_file(tmp / "ranking.h5", count, RANKING_STAGES, None)

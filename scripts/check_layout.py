@@ -30,7 +30,7 @@ TORCH_PART = "extraction"
 LAYERS = {
     "shared": set(),
     "storage": {"shared"},
-    "extraction": {"shared", "storage"},
+    "extraction": {"shared", "storage", "jobs"},
     "jobs": {"shared", "storage"},
     "rendering": {"shared", "storage"},
     "site": {"shared", "storage", "rendering"},
@@ -52,7 +52,7 @@ def modules() -> dict[str, Path]:
 
 
 def part_of(module: str) -> str:
-    """`pipeline.storage.store` -> "storage"; top-level modules -> "shared"; faces -> "faces"."""
+    """`pipeline.storage.reading.store` -> "storage"; top-level modules -> "shared"; faces -> "faces"."""
     if module in FACES or module.startswith(("pipeline.cli.", "pipeline._api.")):
         return "faces"
     pieces = module.split(".")

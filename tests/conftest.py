@@ -37,7 +37,7 @@ def single_and_merged(root: Path, images: Path, options: dict) -> dict[str, Path
 
     import pipeline
     from pipeline.jobs import merge
-    from pipeline.storage.files import shards_folder
+    from pipeline.storage.writing.files import shards_folder
 
     single, merged, copied = root / "single.h5", root / "merged.h5", root / "copied.h5"
     pipeline.extract(str(images), str(single), **options)

@@ -237,7 +237,7 @@ def instrument(say: Callable[[str], None]) -> None:
               rename/renamed OUT.partial OUT, fsync/fsynced FOLDER, finalise-done
     """
     from pipeline.extraction import loading, runner
-    from pipeline.storage import batches, output, rowstate, writer
+    from pipeline.storage.writing import batches, output, rowstate, writer
 
     _around(
         batches.BatchWriter,

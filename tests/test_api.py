@@ -20,9 +20,9 @@ import pipeline
 from pipeline import errors
 from pipeline.analysis.config import ExportConfig, ReduceConfig
 from pipeline.config import ExtractConfig
+from pipeline.jobs.findings import VerifyConfig
 from pipeline.rendering.config import RenderConfig
 from pipeline.site.config import GalleryConfig
-from pipeline.storage.findings import VerifyConfig
 from pipeline.viewer.config import TopConfig, ViewConfig
 
 VERBS = sorted(name for name in pipeline.__all__ if inspect.isfunction(getattr(pipeline, name)))
@@ -40,7 +40,7 @@ CONFIGS = {  # verb → the config dataclass whose fields are its parameters, in
 FORWARDS = {
     "colorize": ("pipeline.rendering.painting", "colorize"),
     "merge": ("pipeline.jobs.merge", "merge"),
-    "open_store": ("pipeline.storage.store", "open_store"),
+    "open_store": ("pipeline.storage.reading.store", "open_store"),
     "open_dataset": ("pipeline.analysis.dataset", "open_dataset"),
 }
 
@@ -191,7 +191,7 @@ BASE = {  # positional arguments, required keywords, and what an option needs be
 # where each verb hands its config on (the first call that receives it)
 RECEIVERS = {
     "extract": ("pipeline.extraction.summary", "already_complete"),
-    "verify": ("pipeline.storage.verify", "check_integrity"),
+    "verify": ("pipeline.jobs.verify", "check_integrity"),
     "render": ("pipeline.rendering.run", "render"),
     "gallery": ("pipeline.site.build", "write_gallery"),
     "view": ("pipeline.viewer.server", "serve"),

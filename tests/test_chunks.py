@@ -17,10 +17,10 @@ from conftest import write_images
 import pipeline
 from pipeline.errors import InputError
 from pipeline.jobs import merge
-from pipeline.storage import files
-from pipeline.storage.chunks import ChunkError, RowBlock, check_source, decode, row_blocks
-from pipeline.storage.codecs import Codec
-from pipeline.storage.files import shards_folder
+from pipeline.storage.format.codecs import Codec
+from pipeline.storage.integrity.chunks import ChunkError, RowBlock, check_source, decode, row_blocks
+from pipeline.storage.writing import files
+from pipeline.storage.writing.files import shards_folder
 from pipeline.viewer.blocks import StageBlocks
 
 RAW = np.linspace(-3, 3, 4096, dtype=np.float16).tobytes()

@@ -24,9 +24,9 @@ from helpers import _env
 import pipeline
 from pipeline.errors import InputError
 from pipeline.jobs import merge
-from pipeline.storage import schema
-from pipeline.storage.files import shards_folder
-from pipeline.storage.seal import write_seal
+from pipeline.storage.format import schema
+from pipeline.storage.integrity.seal import write_seal
+from pipeline.storage.writing.files import shards_folder
 
 OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=4, workers=0, device="cpu")
 MARKER_MODULE = "fmpipe_marker_module"
@@ -313,7 +313,7 @@ def test_top_list_rows_outside_the_file_are_refused_where_read(made, tmp_path):
     path = Path(shutil.copy(made["single"], tmp_path / "out.h5"))
     with h5py.File(path, "r+") as file:
         file["stages/2/top/max_rows"][1, 0] = 10**9
-    from pipeline.storage.toplists import top_images
+    from pipeline.storage.reading.toplists import top_images
 
     with (
         pytest.raises(InputError, match=r"top lists name row 1000000000, outside 0\.\.11"),

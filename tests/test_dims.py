@@ -15,7 +15,7 @@ from conftest import write_images
 
 import pipeline
 from pipeline.jobs import merge
-from pipeline.storage import files
+from pipeline.storage.writing import files
 
 OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=4, workers=0, device="cpu")
 

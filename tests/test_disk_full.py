@@ -55,7 +55,7 @@ def fill(folder: Path) -> None:
 FILL_THEN = """
 import sys
 from pathlib import Path
-import pipeline.storage.writer as writer
+import pipeline.storage.writing.writer as writer
 sys.path.insert(0, {tests!r})
 from test_disk_full import fill
 

@@ -1,4 +1,4 @@
-"""Storage choices (storage/encoding.py, extraction/compute.py): --dtype uint8, --keep-bits, byte shuffle,
+"""Storage choices (storage/format/encoding.py, extraction/compute.py): --dtype uint8, --keep-bits, byte shuffle,
 --pool; every reader decodes them; honest sizes. On the default model and the sample photos where the
 issue asks for it."""
 
@@ -21,8 +21,10 @@ import pipeline
 from pipeline.config import ExtractConfig
 from pipeline.errors import FingerprintMismatch, InputError, UsageError
 from pipeline.extraction.compute import encode, quantize, round_mantissa
-from pipeline.storage import chunks, codecs, files, schema
-from pipeline.storage.encoding import Encoding, decode_maps, encoding_of, shuffle_bytes, unshuffle_bytes
+from pipeline.storage.format import codecs, schema
+from pipeline.storage.format.encoding import Encoding, decode_maps, encoding_of, shuffle_bytes, unshuffle_bytes
+from pipeline.storage.integrity import chunks
+from pipeline.storage.writing import files
 
 CPU = {"device": "cpu", "workers": 0}
 
@@ -284,7 +286,7 @@ def test_pool_stores_the_adaptive_average_of_the_float32_maps(made):
 def test_uint8_chunks_are_the_declared_zstd_frames_that_plain_h5py_and_verify_read_alike(made):
     """What the file declares (filter 32015 at fmpipe's level, no shuffle, XXH64) is what each chunk
     is: a zstd frame with its content size and checksum, which plain h5py + hdf5plugin and verify's
-    own decoder (storage/chunks.py) read as the same bytes."""
+    own decoder (storage/integrity/chunks.py) read as the same bytes."""
     with h5py.File(made["uint8"]) as file:
         assert schema.text(file.attrs[schema.ATTR_CHUNK_CHECKSUM]) == "zstd-xxh64"
         assert not file.attrs[schema.ATTR_SHUFFLE]
@@ -417,7 +419,7 @@ def test_uint8_stores_overflowing_values_and_nan_maps_verifiably(image_dir, tmp_
 def test_layers_table_shows_pooled_shapes_and_bytes():
     from types import SimpleNamespace
 
-    from pipeline.storage.info import describe_layers
+    from pipeline.extraction.describe import describe_layers
 
     calls = [
         SimpleNamespace(spec="layer1", calls=1, output="(1, 64, 56, 56)", map_shape=(64, 56, 56)),

@@ -30,7 +30,7 @@ from pipeline.rendering.tiling import Grid
 from pipeline.site import build
 from pipeline.site.build import GalleryConfig, write_gallery
 from pipeline.site.inventory import grid_layout
-from pipeline.storage.store import open_store
+from pipeline.storage.reading.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE = ["a b#1.jpg", "dir/ü?x.png", "<script>alert(1)</script>.jpg", "plain.jpg", "q%20.jpg"]

@@ -15,7 +15,7 @@ from conftest import write_images
 import pipeline
 from pipeline import sources
 from pipeline.errors import InputError
-from pipeline.storage import schema
+from pipeline.storage.format import schema
 
 # batch size 1: every image is computed alone, so a list's rows equal a folder run's bit for bit
 OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=1, workers=0, device="cpu")

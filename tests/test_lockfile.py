@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import FmpipeError
-from pipeline.storage import lockfile, lockholders
-from pipeline.storage.lockfile import OutputLock, OutputLockedError
+from pipeline.storage.locks import lockfile, lockholders
+from pipeline.storage.locks.lockfile import OutputLock, OutputLockedError
 
 MODES = ["record", "content"]
 SLURM = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID", "SLURM_RESTART_COUNT")
@@ -31,7 +31,7 @@ SLURM = ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID", "SLURM_RES
 # the lock for argv[4] seconds and releases it.
 HOLDER = textwrap.dedent("""
     import json, os, sys, time
-    from pipeline.storage import lockfile, lockholders
+    from pipeline.storage.locks import lockfile, lockholders
     lockfile.RECORD_LOCKS = sys.argv[2] == "record"
     lock = lockfile.OutputLock.acquire(sys.argv[1])
     if sys.argv[3] != "-":

@@ -13,9 +13,8 @@ from conftest import write_images
 import pipeline
 from pipeline import sources
 from pipeline.errors import InputError
-from pipeline.jobs import shards
+from pipeline.jobs import manifest, shards
 from pipeline.jobs.merge import merge
-from pipeline.storage import manifest
 
 OPTIONS = dict(model="tiny_models:plain_net", size=(16, 16), batch_size=4, workers=0, device="cpu")
 

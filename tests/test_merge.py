@@ -20,8 +20,9 @@ import pipeline
 from pipeline import sources
 from pipeline.errors import InputError
 from pipeline.jobs import merge
-from pipeline.storage import files, schema
-from pipeline.storage.info import describe_store
+from pipeline.storage.format import schema
+from pipeline.storage.reading.info import describe_store
+from pipeline.storage.writing import files
 
 REPO = Path(__file__).resolve().parent.parent
 # 52 images in 4 shards of 16, 16, 16 and 4 (shards are cut at multiples of sources.SHARD_UNIT = 16),
@@ -235,7 +236,7 @@ def test_merge_does_not_import_torch(sharded):
 
 
 def test_more_shards_than_images_and_shard_names(tmp_path):
-    from pipeline.storage.files import shard_output
+    from pipeline.storage.writing.files import shard_output
 
     images = tmp_path / "images"
     write_images(images, 3, size=(64, 64))

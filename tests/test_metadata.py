@@ -1,4 +1,4 @@
-"""storage/metadata.py: `RunInfo`, the typed view of a file's root attributes."""
+"""storage/format/metadata.py: `RunInfo`, the typed view of a file's root attributes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.storage import schema
-from pipeline.storage.metadata import run_info
+from pipeline.storage.format import schema
+from pipeline.storage.format.metadata import run_info
 
 ATTRS = {
     schema.ATTR_FORMAT_VERSION: np.int64(2),

@@ -17,8 +17,8 @@ from pipeline.records import BatchResult, StageInfo
 from pipeline.rendering import pca as pca_module
 from pipeline.rendering.pca import PcaFit, fit_pca, load_fit, pca_rgb
 from pipeline.rendering.run import RenderConfig, render
-from pipeline.storage.store import open_store
-from pipeline.storage.writer import ShardWriter, WritePlan
+from pipeline.storage.reading.store import open_store
+from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 16  # map height and width: whole periods of every pattern below

@@ -22,7 +22,8 @@ from PIL import Image
 from pipeline import config, sources
 from pipeline.errors import UsageError
 from pipeline.rendering import png, selection
-from pipeline.storage import codecs, layout, schema
+from pipeline.storage.format import codecs, schema
+from pipeline.storage.writing import layout
 
 # FMPIPE_HYPOTHESIS_SCALE=20 multiplies every test's examples: a deeper search than CI's (CONTRIBUTING.md).
 SCALE = max(1, int(os.environ.get("FMPIPE_HYPOTHESIS_SCALE", "1")))

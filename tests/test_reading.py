@@ -18,7 +18,8 @@ from helpers import fmpipe
 import pipeline
 from pipeline.errors import ClosedStoreError, FmpipeError, InputError, UsageError
 from pipeline.jobs import merge
-from pipeline.storage import files, schema
+from pipeline.storage.format import schema
+from pipeline.storage.writing import files
 
 OPTIONS = dict(model="tiny_models:plain_net", size=(32, 32), batch_size=4, workers=0, device="cpu")
 BROKEN = "img004b.png"

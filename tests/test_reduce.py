@@ -219,7 +219,7 @@ def test_a_stage_declaring_huge_maps_is_refused_before_reading(collection, tmp_p
         lambda: pipeline.export(path, tmp_path / "npy", stage=0),
         lambda: pipeline.export(path, tmp_path / "copy.h5", format="hdf5"),
     ):
-        # Refused on open by the structure check every reader shares (storage/structure.py), before
+        # Refused on open by the structure check every reader shares (storage/format/structure.py), before
         # reduce's or export's own memory check would be reached.
         with pytest.raises(
             InputError, match=r"stage 0 declares maps of shape \(100000, 1000, 1000\) per image; refusing"

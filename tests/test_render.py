@@ -22,9 +22,9 @@ from pipeline.rendering.png import encode_indexed, encode_rgb
 from pipeline.rendering.run import RenderConfig, colorize, render
 from pipeline.rendering.selection import image_folders, safe_folder
 from pipeline.rendering.tiling import GUTTER, blend
-from pipeline.storage import schema
-from pipeline.storage.store import open_store
-from pipeline.storage.writer import ShardWriter, WritePlan
+from pipeline.storage.format import schema
+from pipeline.storage.reading.store import open_store
+from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK_KEYS = ["astronaut.jpg", "camera.png", "chelsea.jpg", "coffee.jpg", "more/rocket.jpg"]
@@ -536,7 +536,7 @@ def test_render_merge_and_info_do_not_import_torch_and_start_fast(quick, tmp_pat
     code = (
         "import resource, sys, time\n"
         "import pipeline.cli\n"
-        "for module in ('pipeline.jobs.merge', 'pipeline.storage.info', 'pipeline.rendering.run'):\n"
+        "for module in ('pipeline.jobs.merge', 'pipeline.storage.reading.info', 'pipeline.rendering.run'):\n"
         "    try:\n        __import__(module)\n    except ModuleNotFoundError:\n        pass\n"
         "usage = resource.getrusage(resource.RUSAGE_SELF)\n"
         "startup_cpu_s = usage.ru_utime + usage.ru_stime\n"

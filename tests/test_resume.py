@@ -13,7 +13,7 @@ from helpers import IGNORED_ATTRS, differences, failures_of, snapshot
 
 import pipeline
 from pipeline.errors import FingerprintMismatch, InputError
-from pipeline.storage import batches, rowstate
+from pipeline.storage.writing import batches, rowstate
 
 OPTIONS = dict(model="resnet18", random_init=True, size=(64, 64), batch_size=2, workers=0, device="cpu")
 # The runs below write to other paths: config_json names OUT, and the seal digests config_json.

@@ -24,7 +24,7 @@ import pipeline
 from pipeline import decoding
 from pipeline.errors import FmpipeError, InputError, RunFailure
 from pipeline.extraction import loading
-from pipeline.storage.lockfile import OutputLockedError
+from pipeline.storage.locks.lockfile import OutputLockedError
 
 TINY = {"model": "tiny_models:plain_net", "size": (32, 32), "workers": 0}
 

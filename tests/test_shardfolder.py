@@ -1,4 +1,4 @@
-"""One shards folder policy for `info`, `verify` and `merge` (storage/shardfolder.py): the job array's
+"""One shards folder policy for `info`, `verify` and `merge` (jobs/shardfolder.py): the job array's
 --num-shards is the count most shard names carry (on a tie the newest's); a stray shard of another
 count is named in the same words by all three and read by none: info leaves it out of the progress,
 verify reports it as a problem (exit 1), merge refuses (exit 2). Through the CLI."""
@@ -16,10 +16,10 @@ from conftest import write_images
 from helpers import run_all
 
 import pipeline
-from pipeline.storage.files import shard_name, shards_folder
-from pipeline.storage.findings import VerifyReport
-from pipeline.storage.shardfolder import scan_folder
-from pipeline.storage.verify import files_to_verify
+from pipeline.jobs.findings import VerifyReport
+from pipeline.jobs.shardfolder import scan_folder
+from pipeline.jobs.verify import files_to_verify
+from pipeline.storage.writing.files import shard_name, shards_folder
 
 TINY = dict(model="tiny_models:plain_net", size=(32, 32), batch_size=4, workers=0, device="cpu")
 

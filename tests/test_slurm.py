@@ -19,7 +19,7 @@ from conftest import write_images
 from test_merge import assert_same_content
 
 import pipeline
-from pipeline.storage import files
+from pipeline.storage.writing import files
 
 pytestmark = pytest.mark.slurm
 

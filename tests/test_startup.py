@@ -19,7 +19,7 @@ from helpers import fmpipe
 import pipeline
 from pipeline.errors import InputError
 from pipeline.extraction.checkpoints import load_weights
-from pipeline.storage import manifest
+from pipeline.jobs import manifest
 
 TINY = ["--model", "resnet18", "--random-init", "--size", "32", "--workers", "0"]
 

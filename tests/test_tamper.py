@@ -21,8 +21,8 @@ from helpers import fmpipe, run_all
 import pipeline
 from pipeline.errors import InputError
 from pipeline.jobs import merge
-from pipeline.storage import schema
-from pipeline.storage.files import shards_folder
+from pipeline.storage.format import schema
+from pipeline.storage.writing.files import shards_folder
 from pipeline.viewer.config import ViewConfig
 from pipeline.viewer.server import Viewer
 

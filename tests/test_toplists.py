@@ -10,8 +10,9 @@ from conftest import write_images
 import pipeline
 from pipeline.errors import UsageError
 from pipeline.jobs import merge
-from pipeline.storage import schema, toplists
-from pipeline.storage.toplists import TopList
+from pipeline.storage.format import schema
+from pipeline.storage.reading import toplists
+from pipeline.storage.reading.toplists import TopList
 
 OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=4, workers=0, device="cpu")
 

@@ -21,10 +21,10 @@ import pipeline
 from pipeline.errors import InputError, UsageError
 from pipeline.extraction.recompute import maps_mismatch
 from pipeline.records import BatchResult, StageInfo
-from pipeline.storage import schema
-from pipeline.storage.files import shards_folder
-from pipeline.storage.mapstats import as_float32, stats_mismatch
-from pipeline.storage.writer import ShardWriter, WritePlan
+from pipeline.storage.format import schema
+from pipeline.storage.integrity.mapstats import as_float32, stats_mismatch
+from pipeline.storage.writing.files import shards_folder
+from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
 REPO = Path(__file__).resolve().parent.parent
 OPTIONS = dict(model="resnet18", random_init=True, size=(32, 32), batch_size=4, workers=0, device="cpu")

@@ -33,7 +33,7 @@ import pipeline
 from pipeline.errors import UsageError
 from pipeline.jobs import merge
 from pipeline.rendering.run import RenderConfig, render
-from pipeline.storage.store import open_store
+from pipeline.storage.reading.store import open_store
 from pipeline.viewer import catalog as catalog_module
 from pipeline.viewer.cache import Lru
 from pipeline.viewer.config import DEFAULT_HOST, TopConfig, ViewConfig

@@ -24,7 +24,7 @@ from test_viewer import browser, decoded, get, running, settle  # noqa: F401  (b
 
 import pipeline
 from pipeline.rendering.colormaps import finite_range, lut
-from pipeline.storage.store import open_store
+from pipeline.storage.reading.store import open_store
 from pipeline.viewer.maps import cell_of
 from pipeline.viewer.pages import num
 

@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.errors import RunFailure
 from pipeline.records import BatchResult, StageInfo
-from pipeline.storage import schema
-from pipeline.storage import writer as writer_module
-from pipeline.storage.writer import ShardWriter, WritePlan
+from pipeline.storage.format import schema
+from pipeline.storage.writing import writer as writer_module
+from pipeline.storage.writing.writer import ShardWriter, WritePlan
 
 
 def _plan(keys, stages, compression="zstd", dtype="float16") -> WritePlan:
@@ -134,7 +134,7 @@ def _no_space(fd, offset, length):
 def test_uncompressed_chunks_carry_hdf5s_own_fletcher32(tmp_path):
     # Our Fletcher-32 must be byte-identical to what HDF5's filter writes, for odd sizes and for
     # words of 0xffff (the sums' worst case); HDF5 then verifies it on every read.
-    from pipeline.storage.codecs import Codec
+    from pipeline.storage.format.codecs import Codec
 
     rng = np.random.default_rng(3)
     for shape in [(1, 3, 7, 5), (1, 64, 56, 56), (1, 1, 1, 361)]:

@@ -7,12 +7,12 @@ import os
 from typing import TYPE_CHECKING
 
 from ..config import default
-from ..storage.findings import VerifyConfig
+from ..jobs.findings import VerifyConfig
 
 if TYPE_CHECKING:
+    from ..jobs.findings import VerifyReport
     from ..jobs.merge import MergeSummary
-    from ..storage.findings import VerifyReport
-    from ..storage.store import Store
+    from ..storage.reading.store import Store
 
 
 def open_store(path: str | os.PathLike, *, require_complete: bool = False) -> Store:
@@ -31,7 +31,7 @@ def open_store(path: str | os.PathLike, *, require_complete: bool = False) -> St
         ``store.read(ref, image)``: (C, H, W) float32 maps of a stage (int) or layer (str), decoded;
         ``store.stage(i)``: the stored datasets, lazily. Use it as a context manager or call ``close()``.
     """
-    from ..storage.store import open_store as _open
+    from ..storage.reading.store import open_store as _open
 
     return _open(path, require_complete=require_complete)
 
@@ -55,7 +55,7 @@ def info(path: str | os.PathLike) -> str:
         from ..jobs.shards import describe_folder
 
         return describe_folder(path)
-    from ..storage.info import describe_store
+    from ..storage.reading.info import describe_store
 
     with open_store(path) as store:
         return describe_store(store)
@@ -133,8 +133,8 @@ def verify(
     import time
     from pathlib import Path
 
-    from ..storage.findings import VerifyReport
-    from ..storage.verify import check_integrity
+    from ..jobs.findings import VerifyReport
+    from ..jobs.verify import check_integrity
 
     config = VerifyConfig(
         path=str(path),

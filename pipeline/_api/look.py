@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from ..rendering.run import RenderSummary
     from ..site.build import GallerySummary
-    from ..storage.store import Store
+    from ..storage.reading.store import Store
 
 
 def _r(name: str):

@@ -19,8 +19,8 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from ..errors import UsageError
-from ..storage import schema
-from ..storage.store import StageView, Store, decoded_maps, open_store
+from ..storage.format import schema
+from ..storage.reading.store import StageView, Store, decoded_maps, open_store
 
 CHUNK_BYTES = 64 * 1024 * 1024  # dask: rows per block so that a block of float32 maps is about this size
 

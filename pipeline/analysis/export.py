@@ -27,9 +27,9 @@ import numpy as np
 
 from ..errors import InputError, OutputExistsError, RunFailure, UsageError
 from ..rendering.selection import image_folders, iter_keys, select_rows
-from ..storage import schema
-from ..storage.dims import attach_dimensions
-from ..storage.store import STREAM_CACHE_BYTES, StageView, Store, open_store
+from ..storage.format import schema
+from ..storage.format.dims import attach_dimensions
+from ..storage.reading.store import STREAM_CACHE_BYTES, StageView, Store, open_store
 from .config import GZIP_LEVEL, ExportConfig
 from .features import block_rows, check_row_fits
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 64 * 1024 * 1024  # hdf5: rows copied per step, about this many bytes of float32 maps
 # HDF5's shuffle filter (built into every HDF5 library) before deflate: the quick-start file's maps
-# 3.14 → 2.90 MB (-8 %); verify and the viewer undo it after the checksum (storage/chunks.py).
+# 3.14 → 2.90 MB (-8 %); verify and the viewer undo it after the checksum (storage/integrity/chunks.py).
 SHUFFLE = True
 # Root attributes of a merged file that a stand-alone copy must not carry (it has no shards).
 _MERGE_ONLY = (schema.ATTR_MERGED_FROM, schema.ATTR_MERGE_MODE)

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError, RunFailure, UsageError
 from ..records import StageInfo
 from ..rendering.selection import iter_keys
-from ..storage.store import Store
+from ..storage.reading.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError, OutputExistsError, UsageError
 from ..records import StageInfo
-from ..storage.store import STREAM_CACHE_BYTES, Store, open_store
+from ..storage.reading.store import STREAM_CACHE_BYTES, Store, open_store
 from .config import ReduceConfig
 from .features import (
     BLOCK_BYTES,

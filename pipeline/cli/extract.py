@@ -173,7 +173,7 @@ def extract(
 
 def _describe(summary, model: str, dtype: str, chosen: bool) -> str:
     if summary.dry_run:
-        from ..storage.info import describe_stages
+        from ..extraction.describe import describe_stages
 
         maps, other = summary.planned_bytes
         per_image = (maps + other) / max(1, summary.images)
@@ -222,8 +222,8 @@ def stages(
     """List a model's stages: index, module, channels, stride, shape and MB per image (as stored with --pool)."""
     import pipeline
 
-    from ..storage.encoding import pooled
-    from ..storage.info import describe_stages
+    from ..extraction.describe import describe_stages
+    from ..storage.format.encoding import pooled
 
     found = pipeline.stages(model, size=parse_size(size))
     stored = [pooled(s, parse_pool(pool)) for s in found.stages]
@@ -241,7 +241,7 @@ def layers(
     """List every module --layers can pick, in execution order: calls, output, stored shape, MB per image."""
     import pipeline
 
-    from ..storage.info import describe_layers
+    from ..extraction.describe import describe_layers
 
     found = pipeline.layers(model, size=parse_size(size), filter=filter)
     typer.echo(describe_layers(found, _itemsize(dtype), parse_pool(pool)))

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..config import default
-from ..storage.findings import VerifyConfig
+from ..jobs.findings import VerifyConfig
 from .app import app
 
 ImagesRoot = Annotated[str | None, typer.Option(help="Where the source images are now, if they moved.")]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import RunFailure
 from ..records import BatchResult
-from ..storage.encoding import LEVELS, Encoding
+from ..storage.format.encoding import LEVELS, Encoding
 from .loading import Batch, normalize
 
 log = logging.getLogger(__name__)

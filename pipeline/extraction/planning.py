@@ -9,10 +9,10 @@ import datetime as dt
 from .. import sources
 from ..config import RESIZE_POLICY, ExtractConfig
 from ..records import StageInfo
-from ..storage import schema
-from ..storage.encoding import Encoding
-from ..storage.identity import fingerprint
-from ..storage.writer import WritePlan
+from ..storage.format import schema
+from ..storage.format.encoding import Encoding
+from ..storage.format.identity import fingerprint
+from ..storage.writing.writer import WritePlan
 from ..version import __version__
 from .models import ResolvedModel
 

@@ -3,7 +3,7 @@ the extractor's own loading, tap and forward code, and compare the maps with the
 
 This is the check that catches maps filed under the wrong image (two rows swapped together with
 their statistics pass every checksum and statistics check). The stored side is decoded
-(`storage.encoding.decode_maps`) and compared with a fresh float32 pass (pooled as the file was)
+(`storage.format.encoding.decode_maps`) and compared with a fresh float32 pass (pooled as the file was)
 over a batch of another shape, so they agree only within a tolerance (see `maps_mismatch`), widened
 by the storage's own rounding: `--keep-bits N` and uint8's (hi - lo) / 510.
 """
@@ -19,13 +19,13 @@ import numpy as np
 
 from ..config import ExtractConfig
 from ..errors import FmpipeError, InputError
+from ..jobs.findings import Problem, VerifyConfig, VerifyReport
+from ..jobs.verify import files_to_verify, open_fmpipe
 from ..sources import source_path
-from ..storage import schema
-from ..storage.encoding import Encoding, decode_maps, encoding_of, pooled
-from ..storage.findings import Problem, VerifyConfig, VerifyReport
-from ..storage.metadata import RunInfo, run_info
-from ..storage.verify import files_to_verify, open_fmpipe
-from ..storage.virtual import check_virtual_sources
+from ..storage.format import schema
+from ..storage.format.encoding import Encoding, decode_maps, encoding_of, pooled
+from ..storage.format.metadata import RunInfo, run_info
+from ..storage.reading.virtual import check_virtual_sources
 from . import models, taps
 from .compute import Forward
 from .loading import iter_batches

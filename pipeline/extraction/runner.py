@@ -19,12 +19,12 @@ import torch
 from .. import sources
 from ..config import ExtractConfig
 from ..errors import InputError, Interrupted, RunFailure, UsageError
+from ..jobs import manifest
 from ..progress import Bar, Progress
-from ..storage import manifest
-from ..storage.encoding import pooled
-from ..storage.files import partial_path, shard_output
-from ..storage.layout import planned_bytes
-from ..storage.writer import NullWriter, ShardWriter, WritePlan, Writer
+from ..storage.format.encoding import pooled
+from ..storage.writing.files import partial_path, shard_output
+from ..storage.writing.layout import planned_bytes
+from ..storage.writing.writer import NullWriter, ShardWriter, WritePlan, Writer
 from . import models, taps
 from .compute import Forward, Staged, check_values
 from .device import device_note, pick_device, trim_heap

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from .. import sources
 from ..config import ExtractConfig
+from ..jobs import manifest
 from ..records import StageInfo
-from ..storage import manifest
-from ..storage.files import shard_output
-from ..storage.output import finished_run
-from ..storage.store import open_store
+from ..storage.reading.store import open_store
+from ..storage.writing.files import shard_output
+from ..storage.writing.output import finished_run
 
 log = logging.getLogger(__name__)
 

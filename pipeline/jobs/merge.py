@@ -23,15 +23,15 @@ import numpy as np
 
 from ..errors import FingerprintMismatch, IncompleteFileError, InputError, OutputExistsError, write_failed
 from ..sources import keys_sha256
-from ..storage import schema
-from ..storage.dims import attach_dimensions
-from ..storage.files import merged_path, publish, reserve_space, shards_folder
-from ..storage.identity import describe_difference
-from ..storage.metadata import RunInfo, run_info
-from ..storage.seal import changed_since_sealed, copied_by_merge, write_seal
-from ..storage.store import open_store
-from ..storage.structure import check_structure, open_fmpipe, open_hdf5
-from ..storage.toplists import merge_top_lists, top_lists_bytes
+from ..storage.format import schema
+from ..storage.format.dims import attach_dimensions
+from ..storage.format.identity import describe_difference
+from ..storage.format.metadata import RunInfo, run_info
+from ..storage.format.structure import check_structure, open_fmpipe, open_hdf5
+from ..storage.integrity.seal import changed_since_sealed, copied_by_merge, write_seal
+from ..storage.reading.store import open_store
+from ..storage.reading.toplists import merge_top_lists, top_lists_bytes
+from ..storage.writing.files import merged_path, publish, reserve_space, shards_folder
 from . import shards
 from .chunkcopy import copy_chunks, copy_rows
 

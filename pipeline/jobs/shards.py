@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..storage import schema
-from ..storage.files import PARTIAL_SUFFIX, merged_path, shard_name
-from ..storage.lockholders import describe, parse, process_state
-from ..storage.manifest import MANIFEST_NAME
-from ..storage.manifest import read as read_manifest
-from ..storage.metadata import run_info
-from ..storage.shardfolder import LOCK_SUFFIX, ShardFolder, holds_shards, scan_folder
-from ..storage.structure import open_fmpipe
+from ..storage.format import schema
+from ..storage.format.metadata import run_info
+from ..storage.format.structure import open_fmpipe
+from ..storage.locks.lockholders import describe, parse, process_state
+from ..storage.writing.files import PARTIAL_SUFFIX, merged_path, shard_name
+from .manifest import MANIFEST_NAME
+from .manifest import read as read_manifest
+from .shardfolder import LOCK_SUFFIX, ShardFolder, holds_shards, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ShardState:
 class ShardScan:
     """The shards of one job array in a folder, indexed 0..num_shards-1, with their state."""
 
-    names: ShardFolder  # the folder's shard names (storage.shardfolder: which count is the array's, the strays)
+    names: ShardFolder  # the folder's shard names (jobs.shardfolder: which count is the array's, the strays)
     shards: list[ShardState]
 
     @property

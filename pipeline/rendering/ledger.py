@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OutputExistsError, RunFailure, UsageError, write_failed
-from ..storage.store import Store
+from ..storage.reading.store import Store
 
 LEDGER = ".fmpipe-ledger"
 _ENCODING = ("utf-8", "surrogateescape")  # keys that are not UTF-8 keep their bytes

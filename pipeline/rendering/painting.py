@@ -21,9 +21,9 @@ import numpy as np
 from ..decoding import DecodeError, decode
 from ..errors import InputError, UsageError
 from ..sources import source_path
-from ..storage import schema
-from ..storage.encoding import maps_reader
-from ..storage.store import StageView, Store, open_store
+from ..storage.format import schema
+from ..storage.format.encoding import maps_reader
+from ..storage.reading.store import StageView, Store, open_store
 from .colormaps import DEFAULT_CMAP, finite_range, lut, to_indices
 from .config import NORMALIZATIONS
 from .ledger import remove_owned, write_output
@@ -336,7 +336,7 @@ def _small_cache_dataset(file: h5py.File, group: str) -> tuple[h5py.Dataset, int
     dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
     dapl.set_chunk_cache(521, max(1 << 20, CACHE_CHUNKS * chunk_bytes), 1.0)
     data = h5py.Dataset(h5py.h5d.open(file.id, name.encode(), dapl))
-    return maps_reader(file[group], data), block  # uint8 maps decoded to float32 (storage.encoding)
+    return maps_reader(file[group], data), block  # uint8 maps decoded to float32 (storage.format.encoding)
 
 
 def _resized(photo: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, RunFailure, UsageError
-from ..storage.store import StageView, Store
+from ..storage.reading.store import StageView, Store
 from .config import PCA_SAMPLES
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import IncompleteFileError, InputError, OutputExistsError
 from ..progress import Bar, Progress
-from ..storage.store import Store, open_store
+from ..storage.reading.store import Store, open_store
 from .config import RenderConfig, default_out_dir
 from .ledger import Ledger, foreign_message, store_identity
 from .painting import (

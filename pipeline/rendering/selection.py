@@ -27,8 +27,8 @@ import numpy as np
 
 from ..config import pick_indices
 from ..errors import UsageError
-from ..storage import schema
-from ..storage.store import Store
+from ..storage.format import schema
+from ..storage.reading.store import Store
 from .config import Spec
 
 log = logging.getLogger(__name__)

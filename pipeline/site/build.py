@@ -38,8 +38,8 @@ from ..rendering.ledger import Ledger, foreign_message, store_identity, write_ou
 from ..rendering.pca import load_fit
 from ..rendering.selection import image_folders, iter_keys
 from ..sources import source_path
-from ..storage import schema
-from ..storage.store import Store, open_store
+from ..storage.format import schema
+from ..storage.reading.store import Store, open_store
 from .config import GalleryConfig
 from .inventory import rounded, stage_block
 from .pages import Entry, Site, StageMeta, image_page, index_page

@@ -1,1 +1,1 @@
-"""Storage: the HDF5 file's schema, its writer (locks, chunks, done markers) and its lazy reader. No torch."""
+"""Storage, the HDF5 file in five rooms: format, writing, reading, locks and integrity. No torch."""

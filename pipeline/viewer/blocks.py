@@ -2,8 +2,8 @@
 
 A chunk is read raw (`read_direct_chunk`: one short call under h5py's global lock) and
 decompressed here, outside that lock, so threads decode in parallel; the zstd frame's
-checksum is verified on the way (`storage.chunks.decode`). A merged file's rows are mapped
-to its shards' datasets by storage's one reading of the mapping (`storage.chunks.row_blocks`):
+checksum is verified on the way (`storage.integrity.chunks.decode`). A merged file's rows are mapped
+to its shards' datasets by storage's one reading of the mapping (`storage.integrity.chunks.row_blocks`):
 a mapping `fmpipe merge` never writes, or a shard not of the shape mapped, is an InputError.
 A filter or chunking fmpipe never writes, or a chunk not stored, falls back to a plain h5py
 read of the same block. No torch.
@@ -22,9 +22,9 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from ..storage import schema
-from ..storage.chunks import ChunkError, RowBlock, check_source, decode, filter_kind, row_blocks
-from ..storage.encoding import decode_maps
+from ..storage.format import schema
+from ..storage.format.encoding import decode_maps
+from ..storage.integrity.chunks import ChunkError, RowBlock, check_source, decode, filter_kind, row_blocks
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class StageBlocks:
 
     def block(self, row: int, c0: int) -> np.ndarray:
         """(n, H, W) maps of channels c0..c0+n of `row` (c0 a multiple of k), read-only: float16/float32
-        as stored, uint8 decoded to float32 (`storage.encoding.decode_maps`)."""
+        as stored, uint8 decoded to float32 (`storage.format.encoding.decode_maps`)."""
         n = min(self.k, self.channels - c0)
         part = self._part(row)
         raw = self._read_raw(part, row, c0) if part is not None else None

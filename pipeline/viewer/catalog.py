@@ -4,7 +4,7 @@ Single, merged (virtual or copied) and partial files alike: `OUT.h5` falls back 
 `OUT.h5.partial` while an extraction is unfinished, and only done, non-failed rows are shown.
 Keys are read one at a time or in blocks (never the whole list), statistics one row at a time,
 maps one decoded chunk block at a time (`blocks.StageBlocks`), rankings from the per-channel
-top lists (`storage.toplists`). Source photos are read only through `sources.source_path`, so a
+top lists (`storage.reading.toplists`). Source photos are read only through `sources.source_path`, so a
 crafted key cannot reach outside the images root. No torch.
 """
 
@@ -24,10 +24,10 @@ from ..rendering.pca import PcaFit, fit_pca
 from ..rendering.selection import KEY_BLOCK, iter_keys
 from ..rendering.tiling import overlay_hw
 from ..sources import source_path
-from ..storage import schema
-from ..storage.seal import virtual_source_names
-from ..storage.store import StageView, Store, open_store
-from ..storage.toplists import channel_ranking, top_images
+from ..storage.format import schema
+from ..storage.integrity.seal import virtual_source_names
+from ..storage.reading.store import StageView, Store, open_store
+from ..storage.reading.toplists import channel_ranking, top_images
 from .blocks import StageBlocks
 from .cache import Lru
 

@@ -1,6 +1,6 @@
 """`fmpipe top`: the images that drive one channel most (dataset examples), and a figure of them.
 
-The ranking is `storage.toplists.top_images` (per-channel top lists written at finalise and by
+The ranking is `storage.reading.toplists.top_images` (per-channel top lists written at finalise and by
 merge; never a scan of the maps): the K done, non-failed images whose map of the channel has
 the largest stored max (or mean), best first, ties to the lower row. `--json` prints exactly
 what the viewer's `/api/top` returns; `--out grid.png` draws the K maps over their sources in

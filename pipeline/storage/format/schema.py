@@ -10,7 +10,7 @@ import math
 
 # The group paths of stages and layers are named below storage, where records.StageInfo.group
 # uses them too; re-exported here.
-from ..groups import LAYERS, STAGES, group_label, group_of, layer_group, stage_group  # noqa: F401
+from ...groups import LAYERS, STAGES, group_label, group_of, layer_group, stage_group  # noqa: F401
 
 FORMAT = "fmpipe"
 FORMAT_VERSION = 2
@@ -74,7 +74,7 @@ ATTR_CAPTURE = "capture"  # "forward_intermediates" or "forward_hook"
 ATTR_LAYOUT = "layout"  # always "NCHW"
 
 # Per-stage datasets, below stages/<i>/.
-DATA = "data"  # (N, C, H, W) float16, float32 or uint8, chunks (1, k, H, W); storage/encoding.py decodes it
+DATA = "data"  # (N, C, H, W) float16, float32 or uint8, chunks (1, k, H, W); storage/format/encoding.py decodes it
 STAT_MIN = "min"  # (N, C) float32
 STAT_MAX = "max"  # (N, C) float32
 STAT_MEAN = "mean"  # (N, C) float32
@@ -82,13 +82,13 @@ STAT_NAMES = (STAT_MIN, STAT_MAX, STAT_MEAN)
 # (N, C) int32: where each map's maximum lies, y * W + x (first one on ties); -1 for unwritten and
 # failed rows. Files written before it lack it (crops of dataset examples need it).
 STAT_ARGMAX = "argmax"
-# Dimension scales in every stage group (storage/dims.py): xarray's dimension names and coordinates.
+# Dimension scales in every stage group (storage/format/dims.py): xarray's dimension names and coordinates.
 DIM_IMAGE = "image"  # (N,) utf-8 str, the keys (a copy of images/key)
 DIM_CHANNEL = "channel"  # (C,) int32 0..C-1
 DIM_Y = "y"  # (H,) int32 0..H-1, map rows
 DIM_X = "x"  # (W,) int32 0..W-1, map columns
 DIMS = (DIM_IMAGE, DIM_CHANNEL, DIM_Y, DIM_X)  # the axes of data, in order
-# stages/<i>/top/: per-channel top lists (storage/toplists.py). For by in ("max", "mean"):
+# stages/<i>/top/: per-channel top lists (storage/reading/toplists.py). For by in ("max", "mean"):
 # {by}_rows (C, k) int64 and {by}_values (C, k) float32, best first, -1/NaN padded;
 # {by}_response (C,) float32, the channel's mean over images of their per-image {by};
 # {by}_counts (C,) int64, the images that mean is over.
@@ -96,7 +96,7 @@ TOP = "top"
 ATTR_TOP_K = "k"  # entries per channel
 ATTR_TOP_ROWS = "rows"  # images the lists were computed over (done, not failed)
 
-# The seal (storage/seal.py): a digest of every part a reader relies on, written at finalise and merge.
+# The seal (storage/integrity/seal.py): a digest of every part a reader relies on, written at finalise and merge.
 SEAL = "seal"
 SEAL_ITEM = "seal/item"  # (M,) utf-8 str: what each digest covers ("images/key", "attr:model", ...)
 SEAL_SHA256 = "seal/sha256"  # (M,) 64-byte ASCII hex sha256 of that item

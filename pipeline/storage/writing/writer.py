@@ -1,9 +1,9 @@
 """The shard writer: one output, owned under its lock, written batch by batch, finalised.
 
 Only the storage package creates output files. A shard is written as `OUT.partial`
-(storage/output.py opens, creates or resumes it); batches go through a writer thread with a
-compression pool (storage/batches.py), and each row's done marker is set only after the row
-is written and flushed (storage/rowstate.py), so a killed run resumes from `done`.
+(storage/writing/output.py opens, creates or resumes it); batches go through a writer thread with a
+compression pool (storage/writing/batches.py), and each row's done marker is set only after the row
+is written and flushed (storage/writing/rowstate.py), so a killed run resumes from `done`.
 `finalize` writes the top lists, marks the file complete, fsyncs it and renames it to OUT,
 releasing `OUT.lock` only once OUT has its final name. No torch.
 """
@@ -19,16 +19,17 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-from ..errors import RunFailure, write_failed
-from ..records import BatchResult
-from . import rowstate, schema
+from ...errors import RunFailure, write_failed
+from ...records import BatchResult
+from ..format import schema
+from ..integrity.seal import write_seal
+from ..locks.lockfile import OutputLock
+from ..reading.toplists import top_lists_bytes, write_top_lists
+from . import rowstate
 from .batches import BatchWriter
 from .files import partial_path, publish, reserve_space
 from .layout import WritePlan
-from .lockfile import OutputLock
 from .output import open_output
-from .seal import write_seal
-from .toplists import top_lists_bytes, write_top_lists
 
 __all__ = ["NullWriter", "ShardWriter", "WritePlan", "Writer"]
 

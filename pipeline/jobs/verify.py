@@ -21,19 +21,19 @@ import numpy as np
 
 from ..errors import InputError
 from ..sources import keys_sha256
-from . import schema
-from .chunks import C0, ROW, RawFiles, Window, index_chunks
-from .digests import check_sources, recorded_rows
-from .encoding import encoding_of
-from .files import SHARD_RE
+from ..storage.format import schema
+from ..storage.format.encoding import encoding_of
+from ..storage.format.identity import fingerprint
+from ..storage.format.metadata import RunInfo, run_info
+from ..storage.format.structure import open_fmpipe, top_rows_problem
+from ..storage.integrity.chunks import C0, ROW, RawFiles, Window, index_chunks
+from ..storage.integrity.digests import check_sources, recorded_rows
+from ..storage.integrity.mapstats import ChunkRef, ChunkSpec, check_chunks
+from ..storage.integrity.seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
+from ..storage.reading.virtual import check_virtual_sources
+from ..storage.writing.files import SHARD_RE
 from .findings import MAX_PROBLEMS_KEPT, Problem, Progress, VerifyConfig, VerifyReport
-from .identity import fingerprint
-from .mapstats import ChunkRef, ChunkSpec, check_chunks
-from .metadata import RunInfo, run_info
-from .seal import changed_items, chunk_table_sha256, recorded_seal, seal_items, table_sha256
 from .shardfolder import scan_folder
-from .structure import open_fmpipe, top_rows_problem
-from .virtual import check_virtual_sources
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _check_shard_name(recorded: RunInfo, path: Path, report: VerifyReport) -> No
 
 def files_to_verify(path: Path, report: VerifyReport | None = None) -> list[Path]:
     """[path] for a file; for a shards folder its job array's shard files, each the complete file
-    (else the partial one), by index (`storage.shardfolder`). Into `report`: the shards not there
+    (else the partial one), by index (`jobs.shardfolder`). Into `report`: the shards not there
     (yet), a warning; shards of another --num-shards, a problem naming them (none is checked)."""
     if not path.exists():
         raise InputError(f"{path} does not exist.")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import h5py
 
-from ..errors import InputError
-from . import schema
-from .metadata import run_info
-from .seal import recorded_seal, virtual_source_names
-from .structure import check_structure
+from ...errors import InputError
+from ..format import schema
+from ..format.metadata import run_info
+from ..format.structure import check_structure
+from ..integrity.seal import recorded_seal, virtual_source_names
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the zstd filter for reading)
 import numpy as np
 
-from ..errors import (
+from ...errors import (
     ClosedStoreError,
     IncompleteFileError,
     InputError,
@@ -26,11 +26,11 @@ from ..errors import (
     RowOutOfRange,
     UnknownKeyError,
 )
-from ..records import StageInfo
-from . import schema
-from .encoding import DecodedMaps, Encoding, encoding_of, maps_reader
-from .metadata import RunInfo, run_info
-from .structure import check_fmpipe, open_hdf5
+from ...records import StageInfo
+from ..format import schema
+from ..format.encoding import DecodedMaps, Encoding, encoding_of, maps_reader
+from ..format.metadata import RunInfo, run_info
+from ..format.structure import check_fmpipe, open_hdf5
 from .virtual import check_virtual_sources
 
 # One row of chunks of a large stage fits (docs/hdf5.md: a chunk larger than the cache

@@ -9,11 +9,11 @@ What that promises, exactly:
   through `structure.check_structure`, which parses them all here first: a damaged attribute
   stops the open, whichever one a reader wants.
 - Not reads in this sense: writing attributes (the writer's job: `extraction/planning.py` builds
-  them, `storage/layout.py`, `seal.py`, `toplists.py` and `jobs/merge.py` write them); taking
+  them, `storage/writing/layout.py`, `seal.py`, `toplists.py` and `jobs/merge.py` write them); taking
   them as bytes without reading a meaning (the seal hashes every attribute, `export` copies them).
 - Not root attributes: a stage's or layer's group attributes (index, module, shape) and a top
   list's (k, rows) are read by the modules that own those groups, by schema names.
-- Not yet true in storage/store.py, verify.py, layout.py, writer.py, jobs/merge.py and
+- Not yet true in storage/reading/store.py, verify.py, layout.py, writer.py, jobs/merge.py and
   jobs/shards.py, which still read some root attributes raw (issue 20, another change).
 """
 
@@ -24,7 +24,7 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..errors import InputError
+from ...errors import InputError
 from . import schema
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .files import SHARD_RE
+from ..storage.writing.files import SHARD_RE
 
-LOCK_SUFFIX = ".lock"  # storage.lockfile's OUT.lock: a task takes its shard's before loading its model
+LOCK_SUFFIX = ".lock"  # storage.locks.lockfile's OUT.lock: a task takes its shard's before loading its model
 STRAYS_NAMED = 4  # stray names a message lists before "and N more"
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
+from ..writing.files import PARTIAL_SUFFIX
 from . import schema
-from .files import PARTIAL_SUFFIX
 from .metadata import RunInfo, run_info
 
 STAGE_NAME = re.compile(r"(0|[1-9][0-9]{0,8})")  # ASCII only: "٣".isdigit() is True

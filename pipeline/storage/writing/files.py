@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import write_failed
+from ...errors import write_failed
 
 SPACE_MARGIN = 1 << 20  # bytes kept free beyond an estimate: HDF5's metadata, the file system's own
 

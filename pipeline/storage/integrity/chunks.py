@@ -25,9 +25,9 @@ import h5py
 import numpy as np
 import zstandard
 
-from ..errors import InputError
-from .codecs import CHECKSUMS, fletcher32
-from .encoding import unshuffle_bytes
+from ...errors import InputError
+from ..format.codecs import CHECKSUMS, fletcher32
+from ..format.encoding import unshuffle_bytes
 
 # HDF5 filter ids of the pipelines fmpipe writes: zstd (hdf5plugin), deflate, Fletcher-32, each
 # optionally after the byte shuffle (2).

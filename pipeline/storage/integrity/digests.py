@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from ..sources import UNREACHABLE, source_path, source_state
-from . import schema
+from ...sources import UNREACHABLE, source_path, source_state
+from ..format import schema
 from .chunks import Window
 
 KEY_BLOCK = 4096  # keys and digests read per step

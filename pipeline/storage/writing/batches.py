@@ -16,9 +16,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import write_failed
-from ..records import BatchResult
-from . import rowstate, schema
+from ...errors import write_failed
+from ...records import BatchResult
+from ..format import schema
+from . import rowstate
 from .layout import WritePlan
 
 

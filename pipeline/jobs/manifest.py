@@ -30,8 +30,8 @@ from pathlib import Path
 from .. import sources
 from ..errors import InputError
 from ..sources import Collection, keys_sha256
-from .files import fsync_folder, shards_folder
-from .lockfile import OutputLock, OutputLockedError
+from ..storage.locks.lockfile import OutputLock, OutputLockedError
+from ..storage.writing.files import fsync_folder, shards_folder
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import FmpipeError
+from ...errors import FmpipeError
 from .lockholders import describe, identity, is_requeue, parse, process_state
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import DTYPES, MANTISSA_BITS
-from ..errors import InputError
-from ..records import StageInfo
+from ...config import DTYPES, MANTISSA_BITS
+from ...errors import InputError
+from ...records import StageInfo
 from . import schema
 
 LEVELS = 255  # uint8: q in 0..255

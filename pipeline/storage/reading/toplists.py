@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from ..errors import InputError, UsageError
-from . import schema
-from .structure import top_rows_problem
+from ...errors import InputError, UsageError
+from ..format import schema
+from ..format.structure import top_rows_problem
 
 TOP_K = 256  # images kept per channel (fewer when the file holds fewer); asking for more falls back to a pass
 # Top lists are compressed (gzip, built into every HDF5 reader; shuffled): -1/NaN padding and rows close together.

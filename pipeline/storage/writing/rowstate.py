@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
-from ..records import BatchResult
-from . import schema
+from ...records import BatchResult
+from ..format import schema
 from .layout import WritePlan, append_failures, drop_unfinished_failures
 
 

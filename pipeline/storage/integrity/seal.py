@@ -29,9 +29,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import schema
+from ..format import schema
+from ..format.metadata import run_info
 from .chunks import C0, MASK, OFFSET, ROW, SIZE, SOURCE, ChunkIndex, RawFiles, index_chunks
-from .metadata import run_info
 
 BLOCK_BYTES = 16 * 1024 * 1024  # a dataset is hashed in row blocks of about this size
 STRING_BLOCK_ROWS = 65536

@@ -16,15 +16,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import FingerprintMismatch, InputError, OutputExistsError
-from ..records import StageInfo
-from . import identity, schema
-from .codecs import Codec
-from .dims import attach_dimensions
-from .encoding import Encoding
-from .metadata import RunInfo
-from .structure import check_fmpipe, open_hdf5
-from .toplists import TOP_K
+from ...errors import FingerprintMismatch, InputError, OutputExistsError
+from ...records import StageInfo
+from ..format import identity, schema
+from ..format.codecs import Codec
+from ..format.dims import attach_dimensions
+from ..format.encoding import Encoding
+from ..format.metadata import RunInfo
+from ..format.structure import check_fmpipe, open_hdf5
+from ..reading.toplists import TOP_K
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import sources
-from ..config import ExtractConfig
-from ..errors import InputError
-from ..version import __version__
-from . import schema
+from ... import sources
+from ...config import ExtractConfig
+from ...errors import InputError
+from ...version import __version__
+from ..format import schema
+from ..format.metadata import RunInfo, run_info
 from .files import partial_path, publish
 from .layout import WritePlan, check_finished, check_resumable, create_layout, drop_unfinished_failures
-from .metadata import RunInfo, run_info
 
 # ExtractConfig fields that change how fast or where a run goes, not what its file holds. Every
 # other field (new ones too) must equal the stored configuration for the fast "already complete".

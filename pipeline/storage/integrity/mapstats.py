@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import MANTISSA_BITS
-from . import schema
+from ...config import MANTISSA_BITS
+from ..format import schema
+from ..format.encoding import decode_maps, quantization_step
 from .chunks import ChunkError, RawSource, decode, read_raw
-from .encoding import decode_maps, quantization_step
 
 MEAN_TOLERANCE = 2.0**-10  # of the channel's largest |x|
 SUBNORMAL = 2.0**-24  # float16's smallest step: rounding near zero is absolute, not relative

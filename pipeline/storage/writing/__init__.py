@@ -1,0 +1,1 @@
+"""Writing: a shard file's plan and layout, opening or resuming it, rows, batches, finalise. No torch."""
