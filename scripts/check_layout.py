@@ -8,6 +8,11 @@ Rules (ARCHITECTURE.md draws them):
 - imports between fmpipe's modules form no cycle (module-level and function-level imports alike);
 - each part imports only the parts below it in LAYERS (the faces, cli, the package root and
   the verbs it re-exports from `_api`, may import anything);
+- inside `storage/`, every module lives in a room (ROOMS; `storage/__init__.py` is the only loose
+  one) and each room imports only the rooms ROOMS lets it: format <- shared only; locks <- format;
+  integrity <- format; reading <- format, integrity; writing <- format, locks, integrity, reading;
+- LAYERS and ROOMS are one-way: neither table has a cycle;
+- every module has its line in ARCHITECTURE.md's module table, and every line names a module;
 - torch, torchvision and timm are imported only inside `pipeline/extraction/`
   (ruff's banned-api rule, TID251 in pyproject.toml, enforces the same on every lint);
 - no module over MAX_MODULE_LINES lines, no function over MAX_FUNCTION_LINES lines besides its
@@ -17,6 +22,7 @@ Rules (ARCHITECTURE.md draws them):
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +44,15 @@ LAYERS = {
     "analysis": {"shared", "storage", "rendering"},
 }
 FACES = {"pipeline", "pipeline.__main__", "pipeline.cli", "pipeline._api"}
+ROOMED = "storage"  # the part whose modules live in rooms
+# room -> the rooms it may import (besides itself and the shared modules); one-way.
+ROOMS = {
+    "format": set(),  # what a file is and means, and what a valid file is
+    "locks": {"format"},  # OUT.lock and its holders
+    "integrity": {"format"},  # checksummed chunk reads, the seal, statistics and source checks
+    "reading": {"format", "integrity"},  # the Store (a merged file's seal checked on open), top lists
+    "writing": {"format", "locks", "integrity", "reading"},  # plan, layout, rows, batches, the writer
+}
 
 
 def modules() -> dict[str, Path]:
@@ -57,6 +72,39 @@ def part_of(module: str) -> str:
         return "faces"
     pieces = module.split(".")
     return pieces[1] if len(pieces) > 2 or (len(pieces) == 2 and pieces[1] in LAYERS) else "shared"
+
+
+def room_of(module: str) -> str | None:
+    """`pipeline.storage.reading.store` -> "reading"; `pipeline.storage.foo` -> "foo" (a loose
+    module, no room); None outside storage and for `pipeline.storage` itself."""
+    pieces = module.split(".")
+    return pieces[2] if len(pieces) > 2 and pieces[:2] == [PACKAGE, ROOMED] else None
+
+
+def room_problems(known: dict[str, Path], edges: dict[str, set[str]]) -> list[str]:
+    """Storage modules outside a room, and imports between rooms that ROOMS does not allow."""
+    problems = []
+    for module, path in sorted(known.items()):
+        room = room_of(module)
+        if room is not None and room not in ROOMS:
+            problems.append(f"{path.relative_to(ROOT)}: not in one of storage's rooms ({', '.join(ROOMS)})")
+        for target in sorted(edges[module]):
+            theirs = room_of(target)
+            if room in ROOMS and theirs in ROOMS and theirs != room and theirs not in ROOMS[room]:
+                problems.append(f"{module} ({room}) imports {target} ({theirs}): against storage's rooms")
+    return problems
+
+
+def undocumented(known: dict[str, Path]) -> list[str]:
+    """Modules without their line in ARCHITECTURE.md's module table (`| `pipeline/...py` | does |`)."""
+    table = set(re.findall(r"^\| `(pipeline/[^`]+\.py)` \|", (ROOT / "ARCHITECTURE.md").read_text(), re.MULTILINE))
+    found = {str(path.relative_to(ROOT)) for path in known.values() if path.name not in ("__init__.py", "__main__.py")}
+    problems = [f"{name}: no line in ARCHITECTURE.md's module table" for name in sorted(found - table)]
+    problems += [
+        f"ARCHITECTURE.md names {name}, which does not exist"
+        for name in sorted(table - found - {"pipeline/__init__.py"})
+    ]
+    return problems
 
 
 def imports(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
@@ -155,6 +203,10 @@ def check() -> list[str]:
         problems.append(f"only {len(subpackages)} subpackages ({', '.join(subpackages)}); want at least 3")
     edges = internal_edges(known)
     problems += [f"import cycle: {' <-> '.join(c)}" for c in cycles(edges)]
+    problems += [f"LAYERS has a cycle: {' <-> '.join(c)}" for c in cycles(LAYERS)]
+    problems += [f"ROOMS has a cycle: {' <-> '.join(c)}" for c in cycles(ROOMS)]
+    problems += room_problems(known, edges)
+    problems += undocumented(known)
     for module, targets in sorted(edges.items()):
         mine = part_of(module)
         for target in sorted(targets):
@@ -181,10 +233,16 @@ def report() -> str:
     parts: dict[str, list[str]] = {}
     for module in known:
         parts.setdefault(part_of(module), []).append(module)
+    rooms: dict[str, int] = {}
+    for module in known:
+        if room_of(module) is not None:
+            rooms[room_of(module)] = rooms.get(room_of(module), 0) + 1
     longest = max(len(p.read_text().splitlines()) for p in known.values())
     return (
         f"{len(known)} modules; parts: "
         + ", ".join(f"{name} {len(mods)}" for name, mods in sorted(parts.items()))
+        + f"; {ROOMED} rooms: "
+        + ", ".join(f"{name} {count}" for name, count in sorted(rooms.items()))
         + f"; longest module {longest} lines"
     )
 

@@ -93,7 +93,7 @@ def test_info_does_not_import_torch(tmp_path):
         "import sys, pipeline.cli\n"
         "sys.argv=['fmpipe','--help']\n"
         "try:\n    pipeline.cli.main()\nexcept SystemExit:\n    pass\n"
-        "import pipeline.storage.reading.info, pipeline.storage.reading.store\n"
+        "import pipeline.storage.reading.info, pipeline.storage.reading.store, pipeline.extraction.describe\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -15,9 +15,10 @@ from pathlib import Path
 from ..errors import InputError
 from ..storage.format import schema
 from ..storage.format.metadata import run_info
+from ..storage.format.schema import PARTIAL_SUFFIX
 from ..storage.format.structure import open_fmpipe
 from ..storage.locks.lockholders import describe, parse, process_state
-from ..storage.writing.files import PARTIAL_SUFFIX, merged_path, shard_name
+from ..storage.writing.files import merged_path, shard_name
 from .manifest import MANIFEST_NAME
 from .manifest import read as read_manifest
 from .shardfolder import LOCK_SUFFIX, ShardFolder, holds_shards, scan_folder

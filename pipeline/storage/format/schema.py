@@ -16,6 +16,8 @@ FORMAT = "fmpipe"
 FORMAT_VERSION = 2
 # Versions this fmpipe reads. v1 files lack the per-row source digests and chunk checksums.
 READABLE_VERSIONS = (1, 2)
+# A file still being written ends in this (OUT.partial, a shard's .h5.partial); renamed away when complete.
+PARTIAL_SUFFIX = ".partial"
 
 # Groups and datasets.
 IMAGES = "images"

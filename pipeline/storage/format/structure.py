@@ -25,7 +25,6 @@ import h5py
 import numpy as np
 
 from ...errors import InputError
-from ..writing.files import PARTIAL_SUFFIX
 from . import schema
 from .metadata import RunInfo, run_info
 
@@ -57,7 +56,7 @@ def open_hdf5(path: Path, **options) -> h5py.File:
 def open_fmpipe(path: Path, structure: bool = True) -> h5py.File:
     """An fmpipe file opened for reading and checked (`check_fmpipe`); InputError for anything else.
     A running task holds HDF5's lock on its partial shard: that one is opened without the lock."""
-    file = open_hdf5(path, locking=False if path.name.endswith(PARTIAL_SUFFIX) else "best-effort")
+    file = open_hdf5(path, locking=False if path.name.endswith(schema.PARTIAL_SUFFIX) else "best-effort")
     try:
         check_fmpipe(path, file, structure)
     except BaseException:

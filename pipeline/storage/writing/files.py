@@ -10,16 +10,16 @@ import re
 from pathlib import Path
 
 from ...errors import write_failed
+from ..format.schema import PARTIAL_SUFFIX
 
 SPACE_MARGIN = 1 << 20  # bytes kept free beyond an estimate: HDF5's metadata, the file system's own
 
 SHARD_RE = re.compile(r"^shard-(\d{5,})-of-(\d{5,})\.h5(\.partial)?$")
-PARTIAL_SUFFIX = ".partial"
 
 
 def partial_path(out: str | os.PathLike) -> Path:
     """`OUT.partial`: the file while it is written; renamed to OUT when complete."""
-    return Path(f"{os.fspath(out)}.partial")
+    return Path(f"{os.fspath(out)}{PARTIAL_SUFFIX}")
 
 
 def shards_folder(out: str | os.PathLike) -> Path:
