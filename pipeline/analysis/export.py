@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import InputError, OutputExistsError, RunFailure, UsageError
 from ..rendering.selection import image_folders, iter_keys, select_rows
 from ..storage.format import schema
+from ..storage.format.codecs import CHECKSUMS
 from ..storage.format.dims import attach_dimensions
 from ..storage.reading.store import STREAM_CACHE_BYTES, StageView, Store, open_store
 from .config import GZIP_LEVEL, ExportConfig
@@ -171,7 +172,7 @@ def _copy_tables(store: Store, out: h5py.File) -> None:
         if name not in _MERGE_ONLY:
             out.attrs[name] = value
     out.attrs[schema.ATTR_COMPRESSION] = "gzip"
-    out.attrs[schema.ATTR_CHUNK_CHECKSUM] = "zlib-adler32"
+    out.attrs[schema.ATTR_CHUNK_CHECKSUM] = CHECKSUMS["gzip"].name
     out.attrs[schema.ATTR_SHUFFLE] = SHUFFLE  # the copy's own filter pipeline, whatever the original's
     out.attrs[ATTR_EXPORTED_FROM] = store.path.name
     for group in (schema.IMAGES, schema.FAILURES):
