@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, RunFailure, UsageError
+from ..progress import Bar, Progress
 from ..records import StageInfo
 from ..rendering.selection import iter_keys
 from ..storage.reading.store import Store
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 2 * 1024 * 1024  # maps read per step, as float32: bounds memory whatever the number of images
 COPY_BYTES = 16 * 1024 * 1024
-PROGRESS_S = 10.0
 
 
 def block_rows(info: StageInfo, at_least: int = 1) -> int:
@@ -67,13 +66,15 @@ def iter_blocks(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows, features): (n,) int64 rows holding finite maps and their (n, F) float32 features, block by
     block in row order. Failed, unfinished and non-finite rows are left out (the last are logged).
-    Progress (`what`: the pass) is logged every PROGRESS_S seconds."""
+    Progress (`what`: the pass) goes through `pipeline.progress`: a bar on a terminal, else a log line."""
     ok = store.ok
-    said = time.monotonic()
+    progress = Progress(
+        len(store),
+        Bar(desc=what, unit="img"),
+        lambda done: f"{what}: {done} of {len(store)} images of {info.label}",
+        log,
+    )
     for start in range(0, len(store), rows_per_block):
-        if time.monotonic() - said > PROGRESS_S:
-            said = time.monotonic()
-            log.info("%s: %d of %d images of %s", what, start, len(store), info.label)
         stop = min(start + rows_per_block, len(store))
         rows = np.flatnonzero(ok[start:stop]) + start
         if not len(rows):
@@ -88,6 +89,8 @@ def iter_blocks(
             key = next(iter_keys(store, bad[:1]))[1]
             log.warning("left out %d images whose maps hold NaN or inf (first: %s)", len(bad), key)
         yield rows[finite], flat[finite]
+        progress.update(stop - start)
+    progress.close()
 
 
 def check_row_fits(info: StageInfo) -> None:

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..records import StageInfo
-from ..site.pages import esc, placeholder
+from ..site.pages import esc, placeholder, shell
 from .pages import (
+    GENERATOR,
     READOUT,
     ImageInfo,
     Summary,
@@ -313,12 +314,12 @@ def _spot(info: ImageInfo, spot: Spot, marker: str) -> str:
 
 def error_page(status: int, message: str, up: str) -> str:
     """An error as a page with links back: to the page above the one asked for, and the collection."""
-    return (
-        "<!doctype html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>{status}: {esc(message[:80])}</title>'
-        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/assets/view.css"></head>\n'
-        f'<body><nav class="bar">{link(up, "← back up", "u")} {link("/", "collection", "h")}</nav>'
+    return shell(
+        f"{status}: {message[:80]}",
+        GENERATOR,
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/assets/view.css">',
+        f'<nav class="bar">{link(up, "← back up", "u")} {link("/", "collection", "h")}</nav>'
         f'<main><h1>{status}</h1><p class="error">{esc(message)}</p>'
         f"<p>{link(up, 'back up to ' + up)} · {link('/', 'the collection')}</p></main>"
-        '<script src="/assets/view.js"></script></body></html>\n'
+        '<script src="/assets/view.js"></script>',
     )
