@@ -179,7 +179,7 @@ class _FileCheck:
                 )
             return
         now = seal_items(self.file, self.path, self.files, self.chunk_digests)
-        if table_sha256(self.seal) != schema.text(self.file.attrs.get(schema.ATTR_SEAL, "")):
+        if table_sha256(self.seal) != (self.recorded.seal_sha256 or ""):
             self.problem("the seal itself (/seal or its seal_sha256 attribute) was altered")
         for line in changed_items(self.seal, now):
             self.problem(line)

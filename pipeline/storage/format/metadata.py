@@ -13,8 +13,8 @@ What that promises, exactly:
   them as bytes without reading a meaning (the seal hashes every attribute, `export` copies them).
 - Not root attributes: a stage's or layer's group attributes (index, module, shape) and a top
   list's (k, rows) are read by the modules that own those groups, by schema names.
-- Not yet true in storage/reading/store.py, verify.py, layout.py, writer.py, jobs/merge.py and
-  jobs/shards.py, which still read some root attributes raw (issue 20, another change).
+- One raw read on purpose: `structure.check_fmpipe` reads the `format` attribute (is this an
+  fmpipe file at all?) before it lets `run_info` parse the rest.
 """
 
 from __future__ import annotations

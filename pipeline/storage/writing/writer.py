@@ -22,6 +22,7 @@ import numpy as np
 from ...errors import RunFailure, write_failed
 from ...records import BatchResult
 from ..format import schema
+from ..format.metadata import run_info
 from ..integrity.seal import write_seal
 from ..locks.lockfile import OutputLock
 from ..reading.toplists import top_lists_bytes, write_top_lists
@@ -101,8 +102,8 @@ class ShardWriter:
 
     def record_images_root(self, root: str) -> None:
         """Where this run found every done row's source (checked by the caller): the file says so."""
-        recorded = self.file.attrs.get(schema.ATTR_IMAGES_ROOT)
-        if recorded is not None and schema.text(recorded) != root:
+        recorded = run_info(self.file.attrs, self.file.filename).images_root
+        if recorded is not None and recorded != root:
             log.info("the images are now under %s (was %s): recorded as the file's images_root", root, recorded)
             self.file.attrs[schema.ATTR_IMAGES_ROOT] = root
             self.file.flush()
