@@ -76,6 +76,9 @@ SLOW_FIXTURES = {
     ("test_viewer", "merged"),  # 5 s
 }
 SLOW_TESTS = {
+    "test_encoding.py::test_dry_run_and_stages_show_pooled_shapes_and_every_table",  # 8 s: three models probed
+    "test_crops.py::test_each_box_frames_its_crop_on_a_photo_shown_in_its_own_shape",  # 4 s: a real extract
+    "test_checkpoints.py::test_a_detr_backbone_is_stored_like_timm_forward_intermediates",  # 2.5 s
     "test_layers.py::test_verify_checks_and_recomputes_layers",
     "test_layers.py::test_layers_resume_merge_and_render_like_stages",
     "test_layers.py::test_layers_store_what_forward_hooks_see",
