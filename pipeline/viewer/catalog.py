@@ -193,7 +193,7 @@ class Catalog:
         rows = np.asarray(found, dtype=np.int64)
         return rows[self.ok[rows]] if len(rows) else rows
 
-    def stats(self, stage: int, row: int) -> np.ndarray:
+    def stats(self, stage: int | str, row: int) -> np.ndarray:
         """(3, C) float32 min, max, mean of one image and stage, as stored."""
 
         def read() -> np.ndarray:
@@ -205,38 +205,38 @@ class Catalog:
 
         return self._stats.get((stage, row), read)
 
-    def span(self, stage: int) -> tuple[float, float]:
+    def span(self, stage: int | str) -> tuple[float, float]:
         """(lo, hi) over every stored image and channel of a stage (`--normalize stage`), once per stage."""
         self.check_shards()
         return self._small.get(("span", stage), lambda: stage_range(self.stage(stage), self.ok))
 
     # -- maps ---------------------------------------------------------------------------------
 
-    def block(self, stage: int, row: int, c0: int) -> np.ndarray:
+    def block(self, stage: int | str, row: int, c0: int) -> np.ndarray:
         """(n, H, W) maps of channels c0.. of one chunk of `row`, from the bounded chunk cache."""
         self.check_shards()
         return self._chunks.get((stage, row, c0), lambda: self.blocks[stage].block(row, c0))
 
-    def plane(self, stage: int, row: int, channel: int) -> np.ndarray:
+    def plane(self, stage: int | str, row: int, channel: int) -> np.ndarray:
         """(H, W) float16/float32 map of one image, stage and channel."""
         k = self.blocks[stage].k
         c0 = channel // k * k
         return self.block(stage, row, c0)[channel - c0]
 
-    def pca(self, stage: int) -> PcaFit:
+    def pca(self, stage: int | str) -> PcaFit:
         """The stage's PCA fit with render's defaults (so pictures equal `render --layout pca`), once per stage."""
         self.check_shards()
         return self._small.get(("pca", stage), lambda: fit_pca(self.store, stage))
 
     # -- rankings -----------------------------------------------------------------------------
 
-    def top(self, stage: int, channel: int, k: int, by: str) -> list[tuple[int, float]]:
+    def top(self, stage: int | str, channel: int, k: int, by: str) -> list[tuple[int, float]]:
         """(row, value) of the k images whose map of `channel` has the largest max (or mean), best first."""
         self.channel(stage, channel)
         self.check_shards()
         return self._small.get(("top", stage, channel, k, by), lambda: top_images(self.store, stage, channel, k, by))
 
-    def ranking(self, stage: int, by: str) -> tuple[np.ndarray, np.ndarray]:
+    def ranking(self, stage: int | str, by: str) -> tuple[np.ndarray, np.ndarray]:
         """(channels, scores): the stage's channels by how strongly they respond across the collection."""
         self.stage(stage)
         self.check_shards()

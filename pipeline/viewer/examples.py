@@ -75,7 +75,7 @@ class TopResult:
         return "\n".join(lines)
 
 
-def top_items(catalog: Catalog, stage: int, channel: int, k: int, by: str) -> tuple[TopItem, ...]:
+def top_items(catalog: Catalog, stage: int | str, channel: int, k: int, by: str) -> tuple[TopItem, ...]:
     """The k images that drive `channel` of `stage` most, best first, with their keys."""
     check_k_by(k, by)
     ranked = catalog.top(stage, channel, k, by)

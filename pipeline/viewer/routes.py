@@ -219,7 +219,7 @@ class App:
             spots.append(figures.Spot(meta, (i, j), strongest, auto_scale(meta.height, meta.width, TILE_MIN_SIDE)))
         return Response(200, HTML, figures.location_page(self.summary, info, (y, x), spots).encode())
 
-    def examples(self, query: Query, stage: int, channel: int) -> Response:
+    def examples(self, query: Query, stage: int | str, channel: int) -> Response:
         self.catalog.channel(stage, channel)
         by, k = query.choice("by", "max", BYS), query.integer("k", EXAMPLES_K, 1, MAX_K)
         options = query.tile_options(scale=False)
@@ -238,7 +238,7 @@ class App:
         html = pages.examples_page(self.summary, self._meta(stage), channel, by, shown, options)
         return Response(200, HTML, html.encode())
 
-    def stage(self, query: Query, stage: int) -> Response:
+    def stage(self, query: Query, stage: int | str) -> Response:
         meta, by = self._meta(stage), query.choice("by", "max", BYS)
         channels, scores = self.catalog.ranking(stage, by)
         pages_count = max(1, math.ceil(len(channels) / CHANNELS_PER_PAGE))
@@ -257,22 +257,22 @@ class App:
 
     # -- pictures and JSON ----------------------------------------------------------------------
 
-    def tile(self, query: Query, stage: int, row: int, channel: int) -> Response:
+    def tile(self, query: Query, stage: int | str, row: int, channel: int) -> Response:
         options = query.tile_options()
         self._check_map(stage, row, channel)
         return Response(200, PNG, tile_png(self.catalog, stage, row, channel, options), self.immutable)
 
-    def overlay(self, query: Query, stage: int, row: int, channel: int) -> Response:
+    def overlay(self, query: Query, stage: int | str, row: int, channel: int) -> Response:
         options = query.tile_options(scale=False)
         self._check_map(stage, row, channel)
         return Response(200, PNG, overlay_png(self.catalog, stage, row, channel, options), self.immutable)
 
-    def pca(self, query: Query, stage: int, row: int) -> Response:
+    def pca(self, query: Query, stage: int | str, row: int) -> Response:
         self.catalog.stage(stage)
         self.catalog.stored_row(row)
         return Response(200, PNG, pca_png(self.catalog, stage, row), self.immutable)
 
-    def crop(self, query: Query, stage: int, row: int, channel: int) -> Response:
+    def crop(self, query: Query, stage: int | str, row: int, channel: int) -> Response:
         self._check_map(stage, row, channel)
         return Response(200, PNG, crop_png(self.catalog, stage, row, channel), self.immutable)
 
@@ -320,7 +320,7 @@ class App:
         kind, body = ASSETS[name]
         return Response(200, kind, body, "no-cache")
 
-    def _check_map(self, stage: int, row: int, channel: int) -> None:
+    def _check_map(self, stage: int | str, row: int, channel: int) -> None:
         self.catalog.channel(stage, channel)
         self.catalog.stored_row(row)
 

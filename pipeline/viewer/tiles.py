@@ -72,14 +72,14 @@ def colorbar_png(cmap: str) -> bytes:
     return encode_indexed(np.ascontiguousarray(bar), lut(cmap))
 
 
-def tile_png(catalog: Catalog, stage: int, row: int, channel: int, options: TileOptions) -> bytes:
+def tile_png(catalog: Catalog, stage: int | str, row: int, channel: int, options: TileOptions) -> bytes:
     """PNG of one map, indexed colour, upscaled: the very bytes render's per-channel PNG holds."""
     view = catalog.stage(stage)
     scale = tile_scale(view.height, view.width, options.scale)
     return channel_png(indices(catalog, stage, row, channel, options.normalize), lut(options.cmap), scale)
 
 
-def overlay_png(catalog: Catalog, stage: int, row: int, channel: int, options: TileOptions) -> bytes:
+def overlay_png(catalog: Catalog, stage: int | str, row: int, channel: int, options: TileOptions) -> bytes:
     """PNG of one map blended over its source photo at the model's input size (render --overlay).
 
     Raises DecodeError when the source cannot be read (missing, outside the images root)."""
@@ -87,7 +87,7 @@ def overlay_png(catalog: Catalog, stage: int, row: int, channel: int, options: T
     return channel_png(indices(catalog, stage, row, channel, options.normalize), lut(options.cmap), 1, photo)
 
 
-def pca_rgb(catalog: Catalog, stage: int, row: int) -> np.ndarray:
+def pca_rgb(catalog: Catalog, stage: int | str, row: int) -> np.ndarray:
     """(H, W, 3) uint8: the image's first three principal components of the stage as RGB."""
     view, k = catalog.stage(stage), catalog.blocks[stage].k
     fit = catalog.pca(stage)
@@ -95,7 +95,7 @@ def pca_rgb(catalog: Catalog, stage: int, row: int) -> np.ndarray:
     return scores_to_rgb(fit, project_blocks(fit, blocks, view.height, view.width))
 
 
-def pca_png(catalog: Catalog, stage: int, row: int) -> bytes:
+def pca_png(catalog: Catalog, stage: int | str, row: int) -> bytes:
     """PNG of the image's PCA picture, upscaled like render's pca.png."""
     view = catalog.stage(stage)
     return encode_rgb(upscale(pca_rgb(catalog, stage, row), tile_scale(view.height, view.width, 0)))
