@@ -74,23 +74,31 @@ def iter_blocks(
         lambda done: f"{what}: {done} of {len(store)} images of {info.label}",
         log,
     )
-    for start in range(0, len(store), rows_per_block):
-        stop = min(start + rows_per_block, len(store))
-        rows = np.flatnonzero(ok[start:stop]) + start
-        if not len(rows):
-            continue
-        maps = store.read(info.key, slice(start, stop))
-        if len(rows) < stop - start:
-            maps = maps[rows - start]
-        flat = (pooled(maps, pool) if pool else maps).reshape(len(rows), -1)
-        finite = np.isfinite(flat).all(axis=1)
-        if not finite.all():
-            bad = rows[~finite]
-            key = next(iter_keys(store, bad[:1]))[1]
-            log.warning("left out %d images whose maps hold NaN or inf (first: %s)", len(bad), key)
-        yield rows[finite], flat[finite]
-        progress.update(stop - start)
-    progress.close()
+    try:
+        for start in range(0, len(store), rows_per_block):
+            stop = min(start + rows_per_block, len(store))
+            rows = np.flatnonzero(ok[start:stop]) + start
+            if len(rows):
+                yield _finite_features(store, info, pool, rows, slice(start, stop))
+            progress.update(stop - start)  # a block of failed rows counts too: the bar reaches the end
+    finally:
+        progress.close()  # also when the caller stops early
+
+
+def _finite_features(
+    store: Store, info: StageInfo, pool: tuple[int, int] | None, rows: np.ndarray, block: slice
+) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` (the stored ones of `block`) with finite maps, and their flattened (pooled) features."""
+    maps = store.read(info.key, block)
+    if len(rows) < block.stop - block.start:
+        maps = maps[rows - block.start]
+    flat = (pooled(maps, pool) if pool else maps).reshape(len(rows), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    if not finite.all():
+        bad = rows[~finite]
+        key = next(iter_keys(store, bad[:1]))[1]
+        log.warning("left out %d images whose maps hold NaN or inf (first: %s)", len(bad), key)
+    return rows[finite], flat[finite]
 
 
 def check_row_fits(info: StageInfo) -> None:
